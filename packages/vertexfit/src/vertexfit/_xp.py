@@ -1,0 +1,73 @@
+"""Array-namespace plumbing: the only place that knows about specific backends."""
+
+from __future__ import annotations
+
+import array_api_compat
+
+__all__ = [
+    "namespace",
+    "backend_name",
+    "is_lazy",
+    "can_inspect",
+    "float_dtype",
+    "asarray_like",
+    "eps",
+]
+
+
+def namespace(*arrays):
+    """The array-API namespace shared by ``arrays`` (``None`` entries are skipped)."""
+    return array_api_compat.array_namespace(*[a for a in arrays if a is not None])
+
+
+def backend_name(xp) -> str:
+    """``"numpy"``, ``"jax"``, ``"torch"`` or ``"other"`` (array-api-strict and friends)."""
+    if array_api_compat.is_jax_namespace(xp):
+        return "jax"
+    if array_api_compat.is_torch_namespace(xp):
+        return "torch"
+    if array_api_compat.is_numpy_namespace(xp):
+        return "numpy"
+    return "other"
+
+
+def is_lazy(x) -> bool:
+    """True if ``x``'s values cannot be read (a JAX tracer under ``jit``, ...)."""
+    return bool(array_api_compat.is_lazy_array(x))
+
+
+def can_inspect(xp, flag) -> bool | None:
+    """Read a boolean array scalar, or return ``None`` if its value is not available.
+
+    ``None`` happens under ``jax.jit`` and inside ``torch.func.vmap``, where data-dependent
+    Python control flow is impossible; callers then fall back to flagging results.
+    """
+    if is_lazy(flag):
+        return None
+    try:
+        return bool(flag)
+    except Exception:  # noqa: BLE001 - torch.func raises RuntimeError, jax ConcretizationError
+        return None
+
+
+def float_dtype(xp, *arrays):
+    """The floating dtype to compute in: the promoted dtype of the floating inputs.
+
+    Integer and boolean inputs do not take part; if no input is floating, float64.
+    """
+    dts = [a.dtype for a in arrays if a is not None and xp.isdtype(a.dtype, "real floating")]
+    if not dts:
+        return xp.float64
+    return xp.result_type(*dts)
+
+
+def asarray_like(xp, value, like, dtype=None):
+    """``xp.asarray(value)`` on ``like``'s device with ``like``'s (or the given) dtype."""
+    return xp.asarray(
+        value, dtype=like.dtype if dtype is None else dtype, device=array_api_compat.device(like)
+    )
+
+
+def eps(xp, dtype) -> float:
+    """Machine epsilon of ``dtype``."""
+    return float(xp.finfo(dtype).eps)
