@@ -1,0 +1,312 @@
+"""One batch of Pythia events -> jets and tracks in the schema's structured arrays.
+
+The batch is flattened once (all particles of all events in one set of NumPy arrays, with
+global indices) so that truth labelling, tracking and association are vectorised over the
+batch instead of looping over events or particles in Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..data.schema import JET_DTYPE, TRACK_DTYPE
+from . import _tracker, _truth
+
+#: Jet selection (anti-kT R = 0.4).
+JET_R = 0.4
+JET_PT_MIN = 20.0  # GeV
+JET_ETA_MAX = 2.5
+#: ATLAS cone labelling: weakly decaying hadrons with pT > 5 GeV within dR < 0.3.
+HADRON_PT_MIN = 5.0
+HADRON_DR = 0.3
+#: Tracks go to the nearest jet axis within this dR.
+TRACK_DR = 0.4
+#: Production points closer than this to the PV [mm] count as the PV; also the grid on which
+#: tracks are grouped into truth vertices (ftagTruthVertexIndex).
+VERTEX_GRID = 1e-3
+_INVISIBLE = (12, 13, 14, 16)  # neutrinos and muons are not clustered into jets
+_HARD_PARTON = 3  # event-record entry of an incoming hard-process parton: its vProd is the PV
+
+
+@dataclass
+class Particles:
+    """Flat particle arrays of a batch; ``mother``/``daughter`` are global indices (-1 = none)."""
+
+    event: np.ndarray  # (n,) event index within the batch
+    pdgid: np.ndarray
+    status: np.ndarray
+    mother: np.ndarray
+    daughter: np.ndarray
+    p: np.ndarray  # (n, 4) px, py, pz, E [GeV]
+    vprod: np.ndarray  # (n, 3) production vertex [mm]
+    start: np.ndarray  # (n_events,) index of each event's first particle
+
+
+def flatten(batch) -> Particles:
+    """Flatten an awkward batch from ``Pythia.nextBatch`` (fields ``prt.*``)."""
+    import awkward as ak
+
+    prt = batch.prt
+    counts = ak.to_numpy(ak.num(prt, axis=1)).astype(np.int64)
+    start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    event = np.repeat(np.arange(len(counts)), counts)
+
+    def flat(x, fill=0.0):
+        return ak.to_numpy(ak.flatten(ak.fill_none(x, fill), axis=None))
+
+    def to_global(local):
+        # Pythia's index 0 is the event-as-a-whole entry: mother1 = 0 means no mother.
+        local = flat(local).astype(np.int64)
+        return np.where(local > 0, local + start[event], -1)
+
+    p = np.stack([flat(prt.p.px), flat(prt.p.py), flat(prt.p.pz), flat(prt.p.e)], axis=-1)
+    v = prt.vProd
+    vprod = np.stack([flat(v.px), flat(v.py), flat(v.pz)], axis=-1)
+    return Particles(
+        event=event,
+        pdgid=flat(prt.id).astype(np.int64),
+        status=flat(prt.status).astype(np.int64),
+        mother=to_global(prt.mother1),
+        daughter=to_global(prt.daughter1),
+        p=p,
+        vprod=vprod,
+        start=start,
+    )
+
+
+def _pt_eta_phi(p: np.ndarray):
+    pt = np.hypot(p[:, 0], p[:, 1])
+    eta = np.arcsinh(p[:, 2] / np.maximum(pt, 1e-300))
+    return pt, eta, np.arctan2(p[:, 1], p[:, 0])
+
+
+def _pairs(a_event: np.ndarray, b_start: np.ndarray, b_count: np.ndarray):
+    """All pairs (a, b) with b among the contiguous block of a's event; returns index arrays."""
+    counts = b_count[a_event]
+    a_idx = np.repeat(np.arange(len(a_event)), counts)
+    offs = np.cumsum(counts) - counts
+    b_idx = np.arange(counts.sum()) - np.repeat(offs - b_start[a_event], counts)
+    return a_idx, b_idx
+
+
+def _nearest(a_event, a_eta, a_phi, jets, max_dr):
+    """Index of the nearest jet of the same event within ``max_dr`` for each a (-1 = none)."""
+    a_idx, j_idx = _pairs(a_event, jets["start"], jets["count"])
+    out = np.full(len(a_event), -1, dtype=np.int64)
+    if len(a_idx) == 0:
+        return out
+    dphi = _tracker.wrap_phi(a_phi[a_idx] - jets["phi"][j_idx])
+    dr2 = (a_eta[a_idx] - jets["eta"][j_idx]) ** 2 + dphi**2
+    order = np.lexsort((dr2, a_idx))
+    first = np.r_[True, a_idx[order][1:] != a_idx[order][:-1]]
+    best = order[first]
+    ok = dr2[best] < max_dr**2
+    out[a_idx[best[ok]]] = j_idx[best[ok]]
+    return out
+
+
+def cluster_jets(parts: Particles, n_events: int) -> dict:
+    """Anti-kT R = 0.4 jets of the visible stable particles, pT > 20 GeV, |eta| < 2.5.
+
+    Returns a dict of flat float64 arrays (``px``, ``py``, ``pz``, ``E``, ``pt``, ``eta``,
+    ``phi``, ``mass``, ``event``) and per-event ``start``/``count``.
+    """
+    import awkward as ak
+    import fastjet
+
+    vis = (parts.status > 0) & ~np.isin(np.abs(parts.pdgid), _INVISIBLE)
+    counts = np.bincount(parts.event[vis], minlength=n_events)
+    p = parts.p[vis]
+    arr = ak.unflatten(ak.zip({"px": p[:, 0], "py": p[:, 1], "pz": p[:, 2], "E": p[:, 3]}), counts)
+    cs = fastjet.ClusterSequence(arr, fastjet.JetDefinition(fastjet.antikt_algorithm, JET_R))
+    jets = cs.inclusive_jets(JET_PT_MIN)
+    njet = ak.to_numpy(ak.num(jets, axis=1)).astype(np.int64)
+    jp = np.stack([ak.to_numpy(ak.flatten(jets[k])) for k in ("px", "py", "pz", "E")], axis=-1)
+    pt, eta, phi = _pt_eta_phi(jp)
+    event = np.repeat(np.arange(n_events), njet)
+    keep = (pt > JET_PT_MIN) & (np.abs(eta) < JET_ETA_MAX)
+    count = np.bincount(event[keep], minlength=n_events)
+    m2 = jp[:, 3] ** 2 - (jp[:, :3] ** 2).sum(axis=1)
+    return {
+        "p": jp[keep],
+        "pt": pt[keep],
+        "eta": eta[keep],
+        "phi": phi[keep],
+        "mass": np.sqrt(np.maximum(m2[keep], 0.0)),
+        "event": event[keep],
+        "count": count,
+        "start": np.concatenate([[0], np.cumsum(count)[:-1]]),
+    }
+
+
+def _label_jets(parts: Particles, jets: dict):
+    """Cone labels: per jet, (flavour_label, cone label, hadron index or -1)."""
+    n_jets = len(jets["pt"])
+    flavour = np.full(n_jets, 2, dtype=np.int32)
+    hadron = np.full(n_jets, -1, dtype=np.int64)
+    pt, eta, phi = _pt_eta_phi(parts.p)
+    for flav, is_flav in ((0, _truth.is_b_hadron), (1, _truth.is_c_hadron)):
+        weak = _truth.weakly_decaying(is_flav(parts.pdgid), parts.mother)
+        h = np.flatnonzero(weak & (pt > HADRON_PT_MIN))
+        jet_of = _nearest(parts.event[h], eta[h], phi[h], jets, HADRON_DR)
+        ok = jet_of >= 0
+        h, jet_of = h[ok], jet_of[ok]
+        # b first: a jet with a b hadron is a b-jet whatever else it contains.
+        free = flavour[jet_of] == 2
+        h, jet_of = h[free], jet_of[free]
+        if len(h) == 0:
+            continue
+        # the leading hadron of the jet defines the hf vertex
+        order = np.lexsort((-pt[h], jet_of))
+        first = np.r_[True, jet_of[order][1:] != jet_of[order][:-1]]
+        lead_jet, lead_h = jet_of[order][first], h[order][first]
+        flavour[lead_jet] = flav
+        hadron[lead_jet] = lead_h
+    cone = np.array([5, 4, 0], dtype=np.int32)[flavour]
+    return flavour, cone, hadron
+
+
+def _vertex_index(jet: np.ndarray, rel_vertex: np.ndarray) -> np.ndarray:
+    """ftagTruthVertexIndex of stored tracks: 0 = PV, then 1, 2, ... per jet in pT order.
+
+    ``jet`` (k,) jet index of each track (tracks of a jet contiguous, jets ascending, tracks in
+    decreasing pT), ``rel_vertex`` (k, 3) production point minus PV [mm], grouped on a 1 um grid
+    (daughters of one decay share their production point exactly; the grid also merges decays
+    of strongly decaying resonances, which travel far less than 1 um).
+    """
+    if len(jet) == 0:
+        return np.zeros(0, dtype=np.int32)
+    grid = np.round(rel_vertex / VERTEX_GRID).astype(np.int64)
+    key = np.concatenate([jet[:, None], grid], axis=1)
+    uniq, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    # displaced groups in order of their highest-pT track: grouped by jet since jets ascend
+    disp = np.flatnonzero(uniq[:, 1:].any(axis=1))
+    disp = disp[np.argsort(first[disp], kind="stable")]
+    gjet = uniq[disp, 0]
+    pos = np.arange(len(disp))
+    block_start = np.maximum.accumulate(np.where(np.r_[True, gjet[1:] != gjet[:-1]], pos, 0))
+    index = np.zeros(len(uniq), dtype=np.int32)
+    index[disp] = pos - block_start + 1
+    return index[inverse.reshape(-1)]
+
+
+def process_batch(
+    batch,
+    charge_of,
+    rng: np.random.Generator,
+    *,
+    max_tracks: int,
+    bz: float,
+    event_offset: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Jets and tracks of one batch of events.
+
+    Args:
+        batch: awkward array from ``Pythia.nextBatch``.
+        charge_of: callable mapping a PDG id array (n,) to charges (n,) [e].
+        rng: generator for efficiency and smearing (the only randomness outside Pythia).
+        max_tracks: track slots per jet; the highest-pT tracks are kept.
+        bz: field [T].
+        event_offset: eventNumber of the batch's first event.
+
+    Returns:
+        ``(jets (n_jets,) JET_DTYPE, tracks (n_jets, max_tracks) TRACK_DTYPE)``.
+    """
+    parts = flatten(batch)
+    n_events = len(parts.start)
+    pv_event = parts.vprod[parts.start + _HARD_PARTON]  # (n_events, 3)
+    jets = cluster_jets(parts, n_events)
+    n_jets = len(jets["pt"])
+    flavour, cone, hadron = _label_jets(parts, jets)
+
+    # --- tracks: charged stable particles in the acceptance, then the efficiency ---
+    final = np.flatnonzero(parts.status > 0)
+    charge = charge_of(parts.pdgid[final])
+    pt, eta, _ = _pt_eta_phi(parts.p[final])
+    v = parts.vprod[final]
+    pv = pv_event[parts.event[final]]
+    acc = (
+        (charge != 0)
+        & (pt > _tracker.PT_MIN)
+        & (np.abs(eta) < _tracker.ETA_MAX)
+        & (np.hypot(v[:, 0], v[:, 1]) < _tracker.R_PROD_MAX)
+        & (np.abs(v[:, 2]) < _tracker.Z_PROD_MAX)
+    )
+    sel = np.flatnonzero(acc)
+    sel = sel[rng.random(len(sel)) < _tracker.efficiency(pt[sel], eta[sel])]
+    idx, charge, pt, eta, v, pv = final[sel], charge[sel], pt[sel], eta[sel], v[sel], pv[sel]
+    truth = _tracker.true_perigee(v, parts.p[idx, :3], charge, pv, bz)
+    meas, cov = _tracker.measure(truth, pt, eta, rng, bz)
+    m_pt = _tracker.pt_from_rho(meas[:, 4], bz)
+    m_eta = -np.log(np.tan(0.5 * meas[:, 3]))
+
+    # --- association to the nearest jet axis, highest-pT tracks first ---
+    jet_of = _nearest(parts.event[idx], m_eta, meas[:, 2], jets, TRACK_DR)
+    a = np.flatnonzero(jet_of >= 0)
+    a = a[np.lexsort((-m_pt[a], jet_of[a]))]
+    ja = jet_of[a]
+    n_all = np.bincount(ja, minlength=n_jets)
+    jet_start = np.concatenate([[0], np.cumsum(n_all)[:-1]])
+    slot = np.arange(len(a)) - jet_start[ja]
+    keep = slot < max_tracks
+    a, ja, slot = a[keep], ja[keep], slot[keep]
+
+    rel_v = v[a] - pv[a]
+    displaced = np.sqrt((rel_v**2).sum(axis=1)) > VERTEX_GRID
+    origin = _truth.origin_labels(idx[a], parts.pdgid, parts.status, parts.mother, displaced)
+
+    tracks = np.zeros((n_jets, max_tracks), dtype=TRACK_DTYPE)
+    t = np.zeros(len(a), dtype=TRACK_DTYPE)
+    t["valid"] = True
+    for k, name in enumerate(("d0", "z0", "phi", "theta", "rho")):
+        t[name] = meas[a, k]
+        t["true_" + name] = truth[a, k]
+    t["cov"] = cov[a]
+    t["charge"] = charge[a]
+    t["pt"] = m_pt[a]
+    t["eta"] = m_eta[a]
+    t["deta"] = m_eta[a] - jets["eta"][ja]
+    dphi = _tracker.wrap_phi(meas[a, 2] - jets["phi"][ja])
+    t["dphi"] = dphi
+    sd0 = np.sqrt(cov[a, 0, 0])
+    sz0 = np.sqrt(cov[a, 1, 1])
+    d0, z0 = meas[a, 0], meas[a, 1]
+    # Lifetime sign: + when the PCA lies on the jet side of the PV (physics.md d0 convention:
+    # PCA - PV = d0 (sin phi, -cos phi), so PCA . jet_T = d0 sin(phi - phi_jet)).
+    t["d0_significance"] = np.abs(d0) / sd0 * np.where(d0 * np.sin(dphi) >= 0, 1.0, -1.0)
+    t["z0_significance"] = np.abs(z0) / sz0 * np.where(z0 * (-t["deta"]) >= 0, 1.0, -1.0)
+    t["ftagTruthOriginLabel"] = origin
+    t["ftagTruthVertexIndex"] = _vertex_index(ja, rel_v)
+    t["truth_vertex_x"], t["truth_vertex_y"], t["truth_vertex_z"] = v[a].T
+    tracks[ja, slot] = t
+
+    # --- jets ---
+    out = np.zeros(n_jets, dtype=JET_DTYPE)
+    for name in ("pt", "eta", "phi", "mass"):
+        out[name] = jets[name]
+    out["HadronConeExclTruthLabelID"] = cone
+    out["flavour_label"] = flavour
+    out["n_tracks"] = np.minimum(n_all, max_tracks)
+    out["n_tracks_all"] = n_all
+    out["eventNumber"] = event_offset + jets["event"]
+    jpv = pv_event[jets["event"]]
+    out["pv_x"], out["pv_y"], out["pv_z"] = jpv.T
+    hf = hadron >= 0
+    h = hadron[hf]
+    # The weakly decaying hadron decays where its daughters are produced.
+    dec = parts.vprod[np.where(parts.daughter[h] >= 0, parts.daughter[h], h)]
+    hv = np.zeros((n_jets, 3))
+    hv[hf] = dec
+    out["hf_vertex_x"], out["hf_vertex_y"], out["hf_vertex_z"] = hv.T
+    rel = np.where(hf[:, None], hv - jpv, 0.0)
+    out["Lxy"] = np.hypot(rel[:, 0], rel[:, 1])
+    out["L3D"] = np.sqrt((rel**2).sum(axis=1))
+    hpt = np.zeros(n_jets)
+    hpt[hf] = np.hypot(parts.p[h, 0], parts.p[h, 1])
+    out["hadron_pt"] = hpt
+    hid = np.zeros(n_jets, dtype=np.int64)
+    hid[hf] = parts.pdgid[h]
+    out["hadron_pdgid"] = hid
+    return out, tracks
