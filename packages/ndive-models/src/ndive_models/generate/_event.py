@@ -168,17 +168,20 @@ def _label_jets(parts: Particles, jets: dict):
     return flavour, cone, hadron
 
 
-def _vertex_index(jet: np.ndarray, rel_vertex: np.ndarray) -> np.ndarray:
+def _vertex_index(jet: np.ndarray, rel_vertex: np.ndarray, at_pv: np.ndarray) -> np.ndarray:
     """ftagTruthVertexIndex of stored tracks: 0 = PV, then 1, 2, ... per jet in pT order.
 
     ``jet`` (k,) jet index of each track (tracks of a jet contiguous, jets ascending, tracks in
     decreasing pT), ``rel_vertex`` (k, 3) production point minus PV [mm], grouped on a 1 um grid
     (daughters of one decay share their production point exactly; the grid also merges decays
-    of strongly decaying resonances, which travel far less than 1 um).
+    of strongly decaying resonances, which travel far less than 1 um). ``at_pv`` (k,) marks
+    tracks within 1 um of the PV (3D), the same definition as for the origin labels; any
+    other point has a nonzero grid coordinate.
     """
     if len(jet) == 0:
         return np.zeros(0, dtype=np.int32)
     grid = np.round(rel_vertex / VERTEX_GRID).astype(np.int64)
+    grid[at_pv] = 0
     key = np.concatenate([jet[:, None], grid], axis=1)
     uniq, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
     # displaced groups in order of their highest-pT track: grouped by jet since jets ascend
@@ -278,7 +281,7 @@ def process_batch(
     t["d0_significance"] = np.abs(d0) / sd0 * np.where(d0 * np.sin(dphi) >= 0, 1.0, -1.0)
     t["z0_significance"] = np.abs(z0) / sz0 * np.where(z0 * (-t["deta"]) >= 0, 1.0, -1.0)
     t["ftagTruthOriginLabel"] = origin
-    t["ftagTruthVertexIndex"] = _vertex_index(ja, rel_v)
+    t["ftagTruthVertexIndex"] = _vertex_index(ja, rel_v, ~displaced)
     t["truth_vertex_x"], t["truth_vertex_y"], t["truth_vertex_z"] = v[a].T
     tracks[ja, slot] = t
 

@@ -177,7 +177,9 @@ class _WorkerPool:
     """``workers`` processes, each feeding its own bounded queue; read round-robin."""
 
     def __init__(self, cfg: GenerationConfig):
-        ctx = mp.get_context("spawn")  # no fork of a parent holding HDF5/tqdm threads
+        # fork: fast start, works from stdin/notebooks; the pool is created before the parent
+        # opens the HDF5 file or starts the progress-bar thread. spawn where fork is missing.
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         self.stop = ctx.Event()
         self.queues = [ctx.Queue(maxsize=3) for _ in range(cfg.workers)]
         self.procs = [

@@ -72,9 +72,13 @@ def origin_labels(
     call a whole displaced vertex primary. Priority: FromBC (a c hadron between the track and a
     b hadron), FromB, FromC, FromTau, OtherSecondary (production point ``displaced`` from the PV,
     e.g. K0S/Lambda decays), else Primary.
+
+    Only weakly decaying b and c hadrons count: the pion of B** -> B pi or D*+ -> D0 pi+ is made
+    at the primary vertex and is Primary (but FromB when the D* itself comes from a B decay),
+    so every FromB/FromBC/FromC track starts at a displaced heavy-flavour decay vertex.
     """
-    is_b = is_b_hadron(pdgid)
-    is_c = is_c_hadron(pdgid)
+    is_b = weakly_decaying(is_b_hadron(pdgid), mother)
+    is_c = weakly_decaying(is_c_hadron(pdgid), mother)
     is_tau = np.abs(pdgid) == 15
     abs_status = np.abs(status)
     k = len(start)
