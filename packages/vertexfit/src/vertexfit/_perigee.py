@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as _np
+
 from . import _xp
 from ._jet import Jet, Ops
 from ._model import get_model
@@ -27,6 +29,25 @@ DEFAULT_BZ = 2.0
 def _check_last(name, a, n):
     if a.ndim < 1 or a.shape[-1] != n:
         raise ValueError(f"{name} must have shape (..., {n}), got {tuple(a.shape)}")
+
+
+def _check_batch(what, *named):
+    """Raise if the batch shapes ``(name, shape)`` of several arguments do not broadcast.
+
+    Checked eagerly on shapes only (valid under ``jax.jit``): the backends' own broadcasting
+    errors would not say which argument is wrong.
+    """
+    shapes = []
+    for name, shape in named:
+        shapes.append(tuple(shape))
+        try:
+            _np.broadcast_shapes(*shapes)
+        except ValueError:
+            listing = ", ".join(f"{n} {tuple(s)}" for n, s in named[: len(shapes)])
+            raise ValueError(
+                f"{name}: batch shape {tuple(shape)} does not broadcast with the other "
+                f"arguments of {what} ({listing})"
+            ) from None
 
 
 def curvature(charge, pt, bz=DEFAULT_BZ):
@@ -56,9 +77,11 @@ def perigee(vertex, momenta, ref=None, *, model="helix"):
     _check_last("momenta", momenta, 3)
     if momenta.ndim < 2:
         raise ValueError(f"momenta must have shape (..., T, 3), got {tuple(momenta.shape)}")
-    local = vertex if ref is None else vertex - ref
     if ref is not None:
         _check_last("ref", ref, 3)
+    _check_batch("perigee", ("vertex", vertex.shape[:-1]), ("momenta", momenta.shape[:-2]),
+                 *([] if ref is None else [("ref", ref.shape[:-1])]))
+    local = vertex if ref is None else vertex - ref
     x, y, z = (local[..., None, k] for k in range(3))
     out = get_model(model)(Ops(xp), x, y, z, momenta[..., 0], momenta[..., 1], momenta[..., 2])
     return xp.stack(xp.broadcast_arrays(*out), axis=-1)
@@ -74,8 +97,9 @@ def extrapolation_jets(xp, tracks, shift, order):
     """
     M = Ops(xp)
     d0, z0, phi, theta, rho = (Jet.variable(tracks[..., k], k, order) for k in range(5))
-    x = d0 * M.sin(phi) - shift[..., None, 0]
-    y = -(d0 * M.cos(phi)) - shift[..., None, 1]
+    sin_phi, cos_phi = M.sincos(phi)
+    x = d0 * sin_phi - shift[..., None, 0]
+    y = -(d0 * cos_phi) - shift[..., None, 1]
     z = z0 - shift[..., None, 2]
     return get_model("helix")(M, x, y, z, phi, theta, rho)
 
@@ -116,10 +140,11 @@ def _acts_jets(xp, tracks, bz, sign):
     M = Ops(xp)
     d0, z0, phi, theta, last = (Jet.variable(tracks[..., k], k, 1) for k in range(5))
     kb = K_GEV_PER_T_MM * bz
+    sin_theta, _ = M.sincos(theta)
     if sign > 0:  # rho -> q/p = -rho sin(theta) / (K Bz)
-        new_last = -(last * M.sin(theta)) / kb
+        new_last = -(last * sin_theta) / kb
     else:  # q/p -> rho = -(q/p) K Bz / sin(theta)
-        new_last = -(last * kb) / M.sin(theta)
+        new_last = -(last * kb) / sin_theta
     return (-d0, z0, phi, theta, new_last)
 
 
@@ -194,9 +219,17 @@ def extrapolate(tracks, cov, new_ref, *, ref=None):
     _check_last("new_ref", new_ref, 3)
     if tracks.ndim < 2:
         raise ValueError(f"tracks must have shape (..., T, 5), got {tuple(tracks.shape)}")
-    shift = new_ref if ref is None else new_ref - ref
     if ref is not None:
         _check_last("ref", ref, 3)
+    if cov is not None:
+        if cov.ndim < 3 or tuple(cov.shape[-2:]) != (5, 5):
+            raise ValueError(f"cov must have shape (..., T, 5, 5), got {tuple(cov.shape)}")
+        if tuple(cov.shape[:-2]) != tuple(tracks.shape[:-1]):
+            raise ValueError(f"cov must have shape {tuple(tracks.shape[:-1]) + (5, 5)} to "
+                             f"match tracks {tuple(tracks.shape)}, got {tuple(cov.shape)}")
+    _check_batch("extrapolate", ("tracks", tracks.shape[:-2]), ("new_ref", new_ref.shape[:-1]),
+                 *([] if ref is None else [("ref", ref.shape[:-1])]))
+    shift = new_ref if ref is None else new_ref - ref
     jets = extrapolation_jets(xp, tracks, shift, order=1)
     out = xp.stack(xp.broadcast_arrays(*[j.v for j in jets]), axis=-1)
     if cov is None:
