@@ -52,24 +52,29 @@ def flatten(batch) -> Particles:
     counts = ak.to_numpy(ak.num(prt, axis=1)).astype(np.int64)
     start = np.concatenate([[0], np.cumsum(counts)[:-1]])
     event = np.repeat(np.arange(len(counts)), counts)
+    flat = ak.flatten(prt, axis=1)  # one flatten, then cheap per-field views
 
-    def flat(x, fill=0.0):
-        return ak.to_numpy(ak.flatten(ak.fill_none(x, fill), axis=None))
+    def col(x):
+        return ak.to_numpy(x)
 
     def to_global(local):
         # Pythia's index 0 is the event-as-a-whole entry: mother1 = 0 means no mother.
-        local = flat(local).astype(np.int64)
+        local = col(local).astype(np.int64)
         return np.where(local > 0, local + start[event], -1)
 
-    p = np.stack([flat(prt.p.px), flat(prt.p.py), flat(prt.p.pz), flat(prt.p.e)], axis=-1)
-    v = prt.vProd
-    vprod = np.stack([flat(v.px), flat(v.py), flat(v.pz)], axis=-1)
+    mom = flat.p
+    p = np.stack([col(mom.px), col(mom.py), col(mom.pz), col(mom.e)], axis=-1)
+    v = flat.vProd  # option type: missing vertices count as the origin
+    vprod = np.stack(
+        [np.ma.filled(ak.to_numpy(v[k], allow_missing=True), 0.0) for k in ("px", "py", "pz")],
+        axis=-1,
+    )
     return Particles(
         event=event,
-        pdgid=flat(prt.id).astype(np.int64),
-        status=flat(prt.status).astype(np.int64),
-        mother=to_global(prt.mother1),
-        daughter=to_global(prt.daughter1),
+        pdgid=col(flat.id).astype(np.int64),
+        status=col(flat.status).astype(np.int64),
+        mother=to_global(flat.mother1),
+        daughter=to_global(flat.daughter1),
         p=p,
         vprod=vprod,
         start=start,
@@ -141,25 +146,31 @@ def cluster_jets(parts: Particles, n_events: int) -> dict:
     }
 
 
-def _label_jets(parts: Particles, jets: dict):
-    """Cone labels: per jet, (flavour_label, cone label, hadron index or -1)."""
+def _label_jets(parts: Particles, jets: dict, weak_b: np.ndarray, weak_c: np.ndarray):
+    """Cone labels: per jet, (flavour_label, cone label, hadron index or -1).
+
+    ``weak_b``/``weak_c`` (n,) flag the weakly decaying b/c hadrons among all particles.
+    """
     n_jets = len(jets["pt"])
     flavour = np.full(n_jets, 2, dtype=np.int32)
     hadron = np.full(n_jets, -1, dtype=np.int64)
-    pt, eta, phi = _pt_eta_phi(parts.p)
-    for flav, is_flav in ((0, _truth.is_b_hadron), (1, _truth.is_c_hadron)):
-        weak = _truth.weakly_decaying(is_flav(parts.pdgid), parts.mother)
-        h = np.flatnonzero(weak & (pt > HADRON_PT_MIN))
-        jet_of = _nearest(parts.event[h], eta[h], phi[h], jets, HADRON_DR)
-        ok = jet_of >= 0
-        h, jet_of = h[ok], jet_of[ok]
+    for flav, weak in ((0, weak_b), (1, weak_c)):
+        h = np.flatnonzero(weak)
+        pt, eta, phi = _pt_eta_phi(parts.p[h])
+        h, eta, phi, pt = (
+            h[pt > HADRON_PT_MIN],
+            eta[pt > HADRON_PT_MIN],
+            phi[pt > HADRON_PT_MIN],
+            pt[pt > HADRON_PT_MIN],
+        )
+        jet_of = _nearest(parts.event[h], eta, phi, jets, HADRON_DR)
         # b first: a jet with a b hadron is a b-jet whatever else it contains.
-        free = flavour[jet_of] == 2
-        h, jet_of = h[free], jet_of[free]
+        ok = (jet_of >= 0) & (flavour[np.maximum(jet_of, 0)] == 2)
+        h, jet_of, pt = h[ok], jet_of[ok], pt[ok]
         if len(h) == 0:
             continue
         # the leading hadron of the jet defines the hf vertex
-        order = np.lexsort((-pt[h], jet_of))
+        order = np.lexsort((-pt, jet_of))
         first = np.r_[True, jet_of[order][1:] != jet_of[order][:-1]]
         lead_jet, lead_h = jet_of[order][first], h[order][first]
         flavour[lead_jet] = flav
@@ -222,7 +233,9 @@ def process_batch(
     pv_event = parts.vprod[parts.start + _HARD_PARTON]  # (n_events, 3)
     jets = cluster_jets(parts, n_events)
     n_jets = len(jets["pt"])
-    flavour, cone, hadron = _label_jets(parts, jets)
+    weak_b = _truth.weakly_decaying(_truth.is_b_hadron(parts.pdgid), parts.mother)
+    weak_c = _truth.weakly_decaying(_truth.is_c_hadron(parts.pdgid), parts.mother)
+    flavour, cone, hadron = _label_jets(parts, jets, weak_b, weak_c)
 
     # --- tracks: charged stable particles in the acceptance, then the efficiency ---
     final = np.flatnonzero(parts.status > 0)
@@ -258,7 +271,9 @@ def process_batch(
 
     rel_v = v[a] - pv[a]
     displaced = np.sqrt((rel_v**2).sum(axis=1)) > VERTEX_GRID
-    origin = _truth.origin_labels(idx[a], parts.pdgid, parts.status, parts.mother, displaced)
+    origin = _truth.origin_labels(
+        idx[a], weak_b, weak_c, parts.pdgid, parts.status, parts.mother, displaced
+    )
 
     tracks = np.zeros((n_jets, max_tracks), dtype=TRACK_DTYPE)
     t = np.zeros(len(a), dtype=TRACK_DTYPE)

@@ -276,13 +276,24 @@ def file_attributes(cfg: GenerationConfig) -> dict:
 
 @dataclass
 class GenerationResult:
-    """What a run produced: path, jets per flavour, events generated, wall time [s]."""
+    """What a run produced: path, jets per flavour, events generated, wall times [s].
+
+    ``startup_seconds`` is the time until the first batch arrived (process start, Pythia
+    initialisation, first events): :attr:`steady_jets_per_second` excludes it.
+    """
 
     path: Path
     n_jets: int
     n_per_flavour: dict
     n_events: int
     seconds: float
+    startup_seconds: float = 0.0
+    first_batch_jets: int = 0
+
+    @property
+    def steady_jets_per_second(self) -> float:
+        dt = self.seconds - self.startup_seconds
+        return (self.n_jets - self.first_batch_jets) / dt if dt > 0 else float("nan")
 
     @property
     def jets_per_second(self) -> float:
@@ -303,6 +314,7 @@ def generate(cfg: GenerationConfig, out, *, progress: bool = True) -> Generation
     counts = np.zeros_like(quotas)
     per_flavour = np.zeros(len(FLAVOURS), dtype=np.int64)
     n_events = 0
+    t_first, first_jets = None, 0
     source = _WorkerPool(cfg) if cfg.workers > 1 else _InProcess(cfg)
     try:
         with (
@@ -311,6 +323,8 @@ def generate(cfg: GenerationConfig, out, *, progress: bool = True) -> Generation
         ):
             for k in itertools.count():
                 jets, tracks, n_ev = source.get(k % cfg.workers)
+                if t_first is None:
+                    t_first = time.perf_counter() - t0
                 n_events += n_ev
                 group = jets["flavour_label"] if cfg.balance else np.zeros(len(jets), int)
                 take = []
@@ -322,6 +336,8 @@ def generate(cfg: GenerationConfig, out, *, progress: bool = True) -> Generation
                 writer.append(jets[take], tracks[take])
                 per_flavour += np.bincount(jets["flavour_label"][take], minlength=len(FLAVOURS))
                 bar.update(len(take))
+                if k == 0:
+                    first_jets = len(take)
                 if (counts >= quotas).all():
                     break
             writer.attrs["n_events"] = n_events
@@ -330,7 +346,9 @@ def generate(cfg: GenerationConfig, out, *, progress: bool = True) -> Generation
         source.close()
     seconds = time.perf_counter() - t0
     flavours = {f: int(n) for f, n in zip(FLAVOURS, per_flavour)}
-    return GenerationResult(path, int(counts.sum()), flavours, n_events, seconds)
+    return GenerationResult(
+        path, int(counts.sum()), flavours, n_events, seconds, t_first or 0.0, first_jets
+    )
 
 
 def describe(cfg: GenerationConfig) -> str:

@@ -60,12 +60,17 @@ def weakly_decaying(is_flavour: np.ndarray, mother: np.ndarray) -> np.ndarray:
 
 def origin_labels(
     start: np.ndarray,
+    weak_b: np.ndarray,
+    weak_c: np.ndarray,
     pdgid: np.ndarray,
     status: np.ndarray,
     mother: np.ndarray,
     displaced: np.ndarray,
 ) -> np.ndarray:
     """FTAG ``ftagTruthOriginLabel`` of the particles ``start`` (k,) (global indices).
+
+    ``weak_b``/``weak_c`` (n,) flag weakly decaying b/c hadrons (:func:`weakly_decaying`),
+    ``pdgid``, ``status``, ``mother`` (n,) describe all particles of the batch.
 
     Follows ``mother1`` through every production with ``|status|`` in 71..99 (hadronisation
     and decays): following only 91..99 would stop at the string of B -> psi -> gg -> hadrons and
@@ -77,8 +82,7 @@ def origin_labels(
     at the primary vertex and is Primary (but FromB when the D* itself comes from a B decay),
     so every FromB/FromBC/FromC track starts at a displaced heavy-flavour decay vertex.
     """
-    is_b = weakly_decaying(is_b_hadron(pdgid), mother)
-    is_c = weakly_decaying(is_c_hadron(pdgid), mother)
+    is_b, is_c = weak_b, weak_c
     is_tau = np.abs(pdgid) == 15
     abs_status = np.abs(status)
     k = len(start)
