@@ -14,12 +14,16 @@ with ``Q = x cos(phi) + y sin(phi)`` (distance along the track direction) and
 ``d0 = 1/rho - sign(rho) |c|`` and ``phi_pca = atan2(-s c_x, s c_y)`` become, after
 multiplying through by rho and rationalising,
 
-* ``N = sqrt((1 + rho R)^2 + (rho Q)^2)``  (= rho |c|, the chord factor),
-* ``d0 = -(2 R + rho (Q^2 + R^2)) / (1 + N)``,
-* ``phi_pca = atan2(sin(phi) - rho x, cos(phi) + rho y)``,
+* ``N = sqrt((1 + rho R)^2 + (rho Q)^2) = sqrt(1 + rho t)`` with
+  ``t = 2 R + rho (x^2 + y^2)`` (``N = |rho| |c|``, and ``Q^2 + R^2 = x^2 + y^2``),
+* ``d0 = (1 - N) / rho = -t / (1 + N)``,
 * the turning angle from the vertex to the PCA is ``-2 atan(rho k)`` with
-  ``k = Q / (N + 1 + rho R)`` (half-angle form), so the signed transverse arc length is
-  ``L = -2 k atanc(rho k)`` with ``atanc(w) = atan(w) / w``, and ``z0 = z + L cot(theta)``.
+  ``k = Q / (N + 1 + rho R)`` (half-angle form of ``atan2(-rho Q, 1 + rho R)``), so the
+  signed transverse arc length is ``L = -2 k atanc(rho k)`` with ``atanc(w) = atan(w) / w``,
+  ``z0 = z + L cot(theta)`` and ``phi_pca = phi + rho L``.
+
+The models return ``phi_pca`` unwrapped (cheaper, and smooth for derivatives); callers wrap
+it (:func:`vertexfit.perigee`) or wrap residuals.
 
 No expression divides by rho, so the formulas are exact and accurate for every rho,
 including exactly zero (straight line: ``d0 = -R``, ``z0 = z - Q cot(theta)``).
@@ -32,18 +36,18 @@ __all__ = ["helix", "billoir", "MODELS"]
 
 def helix(M, x, y, z, phi, theta, rho):
     """Exact helix perigee of a track made at (x, y, z) with momentum (phi, theta, rho)."""
-    c = M.cos(phi)
-    s = M.sin(phi)
+    s, c = M.sincos(phi)
     Q = x * c + y * s
     R = y * c - x * s
-    h = 1.0 + rho * R
-    g = rho * Q
-    N = M.sqrt(h * h + g * g)
-    d0 = -(2.0 * R + rho * (Q * Q + R * R)) / (1.0 + N)
-    phi_pca = M.atan2(s - rho * x, c + rho * y)
-    k = Q / (N + h)
+    # Q^2 + R^2 = x^2 + y^2: a per-vertex quantity, cheaper than per track
+    t = 2.0 * R + rho * (x * x + y * y)
+    N = M.sqrt(1.0 + rho * t)
+    d0 = -t / (1.0 + N)
+    k = Q / (N + 1.0 + rho * R)
     arc = -2.0 * k * M.atanc(rho * k)
-    z0 = z + arc * M.cos(theta) / M.sin(theta)
+    z0 = z + arc * M.cot(theta)
+    # the turning angle from the vertex to the PCA is rho * arc: no atan2 needed
+    phi_pca = phi + rho * arc
     return d0, z0, phi_pca, theta, rho
 
 
@@ -52,13 +56,12 @@ def billoir(M, x, y, z, phi, theta, rho):
 
     Agrees with :func:`helix` up to terms of order rho^2 (tested).
     """
-    c = M.cos(phi)
-    s = M.sin(phi)
+    s, c = M.sincos(phi)
     Q = x * c + y * s
     R = y * c - x * s
     d0 = -R - Q * Q * rho * 0.5
-    z0 = z - Q * (1.0 - R * rho) * M.cos(theta) / M.sin(theta)
-    phi_pca = M.wrap(phi - Q * rho)
+    z0 = z - Q * (1.0 - R * rho) * M.cot(theta)
+    phi_pca = phi - Q * rho
     return d0, z0, phi_pca, theta, rho
 
 

@@ -83,7 +83,9 @@ def perigee(vertex, momenta, ref=None, *, model="helix"):
                  *([] if ref is None else [("ref", ref.shape[:-1])]))
     local = vertex if ref is None else vertex - ref
     x, y, z = (local[..., None, k] for k in range(3))
-    out = get_model(model)(Ops(xp), x, y, z, momenta[..., 0], momenta[..., 1], momenta[..., 2])
+    M = Ops(xp)
+    out = list(get_model(model)(M, x, y, z, momenta[..., 0], momenta[..., 1], momenta[..., 2]))
+    out[2] = M.wrap(out[2])
     return xp.stack(xp.broadcast_arrays(*out), axis=-1)
 
 
@@ -230,7 +232,8 @@ def extrapolate(tracks, cov, new_ref, *, ref=None):
     _check_batch("extrapolate", ("tracks", tracks.shape[:-2]), ("new_ref", new_ref.shape[:-1]),
                  *([] if ref is None else [("ref", ref.shape[:-1])]))
     shift = new_ref if ref is None else new_ref - ref
-    jets = extrapolation_jets(xp, tracks, shift, order=1)
+    jets = list(extrapolation_jets(xp, tracks, shift, order=1))
+    jets[2] = Ops(xp).wrap(jets[2])
     out = xp.stack(xp.broadcast_arrays(*[j.v for j in jets]), axis=-1)
     if cov is None:
         return out, None
