@@ -1,0 +1,74 @@
+"""Developer sessions. Run ``nox -l`` to list them; each installs what it needs.
+
+* ``nox -s tests``  -- the whole test suite on every backend (NumPy, array-api-strict, JAX,
+  PyTorch; float64 and float32). Slow, large-scale checks are marked ``slow`` and skipped;
+  run them with ``nox -s tests -- -m slow``.
+* ``nox -s demo``   -- the main job on a small built-in default (see README).
+* ``nox -s bench``  -- cross-backend benchmarks; writes benchmarks/results/.
+* ``nox -s paper``  -- reproduce the NDIVE paper's comparison (long; see README).
+* ``nox -s docs``   -- build the documentation site with warnings as errors.
+* ``nox -s lint``   -- ruff.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+# Pinned here, not in the packages' metadata: a plain `torch` pulls several GB of CUDA wheels;
+# torch 2.13.0 has a CPU build on these machines.
+TORCH = "torch==2.13.0"
+JAX = "jax==0.10.2"
+PACKAGES = ["-e", "packages/vertexfit[all]", "-e", "packages/ndive-models[generate,plots]"]
+TEST_DEPS = ["pytest>=8", "hypothesis>=6.100", "array-api-strict>=2.2", "pyyaml"]
+
+
+def _install(session, *extra):
+    session.install(TORCH, JAX, *PACKAGES, *extra)
+
+
+@nox.session(python=PYTHON)
+def tests(session):
+    """Run the test suite (all backends). Extra arguments go to pytest."""
+    _install(session, *TEST_DEPS)
+    session.run("python", "-m", "pytest", *(session.posargs or []),
+                env={"JAX_PLATFORMS": "cpu", "OMP_NUM_THREADS": "2"})
+
+
+@nox.session(python=PYTHON)
+def lint(session):
+    """ruff over the whole repository."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+
+
+@nox.session(python=PYTHON)
+def demo(session):
+    """The main job: toy and ttbar vertex fits, the differentiable fit, a short training."""
+    _install(session, "pyyaml")
+    session.run("python", "-m", "ndive_models.demo", *session.posargs,
+                env={"JAX_PLATFORMS": "cpu"})
+
+
+@nox.session(python=PYTHON)
+def bench(session):
+    """Cross-backend benchmarks; results in benchmarks/results/<machine>.{json,md,png}."""
+    _install(session, "pyyaml")
+    session.run("python", "benchmarks/run.py", *session.posargs, env={"JAX_PLATFORMS": "cpu"})
+
+
+@nox.session(python=PYTHON)
+def paper(session):
+    """Reproduce the paper's baseline vs FTAG+NDIVE comparison (hours at full scale)."""
+    _install(session, "pyyaml")
+    session.run("python", "-m", "ndive_models.paper", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def docs(session):
+    """Build the documentation site (mkdocs-material + mkdocstrings), warnings as errors."""
+    _install(session, "mkdocs-material>=9.5", "mkdocstrings[python]>=0.25", "pyyaml")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site")
