@@ -23,7 +23,9 @@ PYTHON = "3.11"
 TORCH = "torch==2.13.0"
 JAX = "jax==0.10.2"
 PACKAGES = ["-e", "packages/vertexfit[all]", "-e", "packages/ndive-models[generate,plots]"]
-TEST_DEPS = ["pytest>=8", "hypothesis>=6.100", "array-api-strict>=2.2", "pyyaml"]
+# pytest-timeout: a hung test (e.g. a stuck worker process) fails after `timeout` seconds
+# instead of stalling CI.
+TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "array-api-strict>=2.2", "pyyaml"]
 
 
 def _install(session, *extra):

@@ -4,6 +4,7 @@ Conventions (mm, GeV, rad, tesla; perigee ``(d0, z0, phi, theta, rho)``; d0 sign
 Billoir/Delphes) are documented in ``docs/conventions.md``.
 """
 
+from . import reference, toy
 from ._fit import VertexFit, chi2, fit
 from ._perigee import (
     DEFAULT_BZ,
@@ -16,22 +17,20 @@ from ._perigee import (
     to_acts,
 )
 
-from . import reference, toy  # noqa: E402  (scipy is imported lazily)
-
 __version__ = "0.1.0"
 
 __all__ = [
-    "VertexFit",
-    "chi2",
-    "fit",
     "DEFAULT_BZ",
     "K_GEV_PER_T_MM",
+    "VertexFit",
+    "chi2",
     "covariance_from_sigmas",
     "curvature",
     "extrapolate",
+    "fit",
     "from_acts",
     "perigee",
     "reference",
-    "toy",
     "to_acts",
+    "toy",
 ]

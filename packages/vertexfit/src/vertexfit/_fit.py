@@ -28,9 +28,9 @@ from typing import NamedTuple
 from . import _xp
 from ._jet import Jet, Ops
 from ._model import get_model
-from ._smallmat import ldl, sym_from_array, sym_inverse, sym_to_array, sum_terms
+from ._smallmat import ldl, sum_terms, sym_from_array, sym_inverse, sym_to_array
 
-__all__ = ["VertexFit", "fit", "chi2"]
+__all__ = ["VertexFit", "chi2", "fit"]
 
 # A slot that is masked out (or a jet whose input is invalid under jit) is replaced by this
 # harmless track (d0, z0, phi, theta, rho) with unit covariance before any arithmetic, so
@@ -135,7 +135,7 @@ def schur_terms(F, b):
     """Per-track Schur pieces: W = Fpp^-1, E = W Fpv, S = Fvv - Fvp E, rv = bv - E^T bp."""
     Fpp = {(i, j): F[(3 + i, 3 + j)] for i in range(3) for j in range(i, 3)}
     W, _ = sym_inverse(Fpp, 3)
-    Wg = lambda i, k: W[(i, k)] if i <= k else W[(k, i)]  # noqa: E731
+    Wg = lambda i, k: W[(i, k)] if i <= k else W[(k, i)]
     E = [[sum_terms([Wg(i, k) * F[(a, 3 + k)] for k in range(3)]) for a in range(3)]
          for i in range(3)]
     S = {(a, c): F[(a, c)] - sum_terms([F[(a, 3 + i)] * E[i][c] for i in range(3)])
@@ -262,7 +262,7 @@ def _to_host(xp, a):
         import numpy as np
 
         return np.from_dlpack(a) if not hasattr(a, "detach") else a.detach().cpu().numpy()
-    except Exception:  # noqa: BLE001
+    except Exception:
         import numpy as np
 
         return np.asarray(a)

@@ -15,6 +15,8 @@ free where a framework asks for them).
 
 from __future__ import annotations
 
+from ._xp import barrier
+
 __all__ = ["Jet", "Ops"]
 
 
@@ -40,7 +42,7 @@ def _acc(d, k, term):
 class Jet:
     """Value ``v`` with sparse gradient ``g[i]`` and (order 2) Hessian ``h[(i, j)]``, i <= j."""
 
-    __slots__ = ("v", "g", "h")
+    __slots__ = ("g", "h", "v")
 
     def __init__(self, v, g, h=None):
         self.v = v
@@ -204,17 +206,18 @@ class Ops:
     def sincos(self, a):
         """``(sin(a), cos(a))`` sharing one evaluation of each transcendental."""
         xp = self.xp
+        # barrier: transcendentals are computed once, not re-fused into every consumer by XLA
+        s, c = barrier(xp, (xp.sin(a.v if isinstance(a, Jet) else a),
+                            xp.cos(a.v if isinstance(a, Jet) else a)))
         if not isinstance(a, Jet):
-            return xp.sin(a), xp.cos(a)
-        s = xp.sin(a.v)
-        c = xp.cos(a.v)
+            return s, c
         order2 = a.h is not None
         return a.unary(s, c, -s if order2 else None), a.unary(c, -s, -c if order2 else None)
 
     def cot(self, a):
         """cot(a) = 1/tan(a): one transcendental; derivatives -(1 + cot^2), 2 cot (1 + cot^2)."""
         xp = self.xp
-        ct = 1.0 / xp.tan(a.v if isinstance(a, Jet) else a)
+        ct = barrier(xp, 1.0 / xp.tan(a.v if isinstance(a, Jet) else a))
         if not isinstance(a, Jet):
             return ct
         f1 = -(1.0 + ct * ct)
@@ -224,7 +227,7 @@ class Ops:
         xp = self.xp
         if not isinstance(a, Jet):
             return xp.sqrt(a)
-        r = xp.sqrt(a.v)
+        r = barrier(xp, xp.sqrt(a.v))
         f1 = 0.5 / r
         return a.unary(r, f1, None if a.h is None else -0.5 * f1 / a.v)
 
@@ -257,7 +260,7 @@ class Ops:
         sm = xp.astype(small, w.dtype)
         order = 0 if not isinstance(a, Jet) else (1 if a.h is None else 2)
         s0, s1w, s2 = _atanc_series(w * w, order)
-        b0 = xp.atan(ws) / ws
+        b0 = barrier(xp, xp.atan(ws) / ws)
         f0 = b0 + sm * (s0 - b0)
         if order == 0:
             return f0

@@ -31,7 +31,7 @@ including exactly zero (straight line: ``d0 = -R``, ``z0 = z - Q cot(theta)``).
 
 from __future__ import annotations
 
-__all__ = ["helix", "billoir", "MODELS"]
+__all__ = ["MODELS", "billoir", "helix"]
 
 
 def helix(M, x, y, z, phi, theta, rho):

@@ -10,14 +10,14 @@ from ._model import get_model
 from ._smallmat import sym_from_array
 
 __all__ = [
-    "K_GEV_PER_T_MM",
     "DEFAULT_BZ",
+    "K_GEV_PER_T_MM",
+    "covariance_from_sigmas",
     "curvature",
+    "extrapolate",
+    "from_acts",
     "perigee",
     "to_acts",
-    "from_acts",
-    "covariance_from_sigmas",
-    "extrapolate",
 ]
 
 #: Curvature constant: rho [1/mm] = -q K Bz [T] / pT [GeV].

@@ -9,7 +9,7 @@ tiny matrices on every backend, and it lets the fit exploit the sparsity of the 
 
 from __future__ import annotations
 
-__all__ = ["sym_from_array", "sym_to_array", "ldl", "sym_inverse", "sym_matvec", "sym_get"]
+__all__ = ["ldl", "sym_from_array", "sym_get", "sym_inverse", "sym_matvec", "sym_to_array"]
 
 
 def sym_get(s, i, j):

@@ -203,23 +203,11 @@ class _WorkerPool:
             return item
 
     def close(self):
+        # Never read the queues after `stop`: a worker exits without flushing its queue
+        # (cancel_join_thread), so a message may be cut short and a read could block forever.
         self.stop.set()
-        for q in self.queues:  # unblock workers waiting on a full queue
-            try:
-                while True:
-                    q.get_nowait()
-            except (queue.Empty, OSError, ValueError):
-                pass
-        for p, q in zip(self.procs, self.queues):
-            for _ in range(50):  # keep draining so a worker blocked in put() can see `stop`
-                p.join(timeout=0.1)
-                if not p.is_alive():
-                    break
-                try:
-                    while True:
-                        q.get_nowait()
-                except (queue.Empty, OSError, ValueError):
-                    pass
+        for p in self.procs:
+            p.join(timeout=5)  # a worker finishes its current batch, then sees `stop`
             if p.is_alive():
                 p.terminate()
                 p.join()
