@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+
 from ndive_models import cli
 from ndive_models.data import partial_path, read_attrs, read_jets
 from ndive_models.generate import INSTALL_HINT, GenerationConfig, generate
@@ -89,7 +90,9 @@ def test_balance_gives_equal_flavours(generate_extra, tmp_path):
     assert np.any(jets["n_tracks_all"] > 8)  # the cut really dropped tracks
 
 
-def test_interrupted_run_leaves_no_complete_looking_file(generate_extra, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_interrupted_run_leaves_no_complete_looking_file(generate_extra, tmp_path, sig):
+    """kill (SIGTERM) or Ctrl-C (SIGINT) mid-run: non-zero exit, no file, no partial file."""
     out = tmp_path / "big.h5"
     cmd = [
         sys.executable,
@@ -111,12 +114,13 @@ def test_interrupted_run_leaves_no_complete_looking_file(generate_extra, tmp_pat
                 break
             time.sleep(0.1)
         assert partial_path(out).exists()
-        proc.send_signal(signal.SIGTERM)
+        time.sleep(1.0)  # jets are being generated and written
+        proc.send_signal(sig)
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode != 0
+    assert proc.returncode == 128 + sig, proc.stderr.read().decode()
     assert not out.exists() and not partial_path(out).exists()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+
 from ndive_models.data import (
     JetWriter,
     SchemaError,

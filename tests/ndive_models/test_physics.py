@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 import vertexfit
 from ndive_models.data.schema import FLAVOURS, ORIGIN, TRACK_PARAMS
 from ndive_models.data.validation import pulls

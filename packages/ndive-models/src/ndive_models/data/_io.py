@@ -43,21 +43,26 @@ class JetWriter:
         self.max_tracks = int(max_tracks)
         self.n = 0
         self.tmp.parent.mkdir(parents=True, exist_ok=True)
-        self._file = h5py.File(self.tmp, "w", track_order=True)
-        for key, value in {**schema.CONVENTIONS, **(attrs or {})}.items():
-            self._file.attrs[key] = _attr(value)
-        self._file.attrs["max_tracks"] = self.max_tracks
-        self._file.attrs["complete"] = False
-        # lzf: fast and available in every h5py build; chunks keep appends and slices cheap.
-        self._jets = self._file.create_dataset(
-            "jets", shape=(0,), maxshape=(None,), dtype=schema.JET_DTYPE,
-            chunks=(chunk_jets,), compression="lzf", track_times=False,
-        )  # fmt: skip
-        self._tracks = self._file.create_dataset(
-            "tracks", shape=(0, self.max_tracks), maxshape=(None, self.max_tracks),
-            dtype=schema.TRACK_DTYPE, chunks=(chunk_jets, self.max_tracks),
-            compression="lzf", track_times=False,
-        )  # fmt: skip
+        self._file = None
+        try:  # an interruption (Ctrl-C, SIGTERM) while setting up leaves no file either
+            self._file = h5py.File(self.tmp, "w", track_order=True)
+            for key, value in {**schema.CONVENTIONS, **(attrs or {})}.items():
+                self._file.attrs[key] = _attr(value)
+            self._file.attrs["max_tracks"] = self.max_tracks
+            self._file.attrs["complete"] = False
+            # lzf: fast and available in every h5py build; chunks keep appends and slices cheap.
+            self._jets = self._file.create_dataset(
+                "jets", shape=(0,), maxshape=(None,), dtype=schema.JET_DTYPE,
+                chunks=(chunk_jets,), compression="lzf", track_times=False,
+            )  # fmt: skip
+            self._tracks = self._file.create_dataset(
+                "tracks", shape=(0, self.max_tracks), maxshape=(None, self.max_tracks),
+                dtype=schema.TRACK_DTYPE, chunks=(chunk_jets, self.max_tracks),
+                compression="lzf", track_times=False,
+            )  # fmt: skip
+        except BaseException:
+            self.abort()
+            raise
 
     @property
     def attrs(self):
@@ -81,16 +86,21 @@ class JetWriter:
 
     def close(self) -> Path:
         """Mark the file complete and give it its final name; returns the final path."""
-        self._file.attrs["complete"] = True
-        self._file.attrs["n_jets"] = self.n
-        self._file.close()
-        os.replace(self.tmp, self.path)
+        try:
+            self._file.attrs["complete"] = True
+            self._file.attrs["n_jets"] = self.n
+            self._file.close()
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
         return self.path
 
     def abort(self) -> None:
         """Close and delete the partial file."""
         try:
-            self._file.close()
+            if self._file is not None:
+                self._file.close()
         finally:
             self.tmp.unlink(missing_ok=True)
 

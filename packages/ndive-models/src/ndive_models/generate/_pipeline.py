@@ -12,10 +12,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import multiprocessing as mp
-import queue
 import time
-import traceback
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -25,6 +22,7 @@ from vertexfit import DEFAULT_BZ
 
 from ..data import JetWriter
 from ..data.schema import FLAVOURS
+from ._workers import WorkerPool
 
 INSTALL_HINT = "pip install 'ndive-models[generate]'"
 _PYTHIA_SEED_MAX = 900_000_000  # Pythia accepts seeds up to 900 000 000
@@ -154,66 +152,9 @@ def _batches(cfg: GenerationConfig, worker: int):
         yield jets, tracks, len(batch)
 
 
-def _worker_main(cfg, worker, out_queue, stop):
-    try:
-        for item in _batches(cfg, worker):
-            while not stop.is_set():
-                try:
-                    out_queue.put(("ok", item), timeout=0.2)
-                    break
-                except queue.Full:
-                    continue
-            if stop.is_set():
-                break
-    except KeyboardInterrupt:
-        pass
-    except Exception:  # noqa: BLE001 -- any failure is sent to the parent, which raises it
-        out_queue.put(("error", traceback.format_exc()))
-    # Batches the parent will never read must not keep this process alive at exit.
-    out_queue.cancel_join_thread()
-
-
-class _WorkerPool:
-    """``workers`` processes, each feeding its own bounded queue; read round-robin."""
-
-    def __init__(self, cfg: GenerationConfig):
-        # fork: fast start, works from stdin/notebooks; the pool is created before the parent
-        # opens the HDF5 file or starts the progress-bar thread. spawn where fork is missing.
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        self.stop = ctx.Event()
-        self.queues = [ctx.Queue(maxsize=3) for _ in range(cfg.workers)]
-        self.procs = [
-            ctx.Process(target=_worker_main, args=(cfg, w, q, self.stop), daemon=True)
-            for w, q in enumerate(self.queues)
-        ]
-        for p in self.procs:
-            p.start()
-
-    def get(self, worker: int):
-        q, proc = self.queues[worker], self.procs[worker]
-        while True:
-            try:
-                kind, item = q.get(timeout=1.0)
-            except queue.Empty:
-                if not proc.is_alive():
-                    raise RuntimeError(f"generator worker {worker} died (exit {proc.exitcode})")
-                continue
-            if kind == "error":
-                raise RuntimeError(f"generator worker {worker} failed:\n{item}")
-            return item
-
-    def close(self):
-        # Never read the queues after `stop`: a worker exits without flushing its queue
-        # (cancel_join_thread), so a message may be cut short and a read could block forever.
-        self.stop.set()
-        for p in self.procs:
-            p.join(timeout=5)  # a worker finishes its current batch, then sees `stop`
-            if p.is_alive():
-                p.terminate()
-                p.join()
-        for q in self.queues:
-            q.close()
-            q.cancel_join_thread()
+def _produce(worker: int, cfg: GenerationConfig):
+    """Worker-process entry point of :class:`~._workers.WorkerPool`."""
+    return _batches(cfg, worker)
 
 
 class _InProcess:
@@ -303,7 +244,7 @@ def generate(cfg: GenerationConfig, out, *, progress: bool = True) -> Generation
     per_flavour = np.zeros(len(FLAVOURS), dtype=np.int64)
     n_events = 0
     t_first, first_jets = None, 0
-    source = _WorkerPool(cfg) if cfg.workers > 1 else _InProcess(cfg)
+    source = WorkerPool(cfg.workers, _produce, (cfg,)) if cfg.workers > 1 else _InProcess(cfg)
     try:
         with (
             JetWriter(out, cfg.max_tracks, file_attributes(cfg)) as writer,
