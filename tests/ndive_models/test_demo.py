@@ -1,0 +1,59 @@
+"""The main job (`python -m ndive_models.demo`) on a tiny configuration."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ndive_models import demo
+
+
+def test_demo_tiny(sample_path, tmp_path, capsys):
+    """The whole demo on the session's 2,000-jet sample (generation is tested below)."""
+    pytest.importorskip("jax")
+    out = tmp_path / "demo"
+    rc = demo.main(["--out", str(out), "--input", str(sample_path), "--grad-jets", "40",
+                    "--reference-jets", "10", "--no-train"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    report = out / "report.md"
+    assert str(report.resolve()) in printed
+    text = report.read_text()
+    for heading in ("## Classic fit", "## Differentiable fit", "## Training"):
+        assert heading in text
+    s = json.loads((out / "summary.json").read_text())
+    assert s["jets"] == 2000 and 400 < s["b_jets"] < 1000
+    fromb = s["classic"]["FromB (truth)"]
+    assert fromb["jets"] >= 10 and fromb["converged"] > 0.8
+    # robust pull widths of the b-hadron decay vertex: ~1 (loose: a few dozen vertices)
+    assert all(0.5 < w < 2.0 for w in fromb["pull_width"])
+    # all tracks include primary tracks: the vertex is further from the truth
+    assert s["classic"]["all tracks"]["median_dist_um"] > fromb["median_dist_um"]
+    steps = s["gradient_step"]
+    assert set(steps) == {"JAX (jit, float64)", "PyTorch (float64)"}
+    for st in steps.values():
+        assert st["mean_after_mm"] < st["mean_before_mm"]
+        assert st["fraction_closer"] > 0.5
+    pytest.importorskip("matplotlib")
+    assert (out / "classic_fit.png").stat().st_size > 1000
+    assert (out / "gradient_step.png").stat().st_size > 1000
+
+
+def test_demo_generates_its_sample(generate_extra, tmp_path, capsys):
+    args = demo.build_parser().parse_args(["--out", str(tmp_path), "--jets", "30",
+                                           "--workers", "1", "--seed", "2"])
+    rep = demo.Report(tmp_path)
+    path = demo._section_data(args, rep)
+    jets, _ = demo.read_jets(path)
+    assert len(jets) == 30 and path.parent == tmp_path
+    assert "30 jets from" in capsys.readouterr().out
+
+
+def test_demo_help_names_the_options(capsys):
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for opt in ("--out", "--jets", "--seed", "--input", "--no-train"):
+        assert opt in text
