@@ -160,3 +160,15 @@ def test_validate_data_rejects_non_jet_file(tmp_path, capsys):
         f["jets"] = np.zeros(3)
     assert cli.main(["validate-data", str(tmp_path / "x.h5")]) == 2
     assert "tracks" in capsys.readouterr().err
+
+
+def test_worker_failure_is_a_clear_cli_error(monkeypatch, tmp_path, capsys):
+    import ndive_models.generate as gen
+
+    def failing(cfg, out, progress=True):
+        raise gen.WorkerError("generator worker 1 (pid 123) died: killed by signal SIGKILL")
+
+    monkeypatch.setattr(gen, "generate", failing)
+    rc = cli.main(["generate", "--jets", "10", "--out", str(tmp_path / "x.h5")])
+    assert rc == 1
+    assert "error: generator worker 1 (pid 123) died" in capsys.readouterr().err

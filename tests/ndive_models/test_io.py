@@ -117,3 +117,20 @@ def test_reader_names_missing_and_mistyped_fields(tmp_path):
 def test_writer_rejects_wrong_dtype(tmp_path):
     with JetWriter(tmp_path / "d.h5", 4) as w, pytest.raises(TypeError):
         w.append(np.zeros(2, [("pt", "f4")]), np.zeros((2, 4), schema.TRACK_DTYPE))
+
+
+def test_docs_list_every_field_with_its_unit():
+    """docs/generation.md documents the layout: every field, with the schema's unit."""
+    from pathlib import Path
+
+    doc = Path(__file__).parents[2] / "docs" / "generation.md"
+    if not doc.exists():
+        pytest.skip("docs/generation.md is not in this checkout")
+    rows = {}
+    for line in doc.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 4 and cells[0].startswith("`"):
+            rows.setdefault(cells[0].strip("`"), []).append(cells[2])
+    for name, _, _, unit, _ in schema.JET_FIELDS + schema.TRACK_FIELDS:
+        assert name in rows, f"docs/generation.md does not list field {name!r}"
+        assert unit in rows[name], f"docs/generation.md: unit of {name!r} is not {unit!r}"

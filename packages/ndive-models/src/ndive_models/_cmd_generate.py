@@ -2,8 +2,9 @@
 
 Jets: anti-kT R=0.4, pT > 20 GeV, |eta| < 2.5; tracks: exact-helix perigee parameters w.r.t.
 the primary vertex (Bz = 2 T), Delphes ATLAS resolutions. The file is written to FILE.partial
-and renamed at the end; the same seed and options give an identical file. Needs
-pip install 'ndive-models[generate]'.
+and renamed at the end (Ctrl-C, kill or a failing worker leave no file); the same seed and
+options give an identical file. Needs pip install 'ndive-models[generate]'. Details:
+docs/generation.md.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from .generate import GenerationConfig, MissingExtraError, generate
+    from .generate import GenerationConfig, MissingExtraError, WorkerError, generate
 
     try:
         cfg = GenerationConfig(
@@ -67,6 +68,9 @@ def run(args) -> int:
     except (MissingExtraError, ValueError) as err:
         print(f"ndive generate: error: {err}", file=sys.stderr)
         return 2
+    except WorkerError as err:  # no file was written (the partial file is deleted)
+        print(f"ndive generate: error: {err}", file=sys.stderr)
+        return 1
     fl = ", ".join(f"{k} {v}" for k, v in result.n_per_flavour.items())
     print(
         f"wrote {result.n_jets} jets ({fl}) from {result.n_events} events to {result.path} "

@@ -13,12 +13,14 @@ from ._pipeline import (
     require_generate_extra,
     worker_seeds,
 )
+from ._workers import WorkerError
 
 __all__ = [
     "INSTALL_HINT",
     "GenerationConfig",
     "GenerationResult",
     "MissingExtraError",
+    "WorkerError",
     "generate",
     "require_generate_extra",
     "worker_seeds",
