@@ -21,6 +21,7 @@ import sys
 SUBCOMMANDS = [
     "ndive_models._cmd_generate",
     "ndive_models._cmd_validate_data",
+    "ndive_models._cmd_train",
 ]
 
 

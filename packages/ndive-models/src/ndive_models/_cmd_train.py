@@ -1,0 +1,69 @@
+"""Train a model (baseline, ndive or ftag_ndive) on a jet file; see ``docs/training.md``.
+
+A YAML/TOML config (``--config``) gives the defaults, flags and ``--set key=value`` override
+it. Checkpoints (``last.pt`` every epoch, ``best.pt``) and ``history.json`` go to ``--out``;
+``--resume`` continues bit for bit. For several GPUs or processes use
+``torchrun --nproc-per-node K -m ndive_models.train`` with the same options.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "train"
+HELP = "train NDIVE, the GN2-like baseline or FTAG+NDIVE"
+
+
+_FLAGS = (
+    ("--train", "train", str, "training file (HDF5)"),
+    ("--val", "val", str, "validation file (default: split off the training file)"),
+    ("--out", "out", str, "output directory"),
+    ("--model", "model.name", str, "baseline | ndive | ftag_ndive"),
+    ("--weights", "model.weights", str, "NDIVE track weights: predicted | truth | all"),
+    ("--epochs", "epochs", int, "epochs"),
+    ("--batch-size", "batch_size", int, "jets per step (all processes together)"),
+    ("--optimizer", "optimizer", str, "novograd | adamw"),
+    ("--lr", "lr", float, "learning rate"),
+    ("--seed", "seed", int, "seed (initialisation, data order)"),
+    ("--max-jets", "max_jets", int, "use at most N training jets"),
+    ("--patience", "patience", int, "early-stopping patience (epochs)"),
+    ("--device", "device", str, "auto | cpu | cuda | cuda:N"),
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML or TOML config file")
+    for flag, key, typ, helptext in _FLAGS:
+        p.add_argument(flag, dest=key.replace(".", "__"), type=typ, default=None,
+                       help=f"{helptext} (overrides '{key}')")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set model.dim=64 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def config_from_args(args):
+    """The :class:`~ndive_models.train.TrainConfig` of a parsed command line."""
+    import yaml
+
+    over = {}
+    for item in args.set:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        over[k.strip()] = yaml.safe_load(v)
+    for _, key, _, _ in _FLAGS:
+        v = getattr(args, key.replace(".", "__"))
+        if v is not None:
+            over[key] = v
+    if args.no_progress:
+        over["progress"] = False
+    from .train import load_config
+
+    return load_config(args.config, over)
+
+
+def run(args) -> int:
+    from .train import run as run_train
+
+    return run_train(args)

@@ -1,0 +1,432 @@
+"""Train a model: ``ndive train`` (one process) or ``torchrun --nproc-per-node K -m
+ndive_models.train`` (data parallel, DDP).
+
+Configuration: a YAML or TOML file whose top-level keys are :class:`TrainConfig` fields and
+whose ``model`` table holds :class:`~ndive_models.models.ModelConfig` fields; command-line
+flags and ``--set key=value`` (e.g. ``--set model.dim=64``) override it.
+
+Each epoch: a pass over the shuffled training jets, validation, and an atomic checkpoint
+``<out>/last.pt`` (``best.pt`` when the validation loss improves). ``--resume`` continues
+from ``last.pt`` and reproduces the uninterrupted run bit for bit (the data order depends only
+on ``seed`` and the epoch; the checkpoint holds model, optimiser, RNG and history). Training
+stops early after ``patience`` epochs without improvement.
+
+Data parallel: every process holds the data, a :class:`~torch.utils.data.DistributedSampler`
+gives process ``r`` the indices ``perm[r::K]`` of the epoch's permutation ``perm``, so global
+batch ``k`` is the same jets as in single-process training; losses are divided by counts
+summed over processes, so K processes compute the single-process gradient.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from .models import ModelConfig, build_model, total_loss
+
+__all__ = ["TrainConfig", "load_checkpoint", "load_config", "main", "train"]
+
+CHECKPOINT_FORMAT = "ndive-models-checkpoint-1"
+
+
+@dataclass
+class TrainConfig:
+    """Training settings (file keys and ``--set`` names).
+
+    Attributes:
+        train: training file. val: validation file (default: the last ``val_fraction`` of
+            the training file). max_jets: use at most this many training jets.
+        out: output directory (checkpoints, ``history.json``).
+        epochs, batch_size: paper: batch 100. optimizer: ``novograd`` (paper) or ``adamw``.
+        lr: learning rate (paper: 1e-4 with NovoGrad). weight_decay.
+        seed: initialisation and data order. patience: early-stopping patience (epochs).
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``...
+        progress: show a progress bar.
+        model: :class:`ModelConfig`.
+    """
+
+    train: str = ""
+    val: str | None = None
+    val_fraction: float = 0.1
+    max_jets: int | None = None
+    max_val_jets: int | None = None
+    out: str = "runs/model"
+    epochs: int = 10
+    batch_size: int = 100
+    optimizer: str = "novograd"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    seed: int = 1
+    patience: int = 5
+    device: str = "auto"
+    progress: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown training options {sorted(unknown)}; known: "
+                             f"{sorted(known)}")
+        model = d.pop("model", {}) or {}
+        if not isinstance(model, ModelConfig):
+            model = ModelConfig.from_dict(model)
+        return cls(**d, model=model)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _read_file(path) -> dict:
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix == ".toml":
+        import tomllib
+
+        return tomllib.loads(text)
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        return yaml.safe_load(text) or {}
+    raise ValueError(f"config {path}: use a .yaml, .yml or .toml file")
+
+
+def _set(d: dict, key: str, value) -> None:
+    parts = key.split(".")
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+    d[parts[-1]] = value
+
+
+def load_config(path=None, overrides: dict | None = None) -> TrainConfig:
+    """Config file (YAML/TOML, optional) with ``overrides`` ({dotted key: value}) applied."""
+    d = _read_file(path) if path else {}
+    for k, v in (overrides or {}).items():
+        _set(d, k, v)
+    return TrainConfig.from_dict(d)
+
+
+# --------------------------------------------------------------------------------------------
+# distributed helpers
+# --------------------------------------------------------------------------------------------
+def _dist_info():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _maybe_init_distributed(device_kind: str) -> bool:
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+        return True
+    return False
+
+
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' requested but torch.cuda.is_available() is False")
+        if dev.index is None:
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+    return dev
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints
+# --------------------------------------------------------------------------------------------
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path, device="cpu"):
+    """Load a checkpoint written by :func:`train`.
+
+    Returns:
+        ``(model, checkpoint_dict)``: the model (eval mode, on ``device``) and the raw dict
+        (``config``, ``epoch``, ``history``, ``best_val``...).
+    """
+    ck = torch.load(path, map_location=device, weights_only=False)
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an ndive-models checkpoint")
+    mcfg = ModelConfig.from_dict(ck["config"]["model"])
+    model = build_model(mcfg, ck["stats"], ck["bz"]).to(device)
+    model.load_state_dict(ck["model"])
+    model.eval()
+    return model, ck
+
+
+# --------------------------------------------------------------------------------------------
+# the loop
+# --------------------------------------------------------------------------------------------
+def _loss_with_global_counts(model, out, batch, world: int):
+    terms = model.loss_terms(out, batch)
+    if world == 1:
+        return total_loss(terms), terms
+    names = list(terms)
+    counts = _all_reduce(torch.stack([terms[k][1].detach() for k in names]))
+    loss = total_loss(terms, dict(zip(names, counts)))
+    return loss * world, terms
+
+
+def _check_finite(loss, epoch, step):
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"non-finite training loss ({loss.item()}) at epoch {epoch}, step {step}: "
+            "an input or a parameter is NaN/inf"
+        )
+
+
+@torch.no_grad()
+def validate(model, data: dict, batch_size: int, device) -> dict:
+    """Loss terms summed over a whole data set: ``{"loss": total, name: mean...}``."""
+    from ._inputs import index_batch, to_device
+
+    model.eval()
+    n = data["valid"].shape[0]
+    sums, counts, weights = {}, {}, {}
+    for s in range(0, n, batch_size):
+        b = to_device(index_batch(data, slice(s, s + batch_size)), device)
+        terms = model.loss_terms(model(b), b)
+        for k, (sm, ct, w) in terms.items():
+            sums[k] = sums.get(k, 0.0) + float(sm)
+            counts[k] = counts.get(k, 0.0) + float(ct)
+            weights[k] = w
+    res = {k: sums[k] / max(counts[k], 1.0) for k in sums}
+    res["loss"] = sum(weights[k] * res[k] for k in sums)
+    model.train()
+    return res
+
+
+def _load_data(cfg: TrainConfig):
+    from ._inputs import index_batch, load_batch
+
+    if not cfg.train:
+        raise ValueError("no training file given (config key 'train' or --train)")
+    data, bz = load_batch(cfg.train)
+    n = data["valid"].shape[0]
+    if cfg.val:
+        val, bz_v = load_batch(cfg.val, 0, cfg.max_val_jets)
+        if bz_v != bz:
+            raise ValueError(f"train ({bz} T) and validation ({bz_v} T) files differ in field")
+    else:
+        n_val = max(1, round(cfg.val_fraction * n))
+        if n - n_val < 1:
+            raise ValueError(f"{cfg.train}: {n} jets are too few to split off validation")
+        val = index_batch(data, slice(n - n_val, n if cfg.max_val_jets is None
+                                      else min(n, n - n_val + cfg.max_val_jets)))
+        data = index_batch(data, slice(0, n - n_val))
+    if cfg.max_jets is not None:
+        data = index_batch(data, slice(0, cfg.max_jets))
+    return data, val, bz
+
+
+def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
+    """Train ``cfg.model`` on ``cfg.train``; returns a summary dict (history, best epoch,
+    checkpoint paths). Works as one process or under ``torchrun`` (DDP)."""
+    from torch.utils.data import DistributedSampler
+
+    from ._inputs import feature_stats, index_batch, to_device
+    from ._optim import make_optimizer
+
+    if cfg.batch_size < 1 or cfg.epochs < 0:
+        raise ValueError("batch_size must be >= 1 and epochs >= 0")
+    dev = _pick_device(cfg.device)
+    started_dist = _maybe_init_distributed(dev.type)
+    rank, world = _dist_info()
+    try:
+        if cfg.batch_size % world:
+            raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the "
+                             f"{world} processes")
+        out = Path(cfg.out)
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+        data, val, bz = _load_data(cfg)
+        n_train = data["valid"].shape[0]
+        torch.manual_seed(cfg.seed)
+        last = out / "last.pt"
+        ck = None
+        if resume:
+            if not last.exists():
+                raise FileNotFoundError(f"--resume: no checkpoint {last}")
+            ck = torch.load(last, map_location="cpu", weights_only=False)
+            if ck.get("format") != CHECKPOINT_FORMAT:
+                raise ValueError(f"{last} is not an ndive-models checkpoint")
+            stats = ck["stats"]
+        else:
+            stats = feature_stats(data, bz)
+        model = build_model(cfg.model, stats, bz).to(dev)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = make_optimizer(cfg.optimizer, params, cfg.lr, cfg.weight_decay) if params else None
+        history, best_val, best_epoch, bad, start = [], math.inf, 0, 0, 0
+        if ck is not None:
+            model.load_state_dict(ck["model"])
+            if opt is not None:
+                opt.load_state_dict(ck["optimizer"])
+            history, best_val = ck["history"], ck["best_val"]
+            best_epoch, bad, start = ck["best_epoch"], ck["bad_epochs"], ck["epoch"]
+            torch.set_rng_state(ck["rng"])
+            if ck.get("stopped_early"):
+                start = cfg.epochs
+        ddp = model
+        if world > 1 and params:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ddp = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda"
+                                          else None)
+        sampler = DistributedSampler(range(n_train), num_replicas=world, rank=rank,
+                                     shuffle=True, seed=cfg.seed, drop_last=True)
+        local_bs = cfg.batch_size // world
+        data_dev = to_device(data, dev)
+        n_epochs = cfg.epochs if params else 0
+        stopped = False
+
+        def checkpoint(epoch, improved):
+            if rank != 0:
+                return
+            state = {
+                "format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "bz": bz,
+                "stats": stats, "model": model.state_dict(),
+                "optimizer": opt.state_dict() if opt is not None else None,
+                "epoch": epoch, "history": history, "best_val": best_val,
+                "best_epoch": best_epoch, "bad_epochs": bad, "rng": torch.get_rng_state(),
+                "stopped_early": stopped, "n_train": n_train,
+            }
+            _atomic_save(state, last)
+            if improved:
+                _atomic_save(state, out / "best.pt")
+            tmp = out / "history.json.partial"
+            tmp.write_text(json.dumps(history, indent=1))
+            os.replace(tmp, out / "history.json")
+
+        if not params and ck is None:
+            v = validate(model, val, cfg.batch_size, dev)
+            best_val = v["loss"]
+            history.append({"epoch": 0, "val": v})
+            checkpoint(0, True)
+
+        model.train()
+        for epoch in range(start + 1, n_epochs + 1):
+            sampler.set_epoch(epoch)
+            idx = torch.tensor(list(sampler), dtype=torch.long)
+            n_steps = math.ceil(len(idx) / local_bs)
+            t0 = time.perf_counter()
+            run_sum = torch.zeros((), dtype=torch.float64, device=dev)
+            bar = None
+            if cfg.progress and rank == 0:
+                from tqdm import tqdm
+
+                bar = tqdm(total=n_steps * local_bs * world, unit="jet", leave=False,
+                           desc=f"{cfg.model.name} epoch {epoch}/{n_epochs}", file=sys.stderr)
+            for step in range(n_steps):
+                bidx = idx[step * local_bs:(step + 1) * local_bs].to(dev)
+                b = index_batch(data_dev, bidx)
+                outp = ddp(b)
+                loss, _ = _loss_with_global_counts(model, outp, b, world)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                lval = _all_reduce(loss.detach().double()) / world
+                run_sum += lval
+                if bar is not None and (step % 10 == 0 or step == n_steps - 1):
+                    _check_finite(lval, epoch, step)
+                    el = time.perf_counter() - t0
+                    bar.n = (step + 1) * local_bs * world
+                    bar.set_postfix(loss=f"{float(run_sum) / (step + 1):.4f}",
+                                    jets_s=f"{bar.n / max(el, 1e-9):.0f}")
+            if bar is not None:
+                bar.close()
+            train_loss = float(run_sum) / max(n_steps, 1)
+            _check_finite(torch.tensor(train_loss), epoch, n_steps)
+            seconds = time.perf_counter() - t0
+            v = validate(model, val, max(local_bs, 256), dev)
+            improved = v["loss"] < best_val
+            if improved:
+                best_val, best_epoch, bad = v["loss"], epoch, 0
+            else:
+                bad += 1
+            history.append({"epoch": epoch, "train_loss": train_loss, "val": v,
+                            "seconds": seconds, "jets_per_s": len(idx) * world / seconds})
+            stopped = bad >= cfg.patience and epoch < n_epochs
+            checkpoint(epoch, improved)
+            if rank == 0:
+                print(f"[{cfg.model.name}] epoch {epoch}: train {train_loss:.4f} "
+                      f"val {v['loss']:.4f} ({seconds:.1f} s, "
+                      f"{len(idx) * world / seconds:.0f} jets/s)"
+                      + (" best" if improved else ""), file=sys.stderr, flush=True)
+            if stopped:
+                if rank == 0:
+                    print(f"[{cfg.model.name}] early stop: no improvement for "
+                          f"{cfg.patience} epochs", file=sys.stderr)
+                break
+        return {"out": str(out), "history": history, "best_val": best_val,
+                "best_epoch": best_epoch, "last": str(last), "best": str(out / "best.pt"),
+                "n_train": n_train, "world_size": world}
+    finally:
+        if started_dist:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------------
+# command line (shared by `ndive train` and `python -m ndive_models.train`)
+# --------------------------------------------------------------------------------------------
+def run(args) -> int:
+    """Run a parsed ``ndive train`` command line; returns the exit status."""
+    from ._cmd_train import config_from_args
+
+    try:
+        cfg = config_from_args(args)
+        summary = train(cfg, resume=args.resume)
+    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+        print(f"ndive train: error: {err}", file=sys.stderr)
+        return 2
+    if _dist_info()[0] == 0:
+        print(f"best validation loss {summary['best_val']:.4f} at epoch "
+              f"{summary['best_epoch']}; checkpoints in {summary['out']}")
+    return 0
+
+
+def main(argv=None) -> int:
+    from ._cmd_train import add_arguments
+
+    p = argparse.ArgumentParser(prog="python -m ndive_models.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Training: NovoGrad by hand, configs, checkpoints, bit-for-bit resume, early stop, DDP."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ndive_models._optim import NovoGrad
+from ndive_models.train import TrainConfig, load_checkpoint, load_config, train
+
+
+def test_novograd_matches_hand_computed_updates():
+    """Two steps of NovoGrad (b1 0.9, b2 0.5, wd 0.1) against numbers worked out by hand."""
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0], dtype=torch.float64))
+    opt = NovoGrad([w], lr=0.1, betas=(0.9, 0.5), eps=0.0, weight_decay=0.1)
+    # step 1: g = (3, 4), |g|^2 = 25, v = 25, u = g/5 + 0.1 w = (0.6+0.1, 0.8+0.2) = (0.7, 1.0)
+    # m = u, w = w - 0.1 m = (0.93, 1.9)
+    w.grad = torch.tensor([3.0, 4.0], dtype=torch.float64)
+    opt.step()
+    assert w.detach().tolist() == pytest.approx([0.93, 1.9], abs=1e-15)
+    # step 2: g = (0, 2), |g|^2 = 4, v = 0.5*25 + 0.5*4 = 14.5,
+    # u = (0, 2/sqrt(14.5)) + 0.1 (0.93, 1.9); m = 0.9 (0.7, 1.0) + u; w -= 0.1 m
+    w.grad = torch.tensor([0.0, 2.0], dtype=torch.float64)
+    opt.step()
+    u = [0.093, 2 / math.sqrt(14.5) + 0.19]
+    m = [0.63 + u[0], 0.9 + u[1]]
+    assert w.detach().tolist() == pytest.approx([0.93 - 0.1 * m[0], 1.9 - 0.1 * m[1]],
+                                                abs=1e-15)
+    st = opt.state[w]
+    assert st["v"].item() == pytest.approx(14.5) and st["step"] == 2
+
+
+def test_novograd_grad_averaging_and_layerwise_norm():
+    a = torch.nn.Parameter(torch.tensor([1.0]))
+    b = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
+    opt = NovoGrad([a, b], lr=1.0, betas=(0.5, 0.0), eps=0.0, grad_averaging=True)
+    a.grad, b.grad = torch.tensor([2.0]), torch.tensor([3.0, 4.0])
+    opt.step()  # first step: m = g / |g| per tensor
+    assert a.item() == pytest.approx(0.0)
+    assert b.detach().tolist() == pytest.approx([1 - 0.6, 1 - 0.8])
+    a.grad, b.grad = torch.tensor([1.0]), torch.tensor([0.0, 1.0])
+    opt.step()  # m = 0.5 m + 0.5 g/|g|
+    assert a.item() == pytest.approx(0.0 - (0.5 * 1.0 + 0.5 * 1.0))
+    assert b.detach().tolist() == pytest.approx([0.4 - 0.5 * 0.6, 0.2 - (0.5 * 0.8 + 0.5)])
+    with pytest.raises(ValueError):
+        NovoGrad([a], lr=-1.0)
+
+
+def test_config_file_and_overrides(tmp_path):
+    (tmp_path / "c.yaml").write_text("train: x.h5\nepochs: 3\nmodel:\n  name: ndive\n  dim: 16\n")
+    cfg = load_config(tmp_path / "c.yaml", {"model.dim": 8, "lr": 0.01})
+    assert (cfg.train, cfg.epochs, cfg.lr, cfg.model.name, cfg.model.dim) == \
+        ("x.h5", 3, 0.01, "ndive", 8)
+    (tmp_path / "c.toml").write_text('train = "y.h5"\n[model]\nname = "ftag_ndive"\n')
+    cfg = load_config(tmp_path / "c.toml")
+    assert cfg.model.name == "ftag_ndive" and cfg.model.heads == 1
+    with pytest.raises(ValueError, match="unknown training options"):
+        load_config(None, {"epoch": 3})
+
+
+def _cfg(sample_path, out, **kw):
+    d = dict(train=str(sample_path), out=str(out), epochs=2, batch_size=40, max_jets=160,
+             max_val_jets=80, optimizer="novograd", lr=1e-3, seed=7, progress=False,
+             device="cpu", model=dict(name="baseline", dim=8, heads=2))
+    d.update(kw)
+    return TrainConfig.from_dict(d)
+
+
+def test_resume_is_bit_for_bit(sample_path, tmp_path):
+    full = train(_cfg(sample_path, tmp_path / "full", epochs=3))
+    train(_cfg(sample_path, tmp_path / "split", epochs=1))
+    resumed = train(_cfg(sample_path, tmp_path / "split", epochs=3), resume=True)
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=False)
+    b = torch.load(tmp_path / "split" / "last.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 3
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["m"], sb["m"]) and torch.equal(sa["v"], sb["v"])
+    assert [h["val"]["loss"] for h in full["history"]] == \
+        [h["val"]["loss"] for h in resumed["history"]]
+    assert full["history"][-1]["val"]["loss"] < full["history"][0]["val"]["loss"]
+    # checkpoints load back into a working model; no partial files are left behind
+    model, ck = load_checkpoint(tmp_path / "full" / "best.pt")
+    assert ck["config"]["model"]["dim"] == 8 and model.cfg.dim == 8
+    assert not list((tmp_path / "full").glob("*.partial"))
+    hist = json.loads((tmp_path / "full" / "history.json").read_text())
+    assert len(hist) == 3
+
+
+def test_early_stopping(sample_path, tmp_path):
+    # lr 0: the validation loss never improves after the first epoch
+    res = train(_cfg(sample_path, tmp_path / "es", epochs=6, patience=2, optimizer="adamw",
+                     lr=0.0, max_jets=80))
+    assert [h["epoch"] for h in res["history"]] == [1, 2, 3]
+    assert torch.load(tmp_path / "es" / "last.pt", weights_only=False)["stopped_early"]
+
+
+def test_untrainable_reference_is_evaluated_not_trained(sample_path, tmp_path):
+    res = train(_cfg(sample_path, tmp_path / "truth",
+                     model=dict(name="ndive", weights="truth", dim=8)))
+    assert res["history"][0]["epoch"] == 0 and math.isfinite(res["best_val"])
+    assert (tmp_path / "truth" / "best.pt").exists()
+
+
+def test_cli_train_errors_clearly(tmp_path, capsys):
+    from ndive_models.cli import main
+
+    rc = main(["train", "--train", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "o"),
+               "--no-progress"])
+    assert rc == 2
+    assert "missing.h5" in capsys.readouterr().err
+
+
+def test_ddp_two_processes_equal_single_process(sample_path, tmp_path):
+    """torchrun with 2 gloo CPU processes gives the single-process result (same global batches;
+    losses divided by global counts)."""
+    args = ["--train", str(sample_path), "--model", "ftag_ndive", "--epochs", "1",
+            "--batch-size", "40", "--max-jets", "120", "--seed", "3", "--lr", "1e-3",
+            "--device", "cpu", "--no-progress", "--set", "model.dim=8", "--set",
+            "max_val_jets=40", "--set", "model.heads=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc-per-node", "2", "-m", "ndive_models.train", *args, "--out",
+                    str(tmp_path / "ddp")], check=True, env=env, timeout=600,
+                   capture_output=True)
+    single = train(_cfg(sample_path, tmp_path / "one", epochs=1, max_jets=120, seed=3,
+                        max_val_jets=40,
+                        model=dict(name="ftag_ndive", dim=8, heads=2)))
+    a = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)
+    b = torch.load(tmp_path / "one" / "last.pt", weights_only=False)
+    for k, va in a["model"].items():
+        torch.testing.assert_close(va, b["model"][k], rtol=1e-5, atol=1e-6, msg=k)
+    # the parameters actually moved from their initial values
+    init = _init_state(sample_path)
+    assert sum(not torch.equal(a["model"][k], init[k]) for k in init) > 10
+    assert a["history"][0]["train_loss"] == pytest.approx(single["history"][0]["train_loss"],
+                                                          rel=1e-5)
+
+
+def _init_state(sample_path):
+    """State dict of the initial FTAG+NDIVE model of the DDP test (same seed, same stats)."""
+    from ndive_models._inputs import feature_stats, index_batch, load_batch
+    from ndive_models.models import ModelConfig, build_model
+
+    batch, bz = load_batch(sample_path)
+    n = batch["valid"].shape[0]
+    stats = feature_stats(index_batch(batch, slice(0, 120)), bz)
+    assert n > 120
+    torch.manual_seed(3)
+    return build_model(ModelConfig(name="ftag_ndive", dim=8, heads=2), stats, bz).state_dict()
