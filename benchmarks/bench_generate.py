@@ -5,11 +5,13 @@ Usage: python benchmarks/bench_generate.py [OUT.json] [--quick] [--jets N]
 
 Prints a table and writes the numbers as JSON (default benchmarks/results/generate.json).
 "wall" includes starting the workers and initialising Pythia; "steady" excludes the time to
-the first batch (the rate of a long run). "cpu_bound_2core" divides the CPU time of the
-parent and its workers over 2 cores: what an idle 2-core machine would reach if the work
-packed perfectly; it is much less sensitive to other load on the machine than the wall-clock
-rates. Goals on the 2-core machines (issue 4): >= 1,300 jets/s unbalanced with MPI on,
->= 450 jets/s balanced. Needs pip install 'ndive-models[generate]'.
+the first batch (the rate of a long run). "pythia only" runs Pythia alone in the same
+worker processes: the ceiling of the "all" case on this machine at this moment.
+"cpu_bound_2core" divides the CPU time of the parent and its workers over 2 cores: what an
+idle 2-core machine would reach if the work packed perfectly; it is much less sensitive to
+other load on the machine than the wall-clock rates. Goals on the 2-core machines (issue 4):
+>= 1,300 jets/s unbalanced with MPI on, >= 450 jets/s balanced. Needs
+pip install 'ndive-models[generate]'.
 """
 
 from __future__ import annotations
@@ -53,6 +55,43 @@ def _case(name: str, cfg, tmpdir: Path) -> dict:
     }
 
 
+def _pythia_only(cfg, jets_per_event: float) -> dict:
+    """Pythia alone in the same worker processes: the ceiling of the "all" case."""
+    import time
+
+    from ndive_models.generate._pipeline import _pythia_only
+    from ndive_models.generate._workers import WorkerPool
+
+    n_batches = -(-round(cfg.n_jets / jets_per_event) // cfg.batch_events)
+    before = _cpu()
+    t0 = time.perf_counter()
+    with WorkerPool(cfg.workers, _pythia_only, (cfg,)) as pool:
+        events = pool.get(0)
+        t1 = time.perf_counter()
+        for k in range(1, n_batches):
+            events += pool.get(k % cfg.workers)
+        t2 = time.perf_counter()
+    parent, workers = (a - b for a, b in zip(_cpu(), before))
+    jets = events * jets_per_event  # at the jets per event of the "all" case
+    first = cfg.batch_events * jets_per_event
+    return {
+        "case": "pythia only",
+        "workers": cfg.workers,
+        "mpi": cfg.mpi,
+        "jets": round(jets),
+        "events": events,
+        "b/c/light": "",
+        "wall_s": round(t2 - t0, 2),
+        "startup_s": round(t1 - t0, 2),
+        "jets_per_s": round(jets / (t2 - t0), 1),
+        "steady_jets_per_s": round((jets - first) / (t2 - t1), 1),
+        "cpu_ms_per_jet_parent": round(1e3 * parent / jets, 3),
+        "cpu_ms_per_jet_workers": round(1e3 * workers / jets, 3),
+        "cpu_bound_2core_jets_per_s": round(2 * jets / (parent + workers), 1),
+        "goal_jets_per_s": None,
+    }
+
+
 def _cpu() -> tuple[float, float]:
     """(this process, its finished children) user + system CPU seconds."""
     me = resource.getrusage(resource.RUSAGE_SELF)
@@ -85,11 +124,14 @@ def run(
     ]  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         rows = [_case(name, cfg, Path(tmp)) for name, cfg in cases]
+    rows.append(_pythia_only(cases[0][1], rows[0]["jets"] / rows[0]["events"]))
     notes = [
         f"python {sys.version.split()[0]}, {platform.machine()}, {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.1f} at the end",
         "goal (issue 4, idle 2-core machine, 2 workers, MPI on): >= 1,300 jets/s all, "
         ">= 450 jets/s balanced; compare steady_jets_per_s",
+        "'pythia only': the same workers running Pythia alone for the events of 'all' (jets "
+        "counted at the jets per event of 'all'): the ceiling; all / pythia only = efficiency",
     ]
     return {"title": "ndive generate: Pythia 8 ttbar jets per second", "rows": rows,
             "notes": notes}  # fmt: skip

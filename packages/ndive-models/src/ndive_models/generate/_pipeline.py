@@ -128,19 +128,33 @@ class _ChargeTable:
         return np.rint(values[inverse.reshape(-1)]).astype(np.int64)
 
 
-def _batches(cfg: GenerationConfig, worker: int):
-    """Endless (jets, tracks) batches of one worker (runs in the worker process)."""
+def _pythia(cfg: GenerationConfig, worker: int):
+    """Initialised Pythia of one worker."""
     import pythia8mc
 
-    from ._event import process_batch
-
-    pythia_seed, seq = worker_seeds(cfg.seed, cfg.workers)[worker]
+    pythia_seed, _ = worker_seeds(cfg.seed, cfg.workers)[worker]
     pythia = pythia8mc.Pythia("", False)
     for line in cfg.pythia_settings() + ["Random:setSeed = on", f"Random:seed = {pythia_seed}"]:
         if not pythia.readString(line):
             raise RuntimeError(f"Pythia rejected setting {line!r}")
     if not pythia.init():
         raise RuntimeError("Pythia initialisation failed")
+    return pythia
+
+
+def _pythia_only(worker: int, cfg: GenerationConfig):
+    """Worker entry point for benchmarks: events per batch of Pythia alone (no jets, tracks)."""
+    pythia = _pythia(cfg, worker)
+    while True:
+        yield len(pythia.nextBatch(cfg.batch_events))
+
+
+def _batches(cfg: GenerationConfig, worker: int):
+    """Endless (jets, tracks) batches of one worker (runs in the worker process)."""
+    from ._event import process_batch
+
+    _, seq = worker_seeds(cfg.seed, cfg.workers)[worker]
+    pythia = _pythia(cfg, worker)
     rng = np.random.default_rng(seq)
     charge_of = _ChargeTable(pythia.particleData)
     for j in itertools.count():
@@ -232,8 +246,13 @@ class GenerationResult:
 def generate(cfg: GenerationConfig, out, *, progress: bool = True) -> GenerationResult:
     """Generate ``cfg.n_jets`` jets into the HDF5 file ``out`` (written atomically).
 
+    With ``cfg.workers > 1`` the events come from a :class:`~._workers.WorkerPool` of fresh
+    worker processes. On any error or interruption (KeyboardInterrupt, SystemExit) the workers
+    are ended and no file is left, neither ``out`` nor ``out.partial``.
+
     Raises:
         MissingExtraError: Pythia, fastjet or awkward are not installed.
+        WorkerError: a worker raised (traceback in the message), died or stalled.
     """
     require_generate_extra()
     from tqdm import tqdm
