@@ -194,3 +194,23 @@ def test_workers_exit_when_the_parent_is_killed(generate_extra, tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert not out.exists()  # only the .partial of a killed run can remain
+
+
+def test_generate_from_an_unguarded_script_after_importing_jax(generate_extra, tmp_path):
+    """No ``if __name__ == "__main__"`` guard needed, and a multithreaded parent is fine."""
+    pytest.importorskip("jax")
+    script = tmp_path / "script.py"
+    out = tmp_path / "s.h5"
+    script.write_text(
+        "import jax.numpy as jnp\n"
+        "jnp.ones(3).sum()  # JAX's thread pools are running\n"
+        "from ndive_models.generate import GenerationConfig, generate\n"
+        f"r = generate(GenerationConfig(n_jets=40, workers=2, batch_events=5), {str(out)!r},\n"
+        "             progress=False)\n"
+        "print('jets', r.n_jets)\n"
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=300, env=env)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "jets 40" in res.stdout and out.exists()
