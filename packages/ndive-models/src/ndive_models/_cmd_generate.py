@@ -1,7 +1,7 @@
 """Generate Pythia 8 ttbar jets (14 TeV) with an ATLAS-like tracker into an FTAG-style HDF5 file.
 
 Jets: anti-kT R=0.4, pT > 20 GeV, |eta| < 2.5; tracks: exact-helix perigee parameters w.r.t.
-the primary vertex (Bz = 2 T), Delphes ATLAS resolutions. The file is written to FILE.partial
+the primary vertex (Bz = 2 T), Delphes ATLAS resolutions. The file is written to FILE.h5.partial
 and renamed at the end (Ctrl-C, kill or a failing worker leave no file); the same seed and
 options give an identical file. Needs pip install 'ndive-models[generate]'. Details:
 docs/generation.md.
@@ -24,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=2,
-        help="generator processes (part of the options: changes the event sequence)",
+        help="generator processes; 1 runs Pythia in this process (part of the options: "
+        "changes the event sequence)",
     )
     p.add_argument("--balance", action="store_true", help="equal numbers of b, c and light jets")
     p.add_argument(
