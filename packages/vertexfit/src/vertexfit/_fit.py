@@ -22,6 +22,7 @@ At the solution, ``vertex_cov = M^-1``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import NamedTuple
 
@@ -133,8 +134,25 @@ def _mul1(j, x):
 
 def schur_terms(F, b):
     """Per-track Schur pieces: W = Fpp^-1, E = W Fpv, S = Fvv - Fvp E, rv = bv - E^T bp."""
+    return _schur(F, b)[:5]
+
+
+def _schur(F, b, xp=None):
+    """:func:`schur_terms` plus (given ``xp``) the per-track flag ``ok``: the momentum block
+    Fpp is numerically positive definite (every LDL pivot > 64 eps x its diagonal entry).
+
+    A track that is not ok (in float32 an almost degenerate helix, or a padding slot whose
+    free momenta drifted far) must not enter the vertex sums nor move its momenta: the
+    caller masks it with ``ok`` (``xp.where``, so that inf/NaN cannot leak as 0 * NaN).
+    """
     Fpp = {(i, j): F[(3 + i, 3 + j)] for i in range(3) for j in range(i, 3)}
-    W, _ = sym_inverse(Fpp, 3)
+    W, D = sym_inverse(Fpp, 3)
+    ok = None
+    if xp is not None:
+        tol = 64.0 * _xp.eps(xp, D[0].dtype)
+        for k in range(3):
+            dk = D[k] > tol * Fpp[(k, k)]
+            ok = dk if ok is None else ok & dk
     Wg = lambda i, k: W[(i, k)] if i <= k else W[(k, i)]
     E = [[sum_terms([Wg(i, k) * F[(a, 3 + k)] for k in range(3)]) for a in range(3)]
          for i in range(3)]
@@ -143,7 +161,7 @@ def schur_terms(F, b):
     bp = b[3:6]
     rv = [b[a] - sum_terms([E[i][a] * bp[i] for i in range(3)]) for a in range(3)]
     Wbp = [sum_terms([Wg(i, k) * bp[k] for k in range(3)]) for i in range(3)]
-    return W, E, S, rv, Wbp
+    return W, E, S, rv, Wbp, ok
 
 
 def guarded_inverse3(xp, Mmat, singular):
@@ -182,9 +200,10 @@ def _linearised_step(xp, model, G, q, w, P, cpos, singular, u, p):
     Gr, tchi2 = weighted_norm(G, r)
     F, b, _ = normal_blocks(G, jets, Gr)
     F, b = _xp.barrier(xp, (F, b))
-    W, E, S, rv, Wbp = schur_terms(F, b)
-    Mmat = {k: xp.sum(w * v, axis=0) for k, v in S.items()}
-    rhs = [xp.sum(w * rv[a], axis=0) for a in range(3)]
+    _, E, S, rv, Wbp, tok = _schur(F, b, xp)
+    # a numerically singular track (see schur_terms) contributes exactly nothing, never NaN
+    Mmat = {k: xp.sum(w * xp.where(tok, v, 0.0), axis=0) for k, v in S.items()}
+    rhs = [xp.sum(w * xp.where(tok, rv[a], 0.0), axis=0) for a in range(3)]
     if P is not None:
         dc = [cpos[:, a] - u[a] for a in range(3)]
         for k in Mmat:
@@ -192,7 +211,8 @@ def _linearised_step(xp, model, G, q, w, P, cpos, singular, u, p):
         rhs = [rhs[a] + sum_terms([(P[(a, c)] if a <= c else P[(c, a)]) * dc[c]
                                    for c in range(3)]) for a in range(3)]
     Minv, bad = guarded_inverse3(xp, Mmat, singular)
-    return Minv, bad, rhs, _xp.barrier(xp, (E, Wbp)), tchi2
+    bad = bad | xp.any(~tok & (w > 0), axis=0)
+    return Minv, bad, rhs, _xp.barrier(xp, (E, Wbp, tok)), tchi2
 
 
 def _core(xp, tracks, cov, weights, seed, cpos, ccov, *, n_iter, model):
@@ -214,12 +234,12 @@ def _core(xp, tracks, cov, weights, seed, cpos, ccov, *, n_iter, model):
 
     def step(_, state):
         u, p, _ = state
-        Minv, _, rhs, (E, Wbp), _ = _linearised_step(xp, model, G, q, w, P, cpos, singular,
-                                                      u, p)
+        Minv, _, rhs, (E, Wbp, tok), _ = _linearised_step(xp, model, G, q, w, P, cpos,
+                                                           singular, u, p)
         du = [sum_terms([(Minv[(a, c)] if a <= c else Minv[(c, a)]) * rhs[c]
                          for c in range(3)]) for a in range(3)]
-        dp = [Wbp[i] - sum_terms([E[i][a] * du[a][None, :] for a in range(3)])
-              for i in range(3)]
+        dp = [xp.where(tok, Wbp[i] - sum_terms([E[i][a] * du[a][None, :] for a in range(3)]),
+                       0.0) for i in range(3)]
         return ([u[a] + du[a] for a in range(3)], [p[i] + dp[i] for i in range(3)], du)
 
     u0 = [seed[:, k] for k in range(3)]
@@ -460,7 +480,8 @@ def fit(tracks, cov, weights=None, *, mask=None, seed=None, n_iter=10, model="he
         _flat(xp, a["cpos"], batch, (3,)),
         _flat(xp, a["ccov"], batch, (3, 3)),
     )
-    u, C, mom, total, tchi2, ok = _dispatch(xp)(xp, *args, n_iter=n_iter, model=model)
+    with _quiet(xp):  # padding and degenerate jets are handled by masks, not by warnings
+        u, C, mom, total, tchi2, ok = _dispatch(xp)(xp, *args, n_iter=n_iter, model=model)
     good = a["mask"]
     vertex = xp.reshape(u, batch + (3,)) + a["ref"]
     momenta = xp.where(good[..., None], xp.reshape(mom, batch + (T, 3)), 0.0)
@@ -471,6 +492,15 @@ def fit(tracks, cov, weights=None, *, mask=None, seed=None, n_iter=10, model="he
     converged = xp.reshape(ok, batch) & ~a["bad"]
     return VertexFit(vertex, xp.reshape(C, batch + (3, 3)), momenta,
                      xp.reshape(total, batch), track_chi2, ndf, converged)
+
+
+def _quiet(xp):
+    """NumPy floating-point warnings off (intermediate inf/NaN in masked-out lanes)."""
+    if _xp.backend_name(xp) in ("numpy", "array_api_strict"):
+        import numpy as np
+
+        return np.errstate(divide="ignore", invalid="ignore", over="ignore")
+    return contextlib.nullcontext()
 
 
 def _dispatch(xp):

@@ -1,0 +1,189 @@
+"""Forward fit throughput: jets/s of ``vertexfit.fit`` per backend vs the SciPy reference.
+
+Usage: python benchmarks/bench_fit.py [OUT.json] [--quick] [--jets 1000 10000 100000]
+       [--tracks 15] [--n-iter 10] [--backends numpy jax torch] [--dtype float64]
+
+Toy vertices from ``vertexfit.toy.generate`` (15 tracks per jet, 10 iterations, float64 by
+default). Each case is timed as the best of several repeats after a warm-up call (JAX: the
+compile time is reported separately). Machines are shared and noisy: the headline numbers
+are the ratios within one run (speed-up over SciPy, JAX/NumPy, PyTorch/NumPy). Goals on the
+2-core machines (issue 2): JAX >= 100,000 jets/s, NumPy >= 20,000, PyTorch within 2x of
+NumPy, >= 300x the SciPy reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+import vertexfit
+
+TITLE = "vertex fit throughput (forward)"
+
+
+def _namespace(name):
+    if name == "numpy":
+        import array_api_compat.numpy as xp
+    elif name == "jax":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)  # benchmark process only
+        import jax.numpy as xp
+    elif name == "torch":
+        import array_api_compat.torch as xp
+    else:
+        raise ValueError(f"unknown backend {name!r}")
+    return xp
+
+
+def _convert(name, a, dtype):
+    a = np.ascontiguousarray(a)
+    if a.dtype != np.bool_:
+        a = a.astype(dtype)
+    if name == "torch":
+        import torch
+
+        return torch.from_numpy(a)
+    if name == "jax":
+        import jax.numpy as jnp
+
+        return jnp.asarray(a)
+    return a
+
+
+def _fitter(name, n_iter):
+    if name != "jax":
+        return lambda t, c, m: vertexfit.fit(t, c, mask=m, n_iter=n_iter)
+    import jax
+
+    f = jax.jit(lambda t, c, m: vertexfit.fit(t, c, mask=m, n_iter=n_iter))
+
+    def run(t, c, m):
+        out = f(t, c, m)
+        jax.block_until_ready(out)
+        return out
+
+    return run
+
+
+def _best_time(fn, repeats, budget_s=20.0):
+    times = []
+    t_start = time.perf_counter()
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - t_start > budget_s:
+            break
+    return min(times)
+
+
+def bench_backend(name, n_jets, n_tracks, n_iter, dtype, seed=1):
+    """One row: jets/s of ``vertexfit.fit`` on backend ``name`` (warm, best of repeats)."""
+    toy = vertexfit.toy.generate(n_jets, n_tracks, seed=seed, variable=True, min_tracks=2)
+    args = [_convert(name, a, dtype) for a in (toy.tracks, toy.cov, toy.mask)]
+    fn = _fitter(name, n_iter)
+    t0 = time.perf_counter()
+    out = fn(*args)
+    first = time.perf_counter() - t0
+    conv = float(np.mean(np.asarray(out.converged)))
+    best = _best_time(lambda: fn(*args), repeats=5 if n_jets <= 10_000 else 3)
+    return {
+        "backend": name,
+        "dtype": np.dtype(dtype).name,
+        "n_jets": n_jets,
+        "n_tracks": n_tracks,
+        "n_iter": n_iter,
+        "seconds": best,
+        "jets_per_s": n_jets / best,
+        "first_call_s": first,
+        "converged_fraction": conv,
+    }
+
+
+def bench_reference(n_jets, n_tracks, seed=1):
+    """One row: jets/s of the SciPy per-vertex reference fit."""
+    toy = vertexfit.toy.generate(n_jets, n_tracks, seed=seed, variable=True, min_tracks=2)
+    t0 = time.perf_counter()
+    out = vertexfit.reference.fit(toy.tracks, toy.cov, mask=toy.mask)
+    dt = time.perf_counter() - t0
+    return {
+        "backend": "scipy-reference",
+        "dtype": "float64",
+        "n_jets": n_jets,
+        "n_tracks": n_tracks,
+        "n_iter": None,
+        "seconds": dt,
+        "jets_per_s": n_jets / dt,
+        "first_call_s": dt,
+        "converged_fraction": float(np.mean(out.converged)),
+    }
+
+
+def run(quick: bool = False, *, jets=None, n_tracks=15, n_iter=10, backends=None,
+        dtype="float64", reference_jets=None) -> dict:
+    """Measure; returns ``{"title", "rows", "notes", "ratios"}`` (see the module docstring)."""
+    jets = jets or ([1000, 10_000] if quick else [1000, 10_000, 100_000])
+    backends = backends or ["numpy", "jax", "torch"]
+    reference_jets = reference_jets or (30 if quick else 200)
+    rows, notes = [], []
+    for name in backends:
+        try:
+            _namespace(name)
+        except ImportError:
+            notes.append(f"{name}: not installed, skipped")
+            continue
+        for n in jets:
+            rows.append(bench_backend(name, n, n_tracks, n_iter, dtype))
+    ref = bench_reference(reference_jets, n_tracks)
+    rows.append(ref)
+    best = {}
+    for r in rows:
+        best[r["backend"]] = max(best.get(r["backend"], 0.0), r["jets_per_s"])
+    ratios = {f"{b}/scipy-reference": v / ref["jets_per_s"] for b, v in best.items()
+              if b != "scipy-reference"}
+    if "numpy" in best:
+        ratios.update({f"{b}/numpy": v / best["numpy"] for b, v in best.items()
+                       if b not in ("numpy", "scipy-reference")})
+    notes.append("best-of-repeats wall time of a warm call; JAX compile time is in "
+                 "first_call_s; ratios use each backend's best jets/s in this run")
+    return {"title": TITLE, "rows": rows, "notes": notes, "ratios": ratios}
+
+
+def format_table(result) -> str:
+    lines = [f"{'backend':16s} {'dtype':8s} {'jets':>7s} {'jets/s':>10s} {'first call s':>12s} "
+             f"{'converged':>9s}"]
+    for r in result["rows"]:
+        lines.append(f"{r['backend']:16s} {r['dtype']:8s} {r['n_jets']:7d} "
+                     f"{r['jets_per_s']:10.0f} {r['first_call_s']:12.2f} "
+                     f"{r['converged_fraction']:9.3f}")
+    for k, v in result["ratios"].items():
+        lines.append(f"ratio {k}: {v:.1f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=TITLE)
+    p.add_argument("out", nargs="?", help="JSON output path")
+    p.add_argument("--quick", action="store_true", help="1e3 and 1e4 jets only")
+    p.add_argument("--jets", type=int, nargs="+")
+    p.add_argument("--tracks", type=int, default=15)
+    p.add_argument("--n-iter", type=int, default=10)
+    p.add_argument("--backends", nargs="+")
+    p.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    args = p.parse_args(argv)
+    res = run(args.quick, jets=args.jets, n_tracks=args.tracks, n_iter=args.n_iter,
+              backends=args.backends, dtype=args.dtype)
+    print(format_table(res))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
