@@ -107,20 +107,27 @@ def test_shapes_and_empty_jets_stay_finite(data, name):
 
 
 def test_weight_predictor_gradient_through_fit(data):
-    """d loss / d (weight-head bias) is non-zero and matches a central finite difference."""
+    """d loss / d (weight-head bias) is non-zero and matches a central finite difference.
+
+    The loss is restricted to b/c jets whose fit converged: there the implicit gradient of
+    the fit (vertexfit's PyTorch adapter) is the derivative of the forward map.
+    """
     batch = index_batch(data[0], slice(0, 60))
     batch = {k: (v.double() if v.dtype == torch.float32 else v) for k, v in batch.items()}
-    model = _model(data, "ndive").double()
+    model = _model(data, "ndive", fit_iter=30).double()
     bias = model.weight_head[-1].bias
+    with torch.no_grad():
+        sel = model(batch)["fit_converged"] & (batch["flavour"] < 2)
+    assert sel.sum() >= 10
 
     def loss():
-        return total_loss(model.loss_terms(model(batch), batch))
+        out = model(batch)
+        return (out["vertex"] - batch["hf_vertex"]).abs().mean(-1)[sel].sum()
 
-    L = loss()
-    L.backward()
+    loss().backward()
     g = bias.grad.item()
     assert g != 0.0 and math.isfinite(g)
-    # the fit is the only path from the weights to the loss
+    # the fit is the only path from the weight predictor to the loss
     assert model.encoder.embed[0].weight.grad.abs().sum() > 0
     h = 1e-5
     with torch.no_grad():
@@ -130,7 +137,7 @@ def test_weight_predictor_gradient_through_fit(data):
         down = loss().item()
         bias += h
     fd = (up - down) / (2 * h)
-    assert g == pytest.approx(fd, rel=1e-3, abs=1e-9)
+    assert g == pytest.approx(fd, rel=2e-3)
 
 
 @pytest.mark.parametrize("name", ["baseline", "ndive", "ftag_ndive"])

@@ -22,6 +22,7 @@ SUBCOMMANDS = [
     "ndive_models._cmd_generate",
     "ndive_models._cmd_validate_data",
     "ndive_models._cmd_train",
+    "ndive_models._cmd_evaluate",
 ]
 
 

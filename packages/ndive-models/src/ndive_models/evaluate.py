@@ -1,0 +1,236 @@
+"""Evaluate trained models on a test file: ``ndive evaluate``.
+
+For each checkpoint: predictions (``predictions/<label>_<k>.h5``: ``p_b, p_c, p_u, D_b``,
+the NDIVE ``vertex`` and ``vertex_cov``, ``track_weights``, ``fit_ok``, truth labels); then
+``metrics.json`` and PNG plots in the output directory:
+
+- ``roc_light.png`` / ``roc_c.png``: rejection vs b-jet efficiency, one curve per model
+  (mean over the checkpoints sharing a label, i.e. trainings with different seeds, band =
+  min-max), ratio panel to the reference model;
+- rejections at 60/70/77/85 % b-efficiency with binomial errors (per checkpoint, and mean
+  and standard deviation over seeds) in ``metrics.json``;
+- ``track_selection.png``: NDIVE track-selection efficiency and purity vs jet pT, track
+  multiplicity and decay length, b- and c-jets;
+- ``vertex_residuals.png``: residuals and pulls of the vertex for NDIVE vs all tracks vs
+  perfect (truth) track selection.
+
+Labels: the checkpoint's model name, with ``_truth`` / ``_all`` appended for the reference
+weight options; checkpoints with the same label are treated as seeds of one model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import _metrics
+from ._inputs import HF_ORIGINS, index_batch, load_batch, to_device
+
+__all__ = ["evaluate", "predict"]
+
+DISPLAY = {"baseline": "Baseline (GN2-like)", "ftag_ndive": "FTAG+NDIVE", "ndive": "NDIVE",
+           "ftag_ndive_truth": "FTAG+NDIVE (perfect selection)",
+           "ftag_ndive_all": "FTAG+NDIVE (all tracks)", "ndive_truth": "perfect selection",
+           "ndive_all": "all tracks"}
+
+
+@torch.no_grad()
+def predict(model, batch: dict, batch_size: int = 1000, device="cpu") -> dict:
+    """Run ``model`` over a batch dict in chunks; returns NumPy arrays.
+
+    Keys (present when the model has them): ``p_b, p_c, p_u`` (N,), ``vertex`` (N, 3) [mm,
+    relative to the PV], ``vertex_cov`` (N, 3, 3), ``track_weights`` (N, T), ``fit_ok`` (N,).
+    """
+    model.eval()
+    parts: dict[str, list] = {}
+    n = batch["valid"].shape[0]
+    for s in range(0, n, batch_size):
+        out = model(to_device(index_batch(batch, slice(s, s + batch_size)), device))
+        got = {}
+        if "flavour_logits" in out:
+            p = torch.softmax(out["flavour_logits"].double(), -1)
+            got.update(p_b=p[:, 0], p_c=p[:, 1], p_u=p[:, 2])
+        if "vertex" in out:
+            got.update(vertex=out["vertex"], vertex_cov=out["vertex_cov"],
+                       track_weights=out["weights"], fit_ok=out["fit_ok"])
+        for k, v in got.items():
+            parts.setdefault(k, []).append(v.detach().cpu().numpy())
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def reference_fits(batch: dict, bz: float, n_iter: int = 10) -> dict:
+    """Vertex fits with all tracks and with perfect (truth) track selection.
+
+    Returns ``{"all tracks": pred, "perfect selection": pred}`` with ``pred`` as from
+    :func:`predict` (vertex keys only).
+    """
+    from ._inputs import FEATURE_NAMES
+    from .models import ModelConfig, build_model
+
+    nf = len(FEATURE_NAMES)  # no network in these modes: the normalisation is unused
+    stats = {"mean": torch.zeros(nf), "std": torch.ones(nf), "pos_scale": torch.ones(3)}
+    out = {}
+    for name, w in (("all tracks", "all"), ("perfect selection", "truth")):
+        m = build_model(ModelConfig(name="ndive", weights=w, fit_iter=n_iter), stats, bz)
+        out[name] = predict(m, batch)
+    return out
+
+
+def _label(cfg: dict) -> str:
+    m = cfg["model"]
+    return m["name"] + ("" if m.get("weights", "predicted") == "predicted" else
+                        "_" + m["weights"])
+
+
+def _write_predictions(path: Path, pred: dict, batch: dict, f_c: float) -> None:
+    import h5py
+
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        with h5py.File(tmp, "w") as f:
+            for k, v in pred.items():
+                f.create_dataset(k, data=v, compression="lzf")
+            if "p_b" in pred:
+                f.create_dataset("D_b", data=_metrics.discriminant(
+                    pred["p_b"], pred["p_c"], pred["p_u"], f_c))
+            f.create_dataset("flavour_label", data=batch["flavour"].numpy())
+            f.create_dataset("jet_pt", data=batch["jet"][:, 0].numpy())
+            f.attrs["f_c"] = f_c
+            f.attrs["vertex_frame"] = "relative to the true primary vertex [mm]"
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _rejections(pred, labels, f_c, wps):
+    d = _metrics.discriminant(pred["p_b"], pred["p_c"], pred["p_u"], f_c)
+    return {bkg: {f"{wp:.2f}": _metrics.rejection(d, labels, wp, background=code)
+                  for wp in wps}
+            for bkg, code in (("light", 2), ("c", 1))}
+
+
+def _seed_summary(per_seed: list[dict], wps):
+    out = {}
+    for bkg in ("light", "c"):
+        out[bkg] = {}
+        for wp in wps:
+            k = f"{wp:.2f}"
+            r = np.array([s[bkg][k]["rejection"] for s in per_seed])
+            e = np.array([s[bkg][k]["rejection_err"] for s in per_seed])
+            out[bkg][k] = {"mean": float(np.mean(r)),
+                           "std_over_seeds": float(np.std(r, ddof=1)) if len(r) > 1 else None,
+                           "binomial_err_of_mean": float(np.sqrt(np.sum(e**2)) / len(e)),
+                           "n_seeds": len(r)}
+    return out
+
+
+def _track_selection(pred, batch, edges):
+    valid = batch["valid"].numpy()
+    truth = np.isin(batch["origin"].numpy(), HF_ORIGINS) & valid
+    sel = _metrics.selected_tracks(pred["track_weights"], valid)
+    n_true, n_sel, n_both = _metrics.selection_counts(sel, truth, valid)
+    fl = batch["flavour"].numpy()
+    variables = {"pt": batch["jet"][:, 0].numpy(), "n_tracks": valid.sum(1),
+                 "Lxy": np.hypot(batch["hf_vertex"][:, 0].numpy(),
+                                 batch["hf_vertex"][:, 1].numpy())}
+    out = {}
+    for name, code in (("b", 0), ("c", 1)):
+        m = fl == code
+        eff, _ = _metrics.ratio_with_error(n_both[m].sum(), n_true[m].sum())
+        pur, _ = _metrics.ratio_with_error(n_both[m].sum(), n_sel[m].sum())
+        out[name] = {"efficiency": float(eff), "purity": float(pur),
+                     "binned": {v: _metrics.binned_selection(x[m], edges[v], n_true[m],
+                                                             n_sel[m], n_both[m])
+                                for v, x in variables.items()}}
+    return out
+
+
+def _vertex_quality(pred, batch):
+    hf = batch["hf_vertex"].numpy().astype(np.float64)
+    use = pred["fit_ok"] & (batch["flavour"].numpy() < 2)
+    res = pred["vertex"][use] - hf[use]
+    sig = np.sqrt(np.maximum(np.diagonal(pred["vertex_cov"][use], axis1=1, axis2=2), 1e-30))
+    summary = _metrics.residual_summary(res, res / sig)
+    summary["n_jets_used"] = int(use.sum())
+    summary["fit_ok_fraction"] = float(pred["fit_ok"][batch["flavour"].numpy() < 2].mean())
+    return summary, res, res / sig
+
+
+def evaluate(checkpoints, test, out, *, f_c: float = 0.05, reference: str = "baseline",
+             working_points=_metrics.WORKING_POINTS, max_jets: int | None = None,
+             device: str = "cpu", plots: bool = True) -> dict:
+    """Evaluate checkpoints on ``test``; writes predictions, ``metrics.json`` and plots to
+    ``out`` and returns the metrics dict."""
+    from .train import load_checkpoint
+
+    out = Path(out)
+    (out / "predictions").mkdir(parents=True, exist_ok=True)
+    batch, bz = load_batch(test, 0, max_jets)
+    labels = batch["flavour"].numpy()
+    preds: dict[str, list] = {}
+    for ck_path in checkpoints:
+        model, ck = load_checkpoint(ck_path, device)
+        label = _label(ck["config"])
+        pred = predict(model, batch, device=device)
+        k = len(preds.setdefault(label, []))
+        preds[label].append(pred)
+        _write_predictions(out / "predictions" / f"{label}_{k}.h5", pred, batch, f_c)
+    refs = reference_fits(batch, bz) if any("vertex" in p[0] for p in preds.values()) else {}
+
+    edges = {"pt": np.array([20, 40, 60, 100, 150, 250, 500.0]),
+             "n_tracks": np.arange(1.5, 16.5, 2.0),
+             "Lxy": np.array([0, 0.5, 1, 2, 4, 8, 16, 40.0])}
+    metrics = {"test_file": str(test), "n_test_jets": len(labels),
+               "n_per_flavour": {n: int((labels == i).sum()) for i, n in
+                                 enumerate(("b", "c", "light"))},
+               "f_c": f_c, "working_points": list(working_points), "models": {}}
+    vertex_data = {}
+    for label, plist in preds.items():
+        m = {"n_checkpoints": len(plist), "display": DISPLAY.get(label, label)}
+        if "p_b" in plist[0]:
+            per_seed = [_rejections(p, labels, f_c, working_points) for p in plist]
+            m["rejection_per_checkpoint"] = per_seed
+            m["rejection"] = _seed_summary(per_seed, working_points)
+        if "vertex" in plist[0]:
+            if label.endswith(("_truth", "_all")):
+                pass  # same fits as the references below
+            else:
+                m["track_selection"] = _track_selection(plist[0], batch, edges)
+                m["vertex"], r, pl = _vertex_quality(plist[0], batch)
+                vertex_data[DISPLAY.get(label, label)] = (r, pl)
+        metrics["models"][label] = m
+    metrics["vertex_references"] = {}
+    for name, p in refs.items():
+        metrics["vertex_references"][name], r, pl = _vertex_quality(p, batch)
+        vertex_data[name] = (r, pl)
+    tmp = out / "metrics.json.partial"
+    tmp.write_text(json.dumps(metrics, indent=1, allow_nan=True))
+    os.replace(tmp, out / "metrics.json")
+
+    if plots:
+        from . import _plots
+
+        effs = np.linspace(0.5, 0.95, 46)
+        curves = {}
+        for label, plist in preds.items():
+            if "p_b" not in plist[0]:
+                continue
+            for bkg, code in (("light", 2), ("c", 1)):
+                curves.setdefault(bkg, {})[DISPLAY.get(label, label)] = np.stack([
+                    _metrics.roc_curve(_metrics.discriminant(p["p_b"], p["p_c"], p["p_u"],
+                                                             f_c), labels, effs,
+                                       background=code) for p in plist])
+        ref = DISPLAY.get(reference, reference)
+        for bkg, c in curves.items():
+            _plots.roc(effs, c, ref, bkg, f_c, out / f"roc_{bkg}.png")
+        sel = {DISPLAY.get(k, k): v["track_selection"] for k, v in metrics["models"].items()
+               if "track_selection" in v}
+        if sel:
+            _plots.track_selection(sel, out / "track_selection.png")
+        if vertex_data:
+            _plots.vertex_residuals(vertex_data, out / "vertex_residuals.png")
+    return metrics
