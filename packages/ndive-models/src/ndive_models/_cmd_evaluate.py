@@ -38,7 +38,7 @@ def run(args) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"ndive evaluate: error: {err}", file=sys.stderr)
         return 2
-    for label, mm in m["models"].items():
+    for mm in m["models"].values():
         if "rejection" in mm:
             r = mm["rejection"]
             print(f"{mm['display']}: light rejection @70% {r['light']['0.70']['mean']:.1f}, "
