@@ -46,6 +46,9 @@ _BOOT = (
 )
 
 
+_SEE_STDERR = " (its error output, printed above, may say why)"
+
+
 class WorkerError(RuntimeError):
     """A worker process failed, died or stopped sending; the message says which and how."""
 
@@ -104,8 +107,14 @@ class WorkerPool:
         self.conns.append(Connection(data_r, writable=False))
         control = Connection(ctl_w, readable=False)
         self._controls.append(control)
-        control.send_bytes(pickle.dumps(list(sys.path)))
-        control.send_bytes(pickle.dumps((produce, w, args, ahead)))
+        try:
+            control.send_bytes(pickle.dumps(list(sys.path)))
+            control.send_bytes(pickle.dumps((produce, w, args, ahead)))
+        except OSError:
+            raise WorkerError(
+                f"{self.name} {w} (pid {proc.pid}) exited during start-up: "
+                f"{self._describe_exit(w)}{_SEE_STDERR}"
+            ) from None
 
     def _describe_exit(self, w: int) -> str:
         proc = self.procs[w]
@@ -127,7 +136,9 @@ class WorkerPool:
         t0 = time.monotonic()
         while not conn.poll(self.poll_interval):
             if proc.poll() is not None and not conn.poll(0):
-                raise WorkerError(f"{who} died without sending data: {self._describe_exit(w)}")
+                raise WorkerError(
+                    f"{who} died without sending data: {self._describe_exit(w)}{_SEE_STDERR}"
+                )
             if time.monotonic() - t0 > self.stall_timeout:
                 raise WorkerError(f"{who} is alive but sent nothing for {self.stall_timeout} s")
         try:
@@ -135,7 +146,7 @@ class WorkerPool:
         except (EOFError, OSError) as err:
             raise WorkerError(
                 f"{who} stopped before or during a message ({str(err) or 'end of file'}): "
-                f"{self._describe_exit(w)}"
+                f"{self._describe_exit(w)}{_SEE_STDERR}"
             ) from None
         try:
             kind, item = pickle.loads(data)
