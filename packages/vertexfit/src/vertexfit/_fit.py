@@ -73,13 +73,14 @@ class VertexFit(NamedTuple):
 # --------------------------------------------------------------------------------------------
 # the pieces shared by the fit, chi2 and the implicit gradients
 # --------------------------------------------------------------------------------------------
-def evaluate(xp, model, u, p, order):
+def evaluate(xp, model, u, p, order, trig=None):
     """Model at vertex ``u`` (3 arrays (B, 1)) and momenta ``p`` (3 arrays (B, T)).
 
     ``order`` 0 returns plain arrays, 1 jets with the Jacobian, 2 jets with the Hessian.
-    Variables: 0..2 the vertex, 3..5 (phi, theta, rho).
+    Variables: 0..2 the vertex, 3..5 (phi, theta, rho). ``trig``: optional precomputed
+    ``(sin, cos)`` of ``p[0]``.
     """
-    M = Ops(xp)
+    M = Ops(xp, None if trig is None else {id(p[0]): trig})
     if order == 0:
         return get_model(model)(M, *u, *p)
     args = [Jet.variable(a, k, order) for k, a in enumerate((*u, *p))]
@@ -189,13 +190,13 @@ def guarded_inverse3(xp, Mmat, singular):
 # --------------------------------------------------------------------------------------------
 # the core: arrays already validated, sanitised and flattened to a jet axis B
 # --------------------------------------------------------------------------------------------
-def _linearised_step(xp, model, G, q, w, P, cpos, singular, u, p):
+def _linearised_step(xp, model, G, q, w, P, cpos, singular, u, p, trig=None):
     """One Gauss-Newton linearisation at (u, p): the vertex system and per-track pieces.
 
     Track-major layout: per-track arrays are (T, B), per-jet arrays (B,). Returns
     ``(Minv, bad, rhs, (E, Wbp), tchi2)``.
     """
-    jets = evaluate(xp, model, [a[None, :] for a in u], p, 1)
+    jets = evaluate(xp, model, [a[None, :] for a in u], p, 1, trig)
     r = residuals(xp, q, jets)
     Gr, tchi2 = weighted_norm(G, r)
     F, b, _ = normal_blocks(G, jets, Gr)
@@ -232,21 +233,27 @@ def _core(xp, tracks, cov, weights, seed, cpos, ccov, *, n_iter, model):
     if P is not None:
         singular = xp.zeros_like(singular)
 
+    # (sin, cos) of the momenta's phi travel in the loop state: computed once per iteration
+    # at the end of the previous one, so that XLA cannot re-fuse (duplicate) them into the
+    # many consumers of the linearisation (it did: 27 sines per iteration)
     def step(_, state):
-        u, p, _ = state
+        u, p, _, trig = state
         Minv, _, rhs, (E, Wbp, tok), _ = _linearised_step(xp, model, G, q, w, P, cpos,
-                                                           singular, u, p)
+                                                           singular, u, p, trig)
         du = [sum_terms([(Minv[(a, c)] if a <= c else Minv[(c, a)]) * rhs[c]
                          for c in range(3)]) for a in range(3)]
         dp = [xp.where(tok, Wbp[i] - sum_terms([E[i][a] * du[a][None, :] for a in range(3)]),
                        0.0) for i in range(3)]
-        return ([u[a] + du[a] for a in range(3)], [p[i] + dp[i] for i in range(3)], du)
+        p = [p[i] + dp[i] for i in range(3)]
+        return ([u[a] + du[a] for a in range(3)], p, du, (xp.sin(p[0]), xp.cos(p[0])))
 
     u0 = [seed[:, k] for k in range(3)]
-    state = (u0, [q[2], q[3], q[4]], [xp.zeros_like(u0[0]) for _ in range(3)])
-    u, p, du = _xp.fori_loop(xp, n_iter, step, state)
+    p0 = [q[2], q[3], q[4]]
+    state = (u0, p0, [xp.zeros_like(u0[0]) for _ in range(3)], (xp.sin(p0[0]), xp.cos(p0[0])))
+    u, p, du, trig = _xp.fori_loop(xp, n_iter, step, state)
     # final pass: covariance and chi2 at the solution, no step
-    Minv, bad, _, _, track_chi2 = _linearised_step(xp, model, G, q, w, P, cpos, singular, u, p)
+    Minv, bad, _, _, track_chi2 = _linearised_step(xp, model, G, q, w, P, cpos, singular, u, p,
+                                                   trig)
 
     total = xp.sum(w * track_chi2, axis=0)
     if P is not None:

@@ -200,15 +200,20 @@ def _atanc_series(w2, order):
 class Ops:
     """Elementary functions that accept arrays of namespace ``xp`` or :class:`Jet` objects."""
 
-    def __init__(self, xp):
+    def __init__(self, xp, trig=None):
         self.xp = xp
+        # precomputed (sin, cos) of given arrays, keyed by id(array): lets a loop carry them
+        self.trig = trig or {}
 
     def sincos(self, a):
         """``(sin(a), cos(a))`` sharing one evaluation of each transcendental."""
         xp = self.xp
-        # barrier: transcendentals are computed once, not re-fused into every consumer by XLA
-        s, c = barrier(xp, (xp.sin(a.v if isinstance(a, Jet) else a),
-                            xp.cos(a.v if isinstance(a, Jet) else a)))
+        v = a.v if isinstance(a, Jet) else a
+        if id(v) in self.trig:
+            s, c = self.trig[id(v)]
+        else:
+            # barrier: computed once, not re-fused into every consumer by XLA
+            s, c = barrier(xp, (xp.sin(v), xp.cos(v)))
         if not isinstance(a, Jet):
             return s, c
         order2 = a.h is not None
