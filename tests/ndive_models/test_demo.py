@@ -40,6 +40,23 @@ def test_demo_tiny(sample_path, tmp_path, capsys):
     assert (out / "gradient_step.png").stat().st_size > 1000
 
 
+def test_demo_training_tiny(sample_path, tmp_path):
+    """The training part: a few batches of both models, evaluated (on the training file)."""
+    pytest.importorskip("ndive_models.train")
+    out = tmp_path / "demo"
+    rc = demo.main(["--out", str(out), "--input", str(sample_path), "--no-jax", "--no-torch",
+                    "--reference-jets", "0", "--train-jets", "200", "--epochs", "1",
+                    "--dim", "8", "--test-jets", "300", "--no-plots"])
+    assert rc == 0
+    s = json.loads((out / "summary.json").read_text())
+    for name in ("baseline", "ftag_ndive"):
+        t = s["training"][name]
+        assert t["val_loss"] > 0 and t["jets_per_s"] > 0
+        assert t["light_rejection_70"] >= 1.0 and t["c_rejection_70"] >= 1.0
+    assert (out / "train" / "ftag_ndive" / "best.pt").exists()
+    assert "| FTAG+NDIVE |" in (out / "report.md").read_text()
+
+
 def test_demo_generates_its_sample(generate_extra, tmp_path, capsys):
     args = demo.build_parser().parse_args(["--out", str(tmp_path), "--jets", "30",
                                            "--workers", "1", "--seed", "2"])

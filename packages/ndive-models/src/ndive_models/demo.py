@@ -14,13 +14,14 @@ Steps, each printed as it runs:
    fitted and the true vertex with respect to the track weights (all tracks, weights
    ``sigmoid(s)``), and one gradient step on ``s`` that moves the fitted vertex toward the
    truth (mean distance before/after, and how the step re-weights b-hadron vs other tracks);
-4. if the training modules of ``ndive_models`` are installed, a brief training of a small
-   baseline and FTAG+NDIVE;
+4. a brief training of a small GN2-like baseline and FTAG+NDIVE (``ndive_models.train``) on
+   the sample, evaluated on an independent test sample (``ndive_models.evaluate``);
 5. ``<out>/report.md`` with the numbers and PNG plots (if matplotlib is installed), and the
    headline numbers in ``<out>/summary.json``.
 
 Usage: ``python -m ndive_models.demo [--out demo-output] [--jets 10000] [--seed 1]
-[--workers 2] [--input FILE.h5] [--no-jax] [--no-torch] [--no-train]``.
+[--workers 2] [--input FILE.h5] [--test-input FILE.h5] [--epochs 2] [--train-jets 2000]
+[--test-jets 3000] [--no-jax] [--no-torch] [--no-train]`` (``--help`` lists all options).
 """
 
 from __future__ import annotations
@@ -307,7 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="b-jets also fitted with the SciPy reference fit, as a cross-check")
     p.add_argument("--lr", type=float, default=1.0,
                    help="length of the gradient step in weight-logit space, per jet")
-    p.add_argument("--epochs", type=int, default=2, help="training epochs (if available)")
+    p.add_argument("--test-input", default=None,
+                   help="test file for the evaluation (default: a generated one, or --input)")
+    p.add_argument("--test-jets", type=int, default=3000,
+                   help="jets of the test sample used in the evaluation")
+    p.add_argument("--epochs", type=int, default=2, help="training epochs")
+    p.add_argument("--train-jets", type=int, default=2000, help="training jets per epoch")
+    p.add_argument("--dim", type=int, default=32, help="model embedding size")
+    p.add_argument("--train-lr", type=float, default=1e-3, help="AdamW learning rate")
     p.add_argument("--no-jax", action="store_true", help="skip the JAX part")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch part")
     p.add_argument("--no-train", action="store_true", help="skip the training part")
@@ -434,22 +442,96 @@ def _differentiable_sample(bj: BJets, n: int) -> np.ndarray:
 
 def _training_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in
-               ("ndive_models.train", "ndive_models.models"))
+               ("ndive_models.train", "ndive_models.models", "ndive_models.evaluate"))
 
 
-def _section_training(path: Path, args, rep: Report) -> None:
-    rep.md("\n## Training\n")
+#: Models trained by the demo: (title, ``ModelConfig.name``).
+DEMO_MODELS = (("baseline (GN2-like)", "baseline"), ("FTAG+NDIVE", "ftag_ndive"))
+
+
+def _section_training(path: Path, args, rep: Report) -> dict:
+    rep.md("\n## Training: baseline vs FTAG+NDIVE (brief)\n")
     if args.no_train:
         rep.say("[4/5] training: skipped (--no-train)")
         rep.md("Skipped (`--no-train`).")
-        return
+        return {}
     if not _training_available():
-        rep.say("[4/5] training: the training modules (ndive_models.train, ndive_models.models) "
-                "are not installed in this version: skipped")
-        rep.md("Skipped: this version of ndive-models has no training modules yet.")
-        return
-    rep.say("[4/5] training: not wired into the demo yet: skipped")
-    rep.md("Skipped: not wired into the demo yet.")
+        rep.say("[4/5] training: this version of ndive-models has no training modules "
+                "(ndive_models.train, .models, .evaluate): skipped")
+        rep.md("Skipped: this version of ndive-models has no training modules.")
+        return {}
+    from .evaluate import evaluate
+    from .models import ModelConfig
+    from .train import TrainConfig, train
+
+    test = Path(args.test_input) if args.test_input else None
+    if test is None and not args.input:
+        from .generate import GenerationConfig, generate
+
+        test = rep.out / "ttbar_test.h5"
+        n_test = args.test_jets
+        rep.say(f"[4/5] generating an independent test sample of {n_test} jets -> {test}")
+        generate(GenerationConfig(n_jets=n_test, seed=args.seed + 1000, workers=args.workers),
+                 test, progress=False)
+    elif test is None:
+        test = path
+        rep.md("No independent test sample (`--input` without `--test-input`): evaluated on "
+               "the training file itself, so the numbers are optimistic.\n")
+    rep.say(f"[4/5] training {', '.join(t for t, _ in DEMO_MODELS)} for {args.epochs} "
+            f"epoch(s) on {args.train_jets} jets of {path} (AdamW, lr {args.train_lr}, "
+            f"dim {args.dim})")
+    rep.md(f"A few epochs ({args.epochs}) of a small model (dim {args.dim}, 1 layer, 1 head, "
+           f"AdamW lr {args.train_lr}, batch 100) on {args.train_jets} jets of {path.name}: "
+           "far from the paper's "
+           "training (NovoGrad, early stopping, 500k jets), so the comparison only shows "
+           "that everything runs end to end. `nox -s paper` does the real comparison.\n")
+    rep.md("| model | epochs | train loss | validation loss | training jets/s | time [s] |")
+    rep.md("|---|---|---|---|---|---|")
+    summaries, checkpoints = {}, []
+    for title, name in DEMO_MODELS:
+        cfg = TrainConfig(train=str(path), out=str(rep.out / "train" / name),
+                          max_jets=args.train_jets, max_val_jets=max(args.train_jets // 4, 100),
+                          epochs=args.epochs, batch_size=100, optimizer="adamw",
+                          lr=args.train_lr, seed=args.seed, progress=False,
+                          patience=max(args.epochs, 1), device="cpu",
+                          model=ModelConfig(name=name, dim=args.dim))
+        t0 = time.perf_counter()
+        summary = train(cfg)
+        seconds = time.perf_counter() - t0
+        last = summary["history"][-1]
+        jps = float(np.mean([h["jets_per_s"] for h in summary["history"] if "jets_per_s" in h]))
+        summaries[name] = {"train_loss": last.get("train_loss"), "val_loss": last["val"]["loss"],
+                           "jets_per_s": jps, "seconds": seconds}
+        checkpoints.append(summary["best"])
+        rep.say(f"      {title:20s} train loss {last.get('train_loss', math.nan):.4f}, "
+                f"validation loss {last['val']['loss']:.4f}, {jps:.0f} jets/s, {seconds:.0f} s",
+                md=f"| {title} | {len(summary['history'])} | "
+                   f"{last.get('train_loss', math.nan):.4f} | {last['val']['loss']:.4f} | "
+                   f"{jps:.0f} | {seconds:.0f} |")
+    metrics = evaluate(checkpoints, test, rep.out / "evaluate", plots=rep.plots,
+                       max_jets=args.test_jets)
+    rep.md(f"\nEvaluated on {test.name} ({metrics['n_test_jets']} jets: "
+           f"{metrics['n_per_flavour']}); rejections at 70% b-efficiency (f_c = "
+           f"{metrics['f_c']}), binomial errors:\n")
+    rep.md("| model | light rejection | c rejection |")
+    rep.md("|---|---|---|")
+    for (title, name) in DEMO_MODELS:
+        r = metrics["models"].get(name, {}).get("rejection")
+        if not r:
+            continue
+        light, c = r["light"]["0.70"], r["c"]["0.70"]
+        summaries[name]["light_rejection_70"] = light["mean"]
+        summaries[name]["c_rejection_70"] = c["mean"]
+        rep.say(f"      {title:20s} at 70% b-efficiency: light rejection {light['mean']:.1f} "
+                f"+- {light['binomial_err_of_mean']:.1f}, c rejection {c['mean']:.2f} +- "
+                f"{c['binomial_err_of_mean']:.2f}",
+                md=f"| {title} | {light['mean']:.1f} +- {light['binomial_err_of_mean']:.1f} | "
+                   f"{c['mean']:.2f} +- {c['binomial_err_of_mean']:.2f} |")
+    if rep.plots:
+        for f in ("roc_light.png", "roc_c.png", "track_selection.png", "vertex_residuals.png"):
+            if (rep.out / "evaluate" / f).exists():
+                rep.md(f"\n![{f}](evaluate/{f})")
+    return summaries
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -470,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     classic = _section_classic(bj, rep, plots, args.reference_jets)
     grad = bj.take(_differentiable_sample(bj, args.grad_jets))
     steps = _section_gradients(grad, args, rep)
-    _section_training(path, args, rep)
+    training = _section_training(path, args, rep)
     if not plots:
         rep.md("\n(No plots: matplotlib is not installed or --no-plots was given.)")
     rep.md(f"\nTotal time: {time.perf_counter() - t0:.0f} s.")
@@ -484,6 +566,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "mean_after_mm": float(st["after"].mean()),
                                  "fraction_closer": float(np.mean(st["after"] < st["before"]))}
                           for name, st in steps.items()},
+        "training": training,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"[5/5] report written to {report.resolve()} ({time.perf_counter() - t0:.0f} s)")
