@@ -169,6 +169,15 @@ def test_truth_weights_give_better_vertices_than_all_tracks(data):
     assert errs["truth"] < errs["all"], errs
 
 
+def test_finite_grad_drops_only_the_broken_jet():
+    from ndive_models.models import finite_grad
+
+    x = torch.ones(3, 2, requires_grad=True)
+    scale = torch.tensor([[1.0, 2.0], [math.nan, 1.0], [3.0, math.inf]])
+    (finite_grad(x) * scale).sum().backward()
+    assert x.grad.tolist() == [[1.0, 2.0], [0.0, 0.0], [0.0, 0.0]]
+
+
 def test_config_rejects_unknown_names():
     with pytest.raises(ValueError, match="model name"):
         ModelConfig(name="gn3")

@@ -208,6 +208,14 @@ def _check_finite(loss, epoch, step):
         )
 
 
+def _check_finite_grads(model, epoch, step):
+    bad = [n for n, p in model.named_parameters()
+           if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+    if bad:
+        raise FloatingPointError(f"non-finite gradient at epoch {epoch}, step {step} in "
+                                 f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
+
+
 @torch.no_grad()
 def validate(model, data: dict, batch_size: int, device) -> dict:
     """Loss terms summed over a whole data set: ``{"loss": total, name: mean...}``."""
@@ -354,13 +362,16 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
                 b = index_batch(data_dev, bidx)
                 outp = ddp(b)
                 loss, _ = _loss_with_global_counts(model, outp, b, world)
+                # the global loss, identical on every process: all stop together on NaN,
+                # before a NaN gradient reaches the parameters
+                lval = _all_reduce(loss.detach().double()) / world
+                _check_finite(lval, epoch, step)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                _check_finite_grads(model, epoch, step)
                 opt.step()
-                lval = _all_reduce(loss.detach().double()) / world
                 run_sum += lval
                 if bar is not None and (step % 10 == 0 or step == n_steps - 1):
-                    _check_finite(lval, epoch, step)
                     el = time.perf_counter() - t0
                     bar.n = (step + 1) * local_bs * world
                     bar.set_postfix(loss=f"{float(run_sum) / (step + 1):.4f}",
