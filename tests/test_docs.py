@@ -92,3 +92,18 @@ def test_examples_run(path, tmp_path, monkeypatch, _restore_jax_x64):
         except Exception as e:
             raise AssertionError(f"the example at {path.relative_to(ROOT)} line {line} "
                                  f"failed: {type(e).__name__}: {e}") from e
+
+
+def test_nav_hook_leaves_out_missing_pages(tmp_path):
+    spec = importlib.util.spec_from_file_location("_nav_hook", ROOT / "docs" / "_hooks" / "nav.py")
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    (tmp_path / "a.md").write_text("# a")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.md").write_text("# b")
+    nav = [{"A": "a.md"}, {"Missing": "nope.md"}, "a.md",
+           {"Section": [{"B": "sub/b.md"}, {"C": "sub/c.md"}]},
+           {"Empty": [{"D": "d.md"}]}, {"Out": "https://example.org"}]
+    config = hook.on_config({"nav": nav, "docs_dir": str(tmp_path)})
+    assert config["nav"] == [{"A": "a.md"}, "a.md", {"Section": [{"B": "sub/b.md"}]},
+                             {"Out": "https://example.org"}]
