@@ -94,6 +94,17 @@ def test_resume_is_bit_for_bit(sample_path, tmp_path):
     assert len(hist) == 3
 
 
+def test_split_is_random_disjoint_and_fixed():
+    from ndive_models.train import split_indices
+
+    tr, va = split_indices(1000, 0.1, 0)
+    assert len(va) == 100 and len(tr) == 900
+    assert len(set(tr.tolist()) | set(va.tolist())) == 1000
+    assert va.max() > 900 and va.min() < 100  # not the file's tail
+    assert torch.equal(split_indices(1000, 0.1, 0)[1], va)
+    assert not torch.equal(split_indices(1000, 0.1, 1)[1], va)
+
+
 def test_early_stopping(sample_path, tmp_path):
     # lr 0: the validation loss never improves after the first epoch
     res = train(_cfg(sample_path, tmp_path / "es", epochs=6, patience=2, optimizer="adamw",
@@ -148,10 +159,10 @@ def _init_state(sample_path):
     """State dict of the initial FTAG+NDIVE model of the DDP test (same seed, same stats)."""
     from ndive_models._inputs import feature_stats, index_batch, load_batch
     from ndive_models.models import ModelConfig, build_model
+    from ndive_models.train import split_indices
 
     batch, bz = load_batch(sample_path)
-    n = batch["valid"].shape[0]
-    stats = feature_stats(index_batch(batch, slice(0, 120)), bz)
-    assert n > 120
+    train_idx, _ = split_indices(batch["valid"].shape[0], 0.1)
+    stats = feature_stats(index_batch(batch, train_idx[:120]), bz)
     torch.manual_seed(3)
     return build_model(ModelConfig(name="ftag_ndive", dim=8, heads=2), stats, bz).state_dict()

@@ -32,7 +32,7 @@ import torch
 
 from .models import ModelConfig, build_model, total_loss
 
-__all__ = ["TrainConfig", "load_checkpoint", "load_config", "main", "train"]
+__all__ = ["TrainConfig", "load_checkpoint", "load_config", "main", "split_indices", "train"]
 
 CHECKPOINT_FORMAT = "ndive-models-checkpoint-1"
 
@@ -42,8 +42,11 @@ class TrainConfig:
     """Training settings (file keys and ``--set`` names).
 
     Attributes:
-        train: training file. val: validation file (default: the last ``val_fraction`` of
-            the training file). max_jets: use at most this many training jets.
+        train: training file. val: validation file (default: a random ``val_fraction`` of
+            the training file, drawn with ``split_seed``, the same for every model and seed).
+            max_jets / max_val_jets: use at most this many training / validation jets (a
+            random subset: generated files are not shuffled; a balanced file ends with the
+            jets of its rarest flavour).
         out: output directory (checkpoints, ``history.json``).
         epochs, batch_size: paper: batch 100. optimizer: ``novograd`` (paper) or ``adamw``.
         lr: learning rate (paper: 1e-4 with NovoGrad). weight_decay.
@@ -56,6 +59,7 @@ class TrainConfig:
     train: str = ""
     val: str | None = None
     val_fraction: float = 0.1
+    split_seed: int = 0
     max_jets: int | None = None
     max_val_jets: int | None = None
     out: str = "runs/model"
@@ -237,6 +241,16 @@ def validate(model, data: dict, batch_size: int, device) -> dict:
     return res
 
 
+def split_indices(n: int, val_fraction: float, split_seed: int = 0):
+    """``(train_idx, val_idx)``: a seeded random split of ``n`` jets (LongTensors, each in
+    the random order in which ``max_jets`` / ``max_val_jets`` truncate them)."""
+    n_val = max(1, round(val_fraction * n))
+    if n - n_val < 1:
+        raise ValueError(f"{n} jets are too few to split off validation")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+    return perm[n_val:], perm[:n_val]
+
+
 def _load_data(cfg: TrainConfig):
     from ._inputs import index_batch, load_batch
 
@@ -244,19 +258,18 @@ def _load_data(cfg: TrainConfig):
         raise ValueError("no training file given (config key 'train' or --train)")
     data, bz = load_batch(cfg.train)
     n = data["valid"].shape[0]
+    gen = torch.Generator().manual_seed(cfg.split_seed)
     if cfg.val:
-        val, bz_v = load_batch(cfg.val, 0, cfg.max_val_jets)
+        val, bz_v = load_batch(cfg.val)
         if bz_v != bz:
             raise ValueError(f"train ({bz} T) and validation ({bz_v} T) files differ in field")
+        val_idx = torch.randperm(val["valid"].shape[0], generator=gen)
+        train_idx = torch.randperm(n, generator=gen)
     else:
-        n_val = max(1, round(cfg.val_fraction * n))
-        if n - n_val < 1:
-            raise ValueError(f"{cfg.train}: {n} jets are too few to split off validation")
-        val = index_batch(data, slice(n - n_val, n if cfg.max_val_jets is None
-                                      else min(n, n - n_val + cfg.max_val_jets)))
-        data = index_batch(data, slice(0, n - n_val))
-    if cfg.max_jets is not None:
-        data = index_batch(data, slice(0, cfg.max_jets))
+        train_idx, val_idx = split_indices(n, cfg.val_fraction, cfg.split_seed)
+        val = data
+    val = index_batch(val, val_idx[:cfg.max_val_jets])
+    data = index_batch(data, train_idx[:cfg.max_jets])
     return data, val, bz
 
 
