@@ -35,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML or TOML config file")
     for flag, key, typ, helptext in _FLAGS:
         p.add_argument(flag, dest=key.replace(".", "__"), type=typ, default=None,
+                       metavar=flag[2:].upper().replace("-", "_"),
                        help=f"{helptext} (overrides '{key}')")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set model.dim=64 (repeatable)")
