@@ -6,6 +6,7 @@ Billoir/Delphes) are documented in ``docs/conventions.md``.
 
 from . import reference, toy
 from ._fit import VertexFit, chi2, fit
+from ._implicit import FitGradients, fit_jvp, fit_vjp
 from ._perigee import (
     DEFAULT_BZ,
     K_GEV_PER_T_MM,
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_BZ",
+    "FitGradients",
     "K_GEV_PER_T_MM",
     "VertexFit",
     "chi2",
@@ -28,6 +30,8 @@ __all__ = [
     "curvature",
     "extrapolate",
     "fit",
+    "fit_jvp",
+    "fit_vjp",
     "from_acts",
     "perigee",
     "reference",
