@@ -13,8 +13,11 @@ that fails is skipped with a note, and writes to ``--out`` (default ``benchmarks
   CUDA device if any), each topic's result and the headline ratios;
 * ``<machine>.md``: the same as markdown tables;
 * ``<machine>-throughput.png``: jets/s vs number of jets, one line per backend (rows with
-  ``n_jets`` and ``jets_per_s``), and ``<machine>-n_iter.png``: time and peak memory vs
-  ``n_iter`` for each differentiation ``method`` (rows with ``n_iter`` and ``method``).
+  ``n_jets`` and ``jets_per_s``, ``forward_jets_per_s`` or ``fwd_bwd_jets_per_s``), and
+  ``<machine>-n_iter.png``: time and memory vs ``n_iter`` for each differentiation
+  ``mode`` or ``method`` (rows with ``n_iter`` and ``mode``: ``seconds``, ``memory_bytes``).
+
+Rows may carry a ``"table"`` key: each distinct value becomes its own markdown table.
 
 With ``--only``, the topics not run are kept from an existing ``<machine>.json`` (each
 topic carries its own date). ``--docs`` rewrites ``docs/benchmarks.md`` from every
@@ -44,7 +47,13 @@ ROOT = HERE.parent
 #: Known topics, in run order; other bench_*.py files run after them.
 TOPICS = ("fit", "gradients", "generate", "training")
 #: Headline ratios are the ones whose name contains one of these (case-insensitive).
-HEADLINE = ("scipy", "backward", "forward", "jax/numpy", "torch/numpy", "ndive")
+HEADLINE = ("scipy", "backward", "forward", "fwd", "unrolled/implicit", "memory n_iter",
+            "jax/numpy", "torch/numpy", "ndive")
+#: Throughput columns plotted against ``n_jets`` (line-label suffix).
+THROUGHPUT = {"jets_per_s": "", "forward_jets_per_s": " forward",
+              "fwd_bwd_jets_per_s": " fwd+bwd"}
+#: Columns plotted against ``n_iter`` for rows with a ``method`` or ``mode``.
+N_ITER_METRICS = ("seconds", "jets_per_s", "memory_bytes", "peak_mb", "peak_memory_mb")
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,7 +231,8 @@ def machine_lines(info: dict) -> list[str]:
     gpu = ", ".join(info["cuda"]) if info["cuda"] else "none"
     return [
         f"- CPU: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), "
-        f"RAM {info['ram_gib']} GiB, load average {info['load_average_start']} at the start",
+        f"RAM {info['ram_gib']} GiB, load average {info['load_average_start']} at the start, "
+        f"{info.get('load_average_end')} at the end",
         f"- CUDA devices: {gpu}",
         f"- {info['platform']}, Python {info['python']}; "
         + ", ".join(f"{k} {x}" for k, x in v.items()),
@@ -243,7 +253,14 @@ def markdown(result: dict, plots: list[str]) -> str:
         lines += ["", f"## {res.get('title', topic)} (`bench_{topic}.py`)", "",
                   f"{res['status']}, {res['date']}, {'quick' if res['quick'] else 'full'}, "
                   f"{res['seconds']} s", ""]
-        lines += table(res["rows"])
+        groups = {}
+        for r in res["rows"]:
+            groups.setdefault(r.get("table"), []).append(r)
+        for name_, rows in groups.items():
+            if name_ is not None:
+                lines += [f"**{name_}**", ""]
+            lines += table([{k: v for k, v in r.items() if k != "table"} for r in rows])
+            lines.append("")
         if res.get("ratios"):
             lines += ["", "Ratios: " + ", ".join(f"{k} = {_cell(float(v))}"
                                                  for k, v in res["ratios"].items())]
@@ -254,7 +271,7 @@ def markdown(result: dict, plots: list[str]) -> str:
 
 
 def _label(row: dict) -> str:
-    keys = ("backend", "method", "dtype", "pass", "mode", "device", "n_tracks", "model")
+    keys = ("backend", "method", "mode", "dtype", "pass", "device", "n_tracks", "model")
     return " ".join(str(row[k]) + (" tracks" if k == "n_tracks" else "") for k in keys
                     if k in row)
 
@@ -271,7 +288,8 @@ def plot(result: dict, out: Path) -> list[str]:
 
     name = result["machine_name"]
     files = []
-    thr = {t: [r for r in res["rows"] if "n_jets" in r and "jets_per_s" in r]
+    thr = {t: [r for r in res["rows"] if "n_jets" in r and r.get("table") in (None, "throughput")
+               and not ("method" in r or "mode" in r) and any(k in r for k in THROUGHPUT)]
            for t, res in result["topics"].items()}
     thr = {t: rows for t, rows in thr.items() if rows}
     if thr:
@@ -279,7 +297,9 @@ def plot(result: dict, out: Path) -> list[str]:
         for ax, (topic, rows) in zip(axes[0], thr.items()):
             lines = {}
             for r in rows:
-                lines.setdefault(_label(r), []).append((r["n_jets"], r["jets_per_s"]))
+                for key, suffix in THROUGHPUT.items():
+                    if isinstance(r.get(key), (int, float)):
+                        lines.setdefault(_label(r) + suffix, []).append((r["n_jets"], r[key]))
             for label, pts in lines.items():
                 pts.sort()
                 ax.plot(*zip(*pts), "o-", label=label)
@@ -293,20 +313,20 @@ def plot(result: dict, out: Path) -> list[str]:
         fig.savefig(out / files[-1], dpi=90)
         plt.close(fig)
     rows = [r for res in result["topics"].values() for r in res["rows"]
-            if "n_iter" in r and "method" in r]
-    metrics = [m for m in ("seconds", "jets_per_s", "peak_mb", "peak_memory_mb")
-               if any(isinstance(r.get(m), (int, float)) for r in rows)]
+            if "n_iter" in r and ("method" in r or "mode" in r)]
+    metrics = [m for m in N_ITER_METRICS
+               if any(isinstance(r.get(m), (int, float)) and r[m] > 0 for r in rows)]
     if rows and metrics:
         fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.5), squeeze=False)
         for ax, m in zip(axes[0], metrics):
             lines = {}
             for r in rows:
-                if isinstance(r.get(m), (int, float)):
+                if isinstance(r.get(m), (int, float)) and r[m] > 0:
                     lines.setdefault(_label(r), []).append((r["n_iter"], r[m]))
             for label, pts in lines.items():
                 pts.sort()
                 ax.plot(*zip(*pts), "o-", label=label)
-            ax.set(xlabel="n_iter (fit iterations)", ylabel=m, yscale="log")
+            ax.set(xlabel="n_iter (fit iterations)", ylabel=m, xscale="log", yscale="log")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         fig.suptitle(f"{name}: implicit vs unrolled differentiation")
@@ -395,6 +415,11 @@ def main(argv=None) -> int:
         if kept:
             notes.append(f"kept from the previous run: {', '.join(kept)} (see their dates)")
     info["load_average_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    busy = max(info["load_average_start"] or 0, info["load_average_end"] or 0)
+    if busy > info["usable_cores"]:
+        notes.append(f"the machine was busy (load average up to {busy:.1f} on "
+                     f"{info['usable_cores']} cores): absolute numbers are pessimistic and "
+                     "even the ratios are noisier than usual")
     result = {"machine_name": name, "machine": info, "topics": topics,
               "headline": headline(topics), "notes": notes}
     result["plots"] = plot(result, out)

@@ -21,10 +21,14 @@ def run(quick=False):
 '''
 GRADIENTS = '''
 def run(quick=False):
-    rows = [{"method": m, "n_iter": k, "seconds": 0.01 * k if m == "unrolled" else 0.01,
-             "peak_mb": 5.0 * k if m == "unrolled" else 5.0}
-            for m in ("implicit", "unrolled") for k in (1, 10, 100)]
-    return {"title": "gradients", "rows": rows, "notes": []}
+    rows = [{"table": "throughput", "backend": "jax", "n_jets": n, "forward_jets_per_s": 10.0 * n,
+             "fwd_bwd_jets_per_s": 5.0 * n} for n in (100, 1000)]
+    rows += [{"table": "implicit_vs_unrolled", "backend": "torch", "n_jets": 100, "mode": m,
+              "n_iter": k, "seconds": 0.01 * k if m == "unrolled" else 0.01,
+              "memory_bytes": 5e6 * k if m == "unrolled" else 5e6, "jets_per_s": 1.0}
+             for m in ("implicit", "unrolled") for k in (1, 10, 100)]
+    return {"title": "gradients", "rows": rows, "notes": [],
+            "ratios": {"jax fwd_bwd/fwd": 2.0}}
 '''
 BROKEN = '''
 def run(quick=False):
@@ -66,11 +70,15 @@ def test_runs_all_topics_and_writes_outputs(runner, bench_dir, tmp_path, capsys)
     assert any("bench_generate.py" in n for n in res["notes"])
     assert any("bench_training.py" in n for n in res["notes"])
     # headline: matching ratios only
-    assert res["headline"] == {"fit: jax/scipy-reference": 600.0, "fit: jax/numpy": 3.0}
+    assert res["headline"] == {"fit: jax/scipy-reference": 600.0, "fit: jax/numpy": 3.0,
+                               "gradients: jax fwd_bwd/fwd": 2.0}
     m = res["machine"]
     assert m["cores"] >= 1 and m["cpu"] and m["versions"]["numpy"]
     md = (out / "m1.md").read_text()
     assert "| backend | dtype | n_jets | jets_per_s |" in md and "Headline ratios" in md
+    # one markdown table per "table" value, without the "table" column
+    assert "**throughput**" in md and "**implicit_vs_unrolled**" in md
+    assert "| backend | n_jets | mode | n_iter | seconds | memory_bytes | jets_per_s |" in md
     if importlib.util.find_spec("matplotlib"):
         assert res["plots"] == ["m1-throughput.png", "m1-n_iter.png"]
         assert all((out / f).stat().st_size > 1000 for f in res["plots"])
