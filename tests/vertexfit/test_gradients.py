@@ -630,3 +630,81 @@ def test_jax_and_torch_agree_with_eager_loops(jax_results):
         for got, k in zip(jax_results["vmap"], ("weights", "cpos")):
             err = rel_err(got[j], one[k].grad.numpy())
             assert err <= 1e-10, (j, k, err)
+
+
+# --------------------------------------------------------------------------------------------
+# closed-form functions: plain autodiff (no custom rule) on both backends
+# --------------------------------------------------------------------------------------------
+def closed_form_problem():
+    t = toy.generate(2, 4, seed=12, displacement=2.0)
+    rng = np.random.default_rng(5)
+    args = {"vertex": t.vertex, "momenta": t.momenta, "ref": rng.normal(0, 0.1, (2, 3)),
+            "tracks": t.tracks, "cov": t.cov, "weights": rng.uniform(0.5, 1, (2, 4)),
+            "new_ref": t.vertex + rng.normal(0, 0.1, (2, 3))}
+    s = sigmas(t.cov)
+    a = rng.normal(size=t.cov.shape)
+    dirs = {"vertex": rng.normal(0, 0.01, (2, 3)), "momenta": rng.normal(0, 1e-3, (2, 4, 3)),
+            "ref": rng.normal(0, 0.01, (2, 3)), "tracks": rng.normal(size=(2, 4, 5)) * s,
+            "cov": 0.05 * (a + np.swapaxes(a, -1, -2)) * s[..., :, None] * s[..., None, :],
+            "weights": rng.normal(size=(2, 4)), "new_ref": rng.normal(0, 0.01, (2, 3))}
+    return args, dirs
+
+
+def closed_form_scalar(xp, a):
+    """perigee, chi2 and extrapolate in one scalar, every argument used."""
+    q = vf.perigee(a["vertex"], a["momenta"], a["ref"])
+    c2 = vf.chi2(a["tracks"], a["cov"], a["vertex"], a["momenta"], a["weights"], ref=a["ref"])
+    t2, c2v = vf.extrapolate(a["tracks"], a["cov"], a["new_ref"], ref=a["ref"])
+    sq = vf.covariance_from_sigmas(xp.ones_like(q))
+    return (xp.sum(q * q) + xp.sum(c2) + xp.sum(t2 * t2) + 1e3 * xp.sum(c2v)
+            + 1e-6 * xp.sum(sq))
+
+
+def closed_form_reference():
+    import array_api_compat.numpy as xnp
+
+    args, dirs = closed_form_problem()
+    want = {}
+    for k, d in dirs.items():
+        def at(h, k=k, d=d):
+            return closed_form_scalar(xnp, {**args, k: args[k] + h * d})
+
+        h = 1e-3
+        want[k] = (8 * (at(h / 2) - at(-h / 2)) - (at(h) - at(-h))) / (6 * h)
+    return args, dirs, want
+
+
+@pytest.mark.parametrize("framework", ["jax", "torch"])
+def test_autodiff_through_perigee_chi2_extrapolate(framework):
+    args, dirs, want = closed_form_reference()
+    if framework == "jax":
+        jax = pytest.importorskip("jax")
+        x = {k: jax.numpy.asarray(v) for k, v in args.items()}
+        g = jax.jit(jax.grad(lambda x: closed_form_scalar(jax.numpy, x)))(x)
+        got = {k: np.asarray(v) for k, v in g.items()}
+    else:
+        torch = pytest.importorskip("torch")
+        import array_api_compat.torch as xt
+
+        x = {k: torch.asarray(v).requires_grad_() for k, v in args.items()}
+        closed_form_scalar(xt, x).backward()
+        got = {k: v.grad.numpy() for k, v in x.items()}
+    for k, d in dirs.items():
+        val = float(np.sum(got[k] * d))
+        assert abs(val - want[k]) <= 1e-6 * abs(want[k]) + 1e-9, (k, val, want[k])
+
+
+def test_public_rules_shapes_broadcasting_and_none():
+    """Broadcast arguments get gradients of their own shape; ``None`` arguments get ``None``;
+    a broadcast reference point moves the vertex one to one (without a constraint)."""
+    t = toy.generate(3, 5, seed=2)
+    ref = np.array([0.01, -0.02, 0.03])
+    _, pullback = fit_vjp(t.tracks, t.cov, ref=ref, n_iter=N_ITER)
+    g = pullback({"vertex": np.ones((3, 3)), "momenta": None})
+    assert g.weights is None and g.constraint is None and g.seed is None
+    assert g.tracks.shape == t.tracks.shape and g.cov.shape == t.cov.shape
+    np.testing.assert_allclose(g.ref, [3.0, 3.0, 3.0], rtol=1e-12)
+    np.testing.assert_allclose(g.cov, np.swapaxes(g.cov, -1, -2), rtol=0, atol=0)
+    _, dot = fit_jvp(t.tracks, t.cov, ref=ref, n_iter=N_ITER, tangents={"ref": np.ones(3)})
+    np.testing.assert_allclose(dot.vertex, np.ones((3, 3)), rtol=1e-12)
+    assert np.all(dot.momenta == 0) and dot.converged is None

@@ -174,7 +174,7 @@ def _linearise(xp, model, tracks, cov, weights, cpos, ccov, u, momenta, C, hessi
 
 
 def _solve(xp, L, xu, xpp):
-    """Solve ``K^T lam = x_bar`` (``transpose=True`` form used by the VJP).
+    """Solve ``K^T lam = x_bar`` for the VJP (the JVP's ``K dx = g`` is in :func:`core_jvp`).
 
     ``xu``: 3 x (B,) vertex part, ``xpp``: 3 x (B, T) per-track parts (None: zero).
     Returns ``(lam_u 3 x (B,), lam_p 3 x (B, T))``.
@@ -436,10 +436,13 @@ def core_jvp(xp, tracks, cov, weights, cpos, ccov, outputs, tangents, *, model,
 # public rules at the level of vertexfit.fit
 # --------------------------------------------------------------------------------------------
 class FitGradients(NamedTuple):
-    """Cotangents of :func:`vertexfit.fit`'s inputs (each with its input's shape).
+    """Cotangents of :func:`vertexfit.fit`'s inputs, each with its input's shape and dtype.
 
-    ``constraint`` is ``(position_bar, covariance_bar)`` or ``None``; ``seed`` is zero (the
-    converged fit does not depend on it); masked track slots are exactly zero.
+    ``tracks (..., T, 5)``, ``cov (..., T, 5, 5)`` (symmetric), ``weights (..., T)``,
+    ``constraint`` = ``(position_bar (..., 3), covariance_bar (..., 3, 3))``, ``ref (...,
+    3)``, ``seed`` (zero: the converged fit does not depend on it). A field is ``None`` where
+    the argument was ``None`` (``cov``/``tracks`` never are). Masked track slots are exactly
+    zero.
     """
 
     tracks: object
@@ -549,9 +552,9 @@ def fit_vjp(tracks, cov, weights=None, *, mask=None, seed=None, n_iter=10, model
             ccb = xp.where(okb[..., None], _sym(xp, xp.reshape(ccb, batch + (3, 3))), 0.0)
             ref_bar = ref_bar - cpb
             cons = (_unbroadcast(xp, cpb, constraint[0]), _unbroadcast(xp, ccb, constraint[1]))
-        ref_out = ref_bar if ref is None else _unbroadcast(xp, ref_bar, ref)
+        ref_out = None if ref is None else _unbroadcast(xp, ref_bar, ref)
         seed_out = None if seed is None else xp.zeros_like(seed)
-        wts = None if weights is None else wb
+        wts = None if weights is None else _unbroadcast(xp, wb, weights)
         return FitGradients(xp.astype(tb, tracks.dtype), xp.astype(Vb, cov.dtype), wts, cons,
                             ref_out, seed_out)
 
