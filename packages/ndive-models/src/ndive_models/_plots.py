@@ -43,7 +43,8 @@ def roc(effs, curves: dict, reference: str, background: str, f_c: float, path) -
     rax.set_xlabel("b-jet efficiency")
     rax.set_ylabel(f"ratio to\n{reference}", fontsize=8)
     rax.axhline(1.0, color="k", lw=0.8)
-    rax.grid(alpha=0.3)
+    rax.set_yscale("log")  # references (perfect selection) can be far above the others
+    rax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -81,8 +82,9 @@ def track_selection(sel: dict, path) -> None:
         for i in range(2):
             axes[i, j].set_ylim(0, 1.05)
             axes[i, j].grid(alpha=0.3)
-    axes[0, 2].set_xscale("symlog", linthresh=1.0)
-    axes[1, 2].set_xscale("symlog", linthresh=1.0)
+    for i in range(2):
+        axes[i, 2].set_xscale("symlog", linthresh=1.0)
+        axes[i, 2].set_xlim(left=0.0)
     axes[0, 0].legend(fontsize=8)
     fig.suptitle("NDIVE track selection (weight > 0.5 x jet maximum) vs heavy-flavour tracks")
     fig.tight_layout()
