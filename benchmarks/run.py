@@ -162,6 +162,7 @@ def run_topic(topic: str, path: Path, quick: bool) -> dict:
     """Import ``path`` and call its ``run(quick)``; a failure becomes a result with a note."""
     t0 = time.perf_counter()
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     try:
         module = _load(topic, path)
         if not callable(getattr(module, "run", None)):
@@ -179,6 +180,7 @@ def run_topic(topic: str, path: Path, quick: bool) -> dict:
         result = {"title": topic, "rows": [], "status": "failed",
                   "notes": [f"failed: {type(e).__name__}: {e}"]}
     result["date"] = started
+    result["load_average"] = load
     result["quick"] = quick
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result
@@ -252,7 +254,8 @@ def markdown(result: dict, plots: list[str]) -> str:
     for topic, res in result["topics"].items():
         lines += ["", f"## {res.get('title', topic)} (`bench_{topic}.py`)", "",
                   f"{res['status']}, {res['date']}, {'quick' if res['quick'] else 'full'}, "
-                  f"{res['seconds']} s", ""]
+                  f"{res['seconds']} s, load average {res.get('load_average')} at the start",
+                  ""]
         groups = {}
         for r in res["rows"]:
             groups.setdefault(r.get("table"), []).append(r)
@@ -415,7 +418,8 @@ def main(argv=None) -> int:
         if kept:
             notes.append(f"kept from the previous run: {', '.join(kept)} (see their dates)")
     info["load_average_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-    busy = max(info["load_average_start"] or 0, info["load_average_end"] or 0)
+    busy = max([info["load_average_start"] or 0, info["load_average_end"] or 0]
+               + [r.get("load_average") or 0 for r in topics.values()])
     if busy > info["usable_cores"]:
         notes.append(f"the machine was busy (load average up to {busy:.1f} on "
                      f"{info['usable_cores']} cores): absolute numbers are pessimistic and "
