@@ -24,10 +24,12 @@ def test_demo_tiny(sample_path, tmp_path, capsys):
         assert heading in text
     s = json.loads((out / "summary.json").read_text())
     assert s["jets"] == 2000 and 400 < s["b_jets"] < 1000
-    fromb = s["classic"]["FromB (truth)"]
+    fromb = s["classic"]["b decay vertex (truth)"]
     assert fromb["jets"] >= 10 and fromb["converged"] > 0.8
     # robust pull widths of the b-hadron decay vertex: ~1 (loose: a few dozen vertices)
     assert all(0.5 < w < 2.0 for w in fromb["pull_width"])
+    # tracks from one point: no 5-sigma tail (the FromB label has one, from strange decays)
+    assert max(fromb["pull_tail"]) < 0.02
     # all tracks include primary tracks: the vertex is further from the truth
     assert s["classic"]["all tracks"]["median_dist_um"] > fromb["median_dist_um"]
     steps = s["gradient_step"]
