@@ -39,6 +39,7 @@ from ._fit import (
     _core_chunked,
     _flat,
     _prepare,
+    _schur,
     evaluate,
     guarded_inverse3,
     normal_blocks,
@@ -126,27 +127,40 @@ class _Lin(NamedTuple):
 
 
 def _tsum(xp, x, w):
-    """Sum a per-track quantity over the track axis; ``x`` (B, T), or (B, 1) / a float
+    """Sum a per-track quantity over the track axis; ``x`` (T, B), or (B,) / a float
     (a term that happens not to depend on the track) which is broadcast first."""
     if not hasattr(x, "shape") or tuple(x.shape) != tuple(w.shape):
         x = xp.broadcast_to(x + xp.zeros_like(w), w.shape)
-    return xp.sum(x, axis=-1)
+    return xp.sum(x, axis=0)
+
+
+def _tm(xp, a):
+    """(B, T, ...) -> track-major (T, B, ...) and back (per-jet sums become row additions,
+    per-jet (B,) arrays broadcast without reshaping; the layout of the fit's core)."""
+    return xp.permute_dims(a, (1, 0) + tuple(range(2, a.ndim)))
 
 
 def _linearise(xp, model, tracks, cov, weights, cpos, ccov, u, momenta, C, hessian):
     """Order-2 jets of the model at the solution and the Schur pieces of ``K`` and ``M``."""
     _check_hessian(hessian)
-    G, _ = sym_inverse(sym_from_array(cov, 5), 5)
-    q = [tracks[..., k] for k in range(5)]
-    w = weights
+    G, _ = sym_inverse({k: _tm(xp, v) for k, v in sym_from_array(cov, 5).items()}, 5)
+    q = [_tm(xp, tracks[..., k]) for k in range(5)]
+    w = _tm(xp, weights)
     uu = [u[:, a] for a in range(3)]
-    jets = evaluate(xp, model, [a[:, None] for a in uu], [momenta[..., i] for i in range(3)], 2)
+    jets = evaluate(xp, model, [a[None, :] for a in uu],
+                    [_tm(xp, momenta[..., i]) for i in range(3)], 2)
     r = residuals(xp, q, jets)
     Gr, s = weighted_norm(G, r)
     F, b, J = normal_blocks(G, jets, Gr)
     H = [dict(o.h) for o in jets]
-    # Gauss-Newton Schur pieces: the fit's own vertex information M (vertex_cov = M^-1)
-    _, Eg, _, _, _ = schur_terms(F, b)
+    # Gauss-Newton Schur pieces: the fit's own vertex information M (vertex_cov = M^-1).
+    # A track whose Gauss-Newton momentum block is numerically singular (``tok`` False:
+    # float32 near-degenerate helices, padding whose free momenta drifted) is ignored by the
+    # fit (vertexfit._fit._schur): it gets weight 0 and zero Schur factors here too, by
+    # ``where`` so that its inf/NaN cannot leak into the jet as 0 * NaN.
+    _, Eg, _, _, _, tok = _schur(F, b, xp)
+    w = xp.where(tok, w, 0.0)
+    Eg = [[xp.where(tok, e, 0.0) for e in row] for row in Eg]
     Z = [[_sub(J[k][a], _add([_m(J[k][3 + i], Eg[i][a]) for i in range(3)])) for a in range(3)]
          for k in range(5)]
     N = F
@@ -162,15 +176,55 @@ def _linearise(xp, model, tracks, cov, weights, cpos, ccov, u, momenta, C, hessi
         bad = ~(xp.abs(Dn[0]) > tol) | ~(xp.abs(Dn[1]) > tol) | ~(xp.abs(Dn[2]) > tol)
         N = {key: xp.where(bad, F[key], N[key]) for key in F}
     WN, EN, SN, _, _ = schur_terms(N, b)
-    Mk = {key: _tsum(xp, w * SN[key], w) for key in SN}
+    WN = {key: xp.where(tok, v, 0.0) for key, v in WN.items()}
+    EN = [[xp.where(tok, e, 0.0) for e in row] for row in EN]
+    Mk = {key: _tsum(xp, w * xp.where(tok, SN[key], 0.0), w) for key in SN}
     P = d = None
     if ccov is not None:
         P, _ = sym_inverse(sym_from_array(ccov, 3), 3)
         Mk = {key: Mk[key] + P[key] for key in Mk}
         d = [uu[a] - cpos[:, a] for a in range(3)]
-    Sinv, _ = guarded_inverse3(xp, Mk, xp.zeros(w.shape[:-1], dtype=xp.bool,
+    Sinv, _ = guarded_inverse3(xp, Mk, xp.zeros(w.shape[1:], dtype=xp.bool,
                                                 device=_xp.array_api_compat.device(w)))
-    return _Lin(w, G, P, d, r, Gr, s, J, H, b, Eg, Z, WN, EN, Sinv, sym_from_array(C, 3))
+    return _barrier_arrays(xp, _Lin(w, G, P, d, r, Gr, s, J, H, b, Eg, Z, WN, EN, Sinv,
+                                    sym_from_array(C, 3)))
+
+
+class _Slot(NamedTuple):
+    index: int
+
+
+def _barrier_arrays(xp, lin):
+    """Materialise every array of the linearisation once (JAX: an optimization barrier).
+
+    Without it XLA re-fuses shared per-track subexpressions (jets, Schur factors) into each
+    consumer of the rule, as in the forward fit. Python floats (the structural 1.0 of the
+    sparse Jacobian) and None stay as they are.
+    """
+    if _xp.backend_name(xp) != "jax":
+        return lin
+    slots = []
+
+    def collect(node):
+        if isinstance(node, dict):
+            return {k: collect(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [collect(v) for v in node]
+        if hasattr(node, "shape"):
+            slots.append(node)
+            return _Slot(len(slots) - 1)
+        return node
+
+    def fill(node, arrays):
+        if isinstance(node, dict):
+            return {k: fill(v, arrays) for k, v in node.items()}
+        if isinstance(node, list):
+            return [fill(v, arrays) for v in node]
+        return arrays[node.index] if isinstance(node, _Slot) else node
+
+    skeleton = [collect(field) for field in lin]
+    arrays = _xp.barrier(xp, slots)
+    return _Lin(*[fill(field, arrays) for field in skeleton])
 
 
 def _solve(xp, L, xu, xpp):
@@ -184,10 +238,10 @@ def _solve(xp, L, xu, xpp):
     for a in range(3):
         t = _add([_m(L.EN[i][a], xpp[i]) for i in range(3)])
         x = _sub(xu[a], None if t is None else _tsum(xp, t, w))
-        rhs.append(x if x is not None else w[..., 0] * 0.0)
+        rhs.append(x if x is not None else w[0, ...] * 0.0)
     lu = [sum_terms([sym_get(L.Sinv, a, c) * rhs[c] for c in range(3)]) for a in range(3)]
     lp = [_sub(_add([_m(sym_get(L.WN, i, k), xpp[k]) for k in range(3)]),
-               w * sum_terms([L.EN[i][a] * lu[a][:, None] for a in range(3)])) for i in range(3)]
+               w * sum_terms([L.EN[i][a] * lu[a] for a in range(3)])) for i in range(3)]
     return lu, lp
 
 
@@ -228,10 +282,10 @@ def core_vjp(xp, tracks, cov, weights, cpos, ccov, outputs, cotangents, *, model
     ucb = [None] * 3
 
     # chi2 and track_chi2: s_i = r^T G r, d s = 2 (G r)^T (dq - J dx) + r^T dG r
-    sbar = tb
+    sbar = None if tb is None else _tm(xp, tb)
     if chib is not None:
-        sbar = chib[:, None] * w if sbar is None else sbar + chib[:, None] * w
-        wb = chib[:, None] * L.s
+        sbar = chib * w if sbar is None else sbar + chib * w
+        wb = chib * L.s
         if P is not None:
             Pd = [sum_terms([sym_get(P, a, c) * d[c] for c in range(3)]) for a in range(3)]
             for a in range(3):
@@ -252,7 +306,7 @@ def core_vjp(xp, tracks, cov, weights, cpos, ccov, outputs, cotangents, *, model
     if Cb is not None:
         Cbs = {(a, c): 0.5 * (Cb[:, a, c] + Cb[:, c, a]) for a in range(3) for c in range(a, 3)}
         Mb = {key: -v for key, v in _sandwich3(L.C, Cbs).items()}
-        Y = [[sum_terms([_m(Z[k][c], sym_get(Mb, c, a)[:, None]) for c in range(3)])
+        Y = [[sum_terms([_m(Z[k][c], sym_get(Mb, c, a)) for c in range(3)])
               for a in range(3)] for k in range(5)]
         GY = [[sum_terms([sym_get(G, k, m) * Y[m][a] for m in range(5)]) for a in range(3)]
               for k in range(5)]
@@ -279,19 +333,19 @@ def core_vjp(xp, tracks, cov, weights, cpos, ccov, outputs, cotangents, *, model
             _acc(ub, a, ub_in[:, a])
     if pb is not None:
         for i in range(3):
-            _acc(xb, 3 + i, pb[..., i])
+            _acc(xb, 3 + i, _tm(xp, pb[..., i]))
 
     # implicit part: lam = K^-T x_bar, alpha_bar = -(df/dalpha)^T lam
     xu = [_add([ub[a], None if xb[a] is None else _tsum(xp, xb[a], w)]) for a in range(3)]
     lu, lp = _solve(xp, L, xu, xb[3:])
     # a = w A lam_u + B lam_p: the solve's cotangent mapped to measurement space
-    lam = [w * lu[a][:, None] for a in range(3)] + lp
+    lam = [w * lu[a] for a in range(3)] + lp
     av = [_add([_m(J[k][c], lam[c]) for c in range(6)]) for k in range(5)]
     for k in range(5):
         _acc(qb, k, sum_terms([_m(sym_get(G, k, m), av[m]) for m in range(5)]))
     for (k, m) in Gb:
         _acc(Gb, (k, m), 0.5 * (av[k] * L.r[m] + av[m] * L.r[k]))
-    wb_i = sum_terms([L.b[a] * lu[a][:, None] for a in range(3)])
+    wb_i = sum_terms([L.b[a] * lu[a] for a in range(3)])
     wb = wb_i if wb is None else wb + wb_i
     if P is not None:
         for a in range(3):
@@ -301,16 +355,16 @@ def core_vjp(xp, tracks, cov, weights, cpos, ccov, outputs, cotangents, *, model
 
     # dG = -G dV G
     Vb = {key: -v for key, v in _sandwich5(G, Gb).items()}
-    tracks_bar = xp.stack([x if x is not None else zero_t for x in qb], axis=-1)
-    cov_bar = _upper_array(xp, Vb, 5, zero_t)
+    tracks_bar = _tm(xp, xp.stack([x if x is not None else zero_t for x in qb], axis=-1))
+    cov_bar = _tm(xp, _upper_array(xp, Vb, 5, zero_t))
     cpos_bar = ccov_bar = None
     if P is not None:
-        zb = w[:, 0] * 0.0
+        zb = w[0, ...] * 0.0
         cpos_bar = xp.stack([x if x is not None else zb for x in ucb], axis=-1)
         Sb = {key: -v for key, v in _sandwich3(P, {k: v if v is not None else zb
                                                    for k, v in Pb.items()}).items()}
         ccov_bar = _upper_array(xp, Sb, 3, zb)
-    return tracks_bar, cov_bar, wb, cpos_bar, ccov_bar
+    return tracks_bar, cov_bar, _tm(xp, wb), cpos_bar, ccov_bar
 
 
 def _upper_array(xp, sym, n, zero):
@@ -346,11 +400,13 @@ def core_jvp(xp, tracks, cov, weights, cpos, ccov, outputs, tangents, *, model,
     L = _linearise(xp, model, tracks, cov, weights, cpos, ccov, u, mom, C, hessian)
     w, G, P, d, J, Z = L.w, L.G, L.P, L.d, L.J, L.Z
     zero_t = w * 0.0
-    zero_b = w[:, 0] * 0.0
-    dq = [None if dq_in is None else dq_in[..., k] for k in range(5)]
+    zero_b = w[0, ...] * 0.0
+    dq = [None if dq_in is None else _tm(xp, dq_in[..., k]) for k in range(5)]
+    dw = None if dw is None else _tm(xp, dw)
     dG = None
     if dV_in is not None:
-        dG = {key: -v for key, v in _sandwich5(G, sym_from_array(dV_in, 5)).items()}
+        dV = {k: _tm(xp, v) for k, v in sym_from_array(dV_in, 5).items()}
+        dG = {key: -v for key, v in _sandwich5(G, dV).items()}
     dP = None
     if P is not None and dccov is not None:
         dP = {key: -v for key, v in _sandwich3(P, sym_from_array(dccov, 3)).items()}
@@ -378,8 +434,8 @@ def core_jvp(xp, tracks, cov, weights, cpos, ccov, outputs, tangents, *, model,
            for a in range(3)]
     du = [sum_terms([sym_get(L.Sinv, a, c) * rhs[c] for c in range(3)]) for a in range(3)]
     dp = [sum_terms([sym_get(L.WN, i, k) * gp[k] for k in range(3)])
-          - sum_terms([L.EN[i][a] * du[a][:, None] for a in range(3)]) for i in range(3)]
-    dx = [du[a][:, None] for a in range(3)] + dp
+          - sum_terms([L.EN[i][a] * du[a] for a in range(3)]) for i in range(3)]
+    dx = list(du) + dp
 
     # track chi2: ds = 2 (G r).(dq - J dx) + r^T dG r = 2 (G r).dq - 2 b.dx + r^T dG r
     ds = -2.0 * sum_terms([L.b[c] * dx[c] for c in range(6)])
@@ -429,7 +485,7 @@ def core_jvp(xp, tracks, cov, weights, cpos, ccov, outputs, tangents, *, model,
     dC = {key: -v for key, v in _sandwich3(L.C, dM).items()}
     dC_arr = xp.stack([xp.stack([sym_get(dC, a, c) for c in range(3)], axis=-1)
                        for a in range(3)], axis=-2)
-    return (xp.stack(du, axis=-1), dC_arr, xp.stack(dp, axis=-1), dchi2, ds)
+    return (xp.stack(du, axis=-1), dC_arr, _tm(xp, xp.stack(dp, axis=-1)), dchi2, _tm(xp, ds))
 
 
 # --------------------------------------------------------------------------------------------
