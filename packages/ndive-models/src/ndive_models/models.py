@@ -8,7 +8,8 @@ exactly the single-process loss.
 
 Outputs (``B`` jets, ``T`` track slots):
 
-- NDIVE: ``weights`` (B, T) in (0, 1) (0 at padding), ``vertex`` (B, 3) [mm, relative to the
+- NDIVE: ``weights`` (B, T) in [0, 1], the track weights divided by the jet's largest
+  (0 at padding), ``vertex`` (B, 3) [mm, relative to the
   primary vertex], ``vertex_cov`` (B, 3, 3) [mm^2], ``fit_ok`` (B,) bool (finite vertex,
   at least two tracks, within ``max_displacement``), ``fit_converged`` (B,) bool.
 - Baseline: ``flavour_logits`` (B, 3) (b, c, light), ``origin_logits`` (B, T, 8),
@@ -161,8 +162,10 @@ class NDIVE(_Base):
         vertex = torch.where(ok[:, None], vertex, torch.zeros_like(vertex))
         vcov = torch.where(ok[:, None, None], res.vertex_cov, torch.eye(3, dtype=dt,
                                                                          device=vertex.device))
-        return {"weights": w, "vertex": vertex, "vertex_cov": vcov, "fit_ok": ok,
-                "fit_converged": res.converged & ok}
+        # reported weights: the fit's (jet maximum 1); raw sigmoids can underflow to 0 once
+        # the scale has drifted, and every use (selection w > 0.5 max) is scale invariant
+        return {"weights": w_fit.to(w.dtype), "vertex": vertex, "vertex_cov": vcov,
+                "fit_ok": ok, "fit_converged": res.converged & ok}
 
     def loss_terms(self, out, batch):
         """``{"ndive": (sum of per-jet MAE, number of jets, 1)}`` over b/c jets with fit_ok."""
