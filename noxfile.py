@@ -25,7 +25,9 @@ JAX = "jax==0.10.2"
 PACKAGES = ["-e", "packages/vertexfit[all]", "-e", "packages/ndive-models[generate,plots]"]
 # pytest-timeout: a hung test (e.g. a stuck worker process) fails after `timeout` seconds
 # instead of stalling CI.
-TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "array-api-strict>=2.2", "pyyaml"]
+TEST_DEPS = [
+    "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "array-api-strict>=2.2", "pyyaml",
+]
 
 
 def _install(session, *extra):

@@ -11,9 +11,10 @@ import math
 
 import numpy as np
 import pytest
-import vertexfit as vf
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import vertexfit as vf
 
 K = vf.K_GEV_PER_T_MM
 

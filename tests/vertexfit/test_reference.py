@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+
 import vertexfit as vf
 from vertexfit import reference, toy
 

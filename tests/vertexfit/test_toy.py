@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 import vertexfit as vf
 from vertexfit import toy
 from vertexfit._resolution import sigmas

@@ -477,9 +477,17 @@ def fit(tracks, cov, weights=None, *, mask=None, seed=None, n_iter=10, model="he
             harmless placeholder values and flagged ``converged=False`` (never NaN).
     """
     xp, a = _prepare(tracks, cov, weights, mask, seed, constraint, ref, n_iter, model)
+    with _quiet(xp):  # padding and degenerate jets are handled by masks, not by warnings
+        out = _dispatch(xp)(xp, *_core_args(xp, a), n_iter=n_iter, model=model)
+    return _finish(xp, a, out)
+
+
+def _core_args(xp, a):
+    """The core's flattened arguments ``(tracks, cov, weights, seed, cpos, ccov)`` from the
+    dict of :func:`_prepare` (batch dimensions flattened to one jet axis)."""
     batch = a["batch"]
     T = a["tracks"].shape[-2]
-    args = (
+    return (
         _flat(xp, a["tracks"], batch, (T, 5)),
         _flat(xp, a["cov"], batch, (T, 5, 5)),
         _flat(xp, a["weights"], batch, (T,)),
@@ -487,8 +495,14 @@ def fit(tracks, cov, weights=None, *, mask=None, seed=None, n_iter=10, model="he
         _flat(xp, a["cpos"], batch, (3,)),
         _flat(xp, a["ccov"], batch, (3, 3)),
     )
-    with _quiet(xp):  # padding and degenerate jets are handled by masks, not by warnings
-        u, C, mom, total, tchi2, ok = _dispatch(xp)(xp, *args, n_iter=n_iter, model=model)
+
+
+def _finish(xp, a, out):
+    """:class:`VertexFit` from the core's output: batch shape restored, global frame,
+    padding zeroed, ndf (docs/fit.md: ``2 sum(w) - 3``, +3 with a constraint)."""
+    u, C, mom, total, tchi2, ok = out
+    batch = a["batch"]
+    T = a["tracks"].shape[-2]
     good = a["mask"]
     vertex = xp.reshape(u, batch + (3,)) + a["ref"]
     momenta = xp.where(good[..., None], xp.reshape(mom, batch + (T, 3)), 0.0)

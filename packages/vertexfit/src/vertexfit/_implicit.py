@@ -36,7 +36,9 @@ from typing import NamedTuple
 from . import _xp
 from ._fit import (
     VertexFit,
+    _core_args,
     _core_chunked,
+    _finish,
     _flat,
     _prepare,
     _schur,
@@ -538,21 +540,9 @@ def _check_hessian(hessian):
 
 def _forward(tracks, cov, weights, mask, seed, n_iter, model, constraint, ref):
     xp, a = _prepare(tracks, cov, weights, mask, seed, constraint, ref, n_iter, model)
-    batch = a["batch"]
-    T = a["tracks"].shape[-2]
-    args = (_flat(xp, a["tracks"], batch, (T, 5)), _flat(xp, a["cov"], batch, (T, 5, 5)),
-            _flat(xp, a["weights"], batch, (T,)), _flat(xp, a["seed"], batch, (3,)),
-            _flat(xp, a["cpos"], batch, (3,)), _flat(xp, a["ccov"], batch, (3, 3)))
+    args = _core_args(xp, a)
     out = _core_chunked(xp, *args, n_iter=n_iter, model=model)
-    good = a["mask"]
-    u, Cm, mom, total, tchi2, ok = out
-    ndf = 2.0 * xp.sum(a["weights"], axis=-1) - 3.0 + (3.0 if a["ccov"] is not None else 0.0)
-    res = VertexFit(xp.reshape(u, batch + (3,)) + a["ref"], xp.reshape(Cm, batch + (3, 3)),
-                    xp.where(good[..., None], xp.reshape(mom, batch + (T, 3)), 0.0),
-                    xp.reshape(total, batch),
-                    xp.where(good, xp.reshape(tchi2, batch + (T,)), 0.0), ndf,
-                    xp.reshape(ok, batch) & ~a["bad"])
-    return xp, a, args, out, res
+    return xp, a, args, out, _finish(xp, a, out)
 
 
 def _sym(xp, a):

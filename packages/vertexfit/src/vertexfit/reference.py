@@ -251,7 +251,8 @@ def _fit_one(tracks, cov, weights, valid, seed, ref, prior, model, gtol, maxiter
         v, vertex_cov, total = prior[0].copy(), np.linalg.inv(prior[1]), 0.0
     else:
         sel = active
-        prob = _Problem(tracks[sel], cov[sel], weights[sel], ref, prior, model, vscale, sig[sel][:, 2:])
+        prob = _Problem(tracks[sel], cov[sel], weights[sel], ref, prior, model, vscale,
+                        sig[sel][:, 2:])
         v, p, total, hess, ok = _minimise(prob, seed, start_momenta(sel, seed), True, gtol, maxiter)
         momenta[sel] = p
         try:
