@@ -76,3 +76,25 @@ def test_demo_help_names_the_options(capsys):
     text = capsys.readouterr().out
     for opt in ("--out", "--jets", "--seed", "--input", "--no-train"):
         assert opt in text
+
+
+def test_jax_step_uses_float64_without_changing_the_global_jax_config():
+    jax = pytest.importorskip("jax")
+    import numpy as np
+
+    from ndive_models.demo import BJets, jax_step
+    from vertexfit import toy
+
+    t = toy.generate(6, 5, seed=3)
+    n = t.mask.shape
+    bj = BJets(t.tracks, t.cov, t.mask, np.zeros(n, int), np.zeros((6, 3)), t.vertex,
+               np.zeros(n))
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", False)
+    try:
+        out = jax_step(bj, lr=0.1)
+        assert jax.config.jax_enable_x64 is False  # the demo's x64 is scoped, not global
+    finally:
+        jax.config.update("jax_enable_x64", before)
+    assert out["grad"].dtype == np.float64 and np.all(np.isfinite(out["before"]))
+    assert out["before"].dtype == np.float64

@@ -181,10 +181,18 @@ def torch_step(bj: BJets, lr: float) -> dict:
 
 
 def jax_step(bj: BJets, lr: float) -> dict:
-    """The same step in JAX (``jax.jit`` of ``jax.value_and_grad``; float64)."""
+    """The same step in JAX (``jax.jit`` of ``jax.value_and_grad``; float64).
+
+    float64 is switched on for this function only (``jax.enable_x64`` context): the global
+    JAX configuration of the calling program is left as it is.
+    """
     import jax
 
-    jax.config.update("jax_enable_x64", True)  # the application's choice; vertexfit never sets it
+    with jax.enable_x64(True):
+        return _jax_step_x64(jax, bj, lr)
+
+
+def _jax_step_x64(jax, bj: BJets, lr: float) -> dict:
     import jax.numpy as jnp
 
     args = [jnp.asarray(a) for a in (bj.tracks, bj.cov, bj.valid, bj.ref, bj.truth)]
