@@ -14,11 +14,11 @@ NumPy, >= 300x the SciPy reference.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
 import numpy as np
+from _common import best_time, emit, to_backend
 
 import vertexfit
 
@@ -40,21 +40,6 @@ def _namespace(name):
     return xp
 
 
-def _convert(name, a, dtype):
-    a = np.ascontiguousarray(a)
-    if a.dtype != np.bool_:
-        a = a.astype(dtype)
-    if name == "torch":
-        import torch
-
-        return torch.from_numpy(a)
-    if name == "jax":
-        import jax.numpy as jnp
-
-        return jnp.asarray(a)
-    return a
-
-
 def _fitter(name, n_iter):
     if name != "jax":
         return lambda t, c, m: vertexfit.fit(t, c, mask=m, n_iter=n_iter)
@@ -70,28 +55,16 @@ def _fitter(name, n_iter):
     return run
 
 
-def _best_time(fn, repeats, budget_s=20.0):
-    times = []
-    t_start = time.perf_counter()
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        if time.perf_counter() - t_start > budget_s:
-            break
-    return min(times)
-
-
 def bench_backend(name, n_jets, n_tracks, n_iter, dtype, seed=1):
     """One row: jets/s of ``vertexfit.fit`` on backend ``name`` (warm, best of repeats)."""
     toy = vertexfit.toy.generate(n_jets, n_tracks, seed=seed, variable=True, min_tracks=2)
-    args = [_convert(name, a, dtype) for a in (toy.tracks, toy.cov, toy.mask)]
+    args = [to_backend(name, a, dtype) for a in (toy.tracks, toy.cov, toy.mask)]
     fn = _fitter(name, n_iter)
     t0 = time.perf_counter()
     out = fn(*args)
     first = time.perf_counter() - t0
     conv = float(np.mean(np.asarray(out.converged)))
-    best = _best_time(lambda: fn(*args), repeats=5 if n_jets <= 10_000 else 3)
+    best = best_time(lambda: fn(*args), repeats=5 if n_jets <= 10_000 else 3)
     return {
         "backend": name,
         "dtype": np.dtype(dtype).name,
@@ -178,11 +151,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     res = run(args.quick, jets=args.jets, n_tracks=args.tracks, n_iter=args.n_iter,
               backends=args.backends, dtype=args.dtype)
-    print(format_table(res))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1)
-    return 0
+    return emit(res, format_table(res), args.out)
 
 
 if __name__ == "__main__":

@@ -25,44 +25,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import time
 import tracemalloc
 
 import numpy as np
+from _common import best_time, emit, to_backend
 
 import vertexfit
 from vertexfit import _fit
 
 TITLE = "vertex fit gradients (forward+backward, implicit vs unrolled)"
-
-
-def _convert(name, a, dtype=np.float64):
-    a = np.ascontiguousarray(a)
-    if a.dtype != np.bool_:
-        a = a.astype(dtype)
-    if name == "torch":
-        import torch
-
-        return torch.from_numpy(a)
-    if name == "jax":
-        import jax
-
-        jax.config.update("jax_enable_x64", True)  # benchmark process only
-        return jax.numpy.asarray(a)
-    return a
-
-
-def _best(fn, repeats=3, budget_s=20.0):
-    times, start = [], time.perf_counter()
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        if time.perf_counter() - start > budget_s:
-            break
-    return min(times)
 
 
 @contextlib.contextmanager
@@ -80,7 +53,7 @@ def _unrolled(enabled):
 def _problem(name, n_jets, n_tracks=15, seed=1):
     t = vertexfit.toy.generate(n_jets, n_tracks, seed=seed, variable=True, min_tracks=2)
     w = np.where(t.mask, 1.0, 0.0)
-    return [_convert(name, a) for a in (t.tracks, t.cov, w, t.mask)]
+    return [to_backend(name, a) for a in (t.tracks, t.cov, w, t.mask)]
 
 
 def _functions(name, n_iter):
@@ -129,8 +102,8 @@ def bench_throughput(name, n_jets, n_iter=10):
     fwd(*args)
     fwd_bwd(*args)
     first = time.perf_counter() - t0
-    t_f = _best(lambda: fwd(*args))
-    t_fb = _best(lambda: fwd_bwd(*args))
+    t_f = best_time(lambda: fwd(*args))
+    t_fb = best_time(lambda: fwd_bwd(*args))
     return {"backend": name, "n_jets": n_jets, "n_tracks": 15, "n_iter": n_iter,
             "forward_jets_per_s": n_jets / t_f, "fwd_bwd_jets_per_s": n_jets / t_fb,
             "fwd_bwd_over_fwd": t_fb / t_f, "first_calls_s": first}
@@ -173,7 +146,7 @@ def bench_memory(name, n_jets, n_iter, unrolled):
 
             row["memory_bytes"] = fb()
             row["memory_kind"] = "autograd saved tensors"
-            row["seconds"] = _best(fb)
+            row["seconds"] = best_time(fb)
             del torch
         elif name == "numpy":
             _, fwd_bwd = _functions(name, n_iter)
@@ -182,7 +155,7 @@ def bench_memory(name, n_jets, n_iter, unrolled):
             row["memory_bytes"] = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
             row["memory_kind"] = "tracemalloc peak (whole fit + pullback)"
-            row["seconds"] = _best(lambda: fwd_bwd(*args))
+            row["seconds"] = best_time(lambda: fwd_bwd(*args))
         else:
             import jax
             import jax.numpy as jnp
@@ -200,7 +173,7 @@ def bench_memory(name, n_jets, n_iter, unrolled):
                 row["memory_bytes"] = None
                 row["memory_kind"] = f"unavailable: {type(e).__name__}"
             compiled(*args)
-            row["seconds"] = _best(lambda: jax.block_until_ready(compiled(*args)))
+            row["seconds"] = best_time(lambda: jax.block_until_ready(compiled(*args)))
     row["jets_per_s"] = n_jets / row["seconds"]
     return row
 
@@ -214,7 +187,7 @@ def run(quick: bool = False, *, jets=None, backends=None, n_iters=None) -> dict:
     available = []
     for name in backends:
         try:
-            _convert(name, np.zeros(1))
+            to_backend(name, np.zeros(1))
             available.append(name)
         except ImportError:
             notes.append(f"{name}: not installed, skipped")
@@ -279,11 +252,7 @@ def main(argv=None) -> int:
     p.add_argument("--n-iters", type=int, nargs="+")
     args = p.parse_args(argv)
     res = run(args.quick, jets=args.jets, backends=args.backends, n_iters=args.n_iters)
-    print(format_table(res))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1)
-    return 0
+    return emit(res, format_table(res), args.out)
 
 
 if __name__ == "__main__":

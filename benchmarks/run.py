@@ -151,6 +151,8 @@ def discover(bench_dir: Path = HERE) -> dict[str, Path]:
 
 
 def _load(topic: str, path: Path):
+    if str(path.parent) not in sys.path:  # the topics import their shared _common.py
+        sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location(f"_bench_{topic}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
