@@ -38,7 +38,7 @@ __all__ = ["VertexFit", "chi2", "fit"]
 # garbage there can reach neither values nor gradients.
 _SAFE_TRACK = (0.0, 0.0, 0.0, math.pi / 2, 0.0)
 # Elements per chunk for eager backends: keeps the ~100 live temporaries in cache.
-_CHUNK_ELEMENTS = {"numpy": 32768, "torch": 65536, "other": 32768}
+_CHUNK_ELEMENTS = {"numpy": 32768, "torch": 65536, "other": 32768, "jax": 16384}
 
 
 class VertexFit(NamedTuple):
@@ -197,8 +197,13 @@ def _linearised_step(xp, model, G, q, w, P, cpos, singular, u, p, trig=None):
     ``(Minv, bad, rhs, (E, Wbp), tchi2)``.
     """
     jets = evaluate(xp, model, [a[None, :] for a in u], p, 1, trig)
+    # stage boundaries (see _xp.barrier): the model's values and Jacobian, then G r and
+    # the normal blocks, then the per-track Schur pieces are each computed once
+    vg = _xp.barrier(xp, [(o.v, o.g) if isinstance(o, Jet) else (o, None) for o in jets])
+    jets = [Jet(v, g) if g is not None else v for v, g in vg]
     r = residuals(xp, q, jets)
     Gr, tchi2 = weighted_norm(G, r)
+    Gr, tchi2 = _xp.barrier(xp, (Gr, tchi2))
     F, b, _ = normal_blocks(G, jets, Gr)
     F, b = _xp.barrier(xp, (F, b))
     _, E, S, rv, Wbp, tok = _schur(F, b, xp)
@@ -216,6 +221,20 @@ def _linearised_step(xp, model, G, q, w, P, cpos, singular, u, p, trig=None):
     return Minv, bad, rhs, _xp.barrier(xp, (E, Wbp, tok)), tchi2
 
 
+_UPPER5 = [(i, j) for i in range(5) for j in range(i, 5)]
+_NPACK = 5 + len(_UPPER5) + 1
+
+
+def _pack(xp, tracks, cov, weights, *, track_major):
+    """``(21, T, B)`` (or ``(21, B, T)``): the 5 track parameters, the 15 upper components
+    of ``cov`` and the weight of every slot, each component one contiguous plane."""
+    comps = ([tracks[..., k] for k in range(5)] + [cov[..., i, j] for i, j in _UPPER5]
+             + [weights])
+    if track_major:
+        comps = [xp.permute_dims(c, (1, 0)) for c in comps]
+    return xp.stack(comps, axis=0)
+
+
 def _core(xp, tracks, cov, weights, seed, cpos, ccov, *, n_iter, model):
     """Fit on sanitised inputs: tracks (B,T,5), cov (B,T,5,5) SPD, weights (B,T) (0 in
     masked slots), seed (B,3) local, cpos (B,3) local and ccov (B,3,3) or ``None``.
@@ -223,11 +242,19 @@ def _core(xp, tracks, cov, weights, seed, cpos, ccov, *, n_iter, model):
     Returns ``(u (B,3), vertex_cov (B,3,3), momenta (B,T,3), chi2 (B,), track_chi2 (B,T),
     ok (B,) bool)``; ``u`` is relative to the reference point.
     """
-    # track-major (T, B) internally: per-jet sums over tracks become fast row additions
-    G, _ = sym_inverse({k: xp.permute_dims(v, (1, 0)) for k, v in
-                        sym_from_array(cov, 5).items()}, 5)
-    q = [xp.permute_dims(tracks[..., k], (1, 0)) for k in range(5)]
-    w = xp.permute_dims(weights, (1, 0))
+    X = _pack(xp, tracks, cov, weights, track_major=True)
+    return _core_packed(xp, X, seed, cpos, ccov, n_iter=n_iter, model=model)
+
+
+def _core_packed(xp, X, seed, cpos, ccov, *, n_iter, model):
+    """:func:`_core` on the track-major packed components ``X`` (21, T, B) of :func:`_pack`.
+
+    Track-major (T, B) internally: per-jet sums over tracks become fast row additions, and
+    every component is read contiguously.
+    """
+    G, _ = sym_inverse({ij: X[5 + n, ...] for n, ij in enumerate(_UPPER5)}, 5)
+    q = [X[k, ...] for k in range(5)]
+    w = X[_NPACK - 1, ...]
     P = None if ccov is None else sym_inverse(sym_from_array(ccov, 3), 3)[0]
     singular = xp.sum(xp.astype(w > 0, xp.int32), axis=0) < 2
     if P is not None:
@@ -427,7 +454,10 @@ def _core_chunked(xp, tracks, cov, weights, seed, cpos, ccov, *, n_iter, model):
     """Run :func:`_core` over chunks of jets on eager backends (cache-sized temporaries)."""
     B, T = tracks.shape[0], tracks.shape[1]
     name = _xp.backend_name(xp)
-    if name == "jax" or _xp.is_lazy(tracks):
+    if name == "jax":
+        return _core_mapped(xp, tracks, cov, weights, seed, cpos, ccov, n_iter=n_iter,
+                            model=model)
+    if _xp.is_lazy(tracks):
         return _core(xp, tracks, cov, weights, seed, cpos, ccov, n_iter=n_iter, model=model)
     step = max(1, _CHUNK_ELEMENTS.get(name, 32768) // max(T, 1))
     if B <= step:
@@ -439,6 +469,41 @@ def _core_chunked(xp, tracks, cov, weights, seed, cpos, ccov, *, n_iter, model):
                            None if cpos is None else cpos[sl],
                            None if ccov is None else ccov[sl], n_iter=n_iter, model=model))
     return tuple(xp.concat([p[k] for p in parts], axis=0) for k in range(len(parts[0])))
+
+
+def _core_mapped(xp, tracks, cov, weights, seed, cpos, ccov, *, n_iter, model):
+    """:func:`_core` over cache-sized chunks of jets inside one JAX program (``lax.map``).
+
+    XLA keeps every intermediate at a fusion boundary in memory; at 1e4-1e5 jets those
+    per-track arrays overflow the caches and the fit ran 1.5-2x slower per jet than at 1e3.
+    The inputs are packed once into component-major chunks ``(n, 21, T, chunk)``; the jet
+    axis is padded with harmless jets (weight 0) to a multiple of the chunk.
+    """
+    import jax
+
+    B, T = tracks.shape[0], tracks.shape[1]
+    step = max(1, _CHUNK_ELEMENTS["jax"] // max(T, 1))
+    if B <= step:
+        return _core(xp, tracks, cov, weights, seed, cpos, ccov, n_iter=n_iter, model=model)
+    n = -(-B // step)
+    pad = n * step - B
+    dtype = tracks.dtype
+    X = _pack(xp, tracks, cov, weights, track_major=False)  # (21, B, T)
+    filler = [*_SAFE_TRACK, *[1.0 if i == j else 0.0 for i, j in _UPPER5], 0.0]
+    filler = xp.broadcast_to(xp.asarray(filler, dtype=dtype)[:, None, None], (_NPACK, pad, T))
+    X = xp.reshape(xp.concat([X, filler], axis=1), (_NPACK, n, step, T))
+    X = xp.permute_dims(X, (1, 0, 3, 2))  # (n, 21, T, step)
+
+    def fill(a, value):
+        if a is None:
+            return None
+        v = xp.broadcast_to(xp.asarray(value, dtype=dtype), (pad,) + tuple(a.shape[1:]))
+        return xp.reshape(xp.concat([a, v], axis=0), (n, step) + tuple(a.shape[1:]))
+
+    args = (X, fill(seed, 0.0), fill(cpos, 0.0),
+            None if ccov is None else fill(ccov, xp.eye(3, dtype=dtype)))
+    out = jax.lax.map(lambda c: _core_packed(xp, *c, n_iter=n_iter, model=model), args)
+    return tuple(xp.reshape(o, (n * step,) + tuple(o.shape[2:]))[:B] for o in out)
 
 
 def fit(tracks, cov, weights=None, *, mask=None, seed=None, n_iter=10, model="helix",

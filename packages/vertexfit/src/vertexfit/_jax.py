@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
-from ._fit import _core
+from ._fit import _core_mapped
 from ._implicit import core_jvp
 
 __all__ = ["fit_core"]
@@ -33,7 +33,8 @@ def fit_core(xp, tracks, cov, weights, seed, cpos, ccov, *, n_iter, model):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(6, 7))
 def _fit_core(tracks, cov, weights, seed, cpos, ccov, n_iter, model):
-    return _core(jnp, tracks, cov, weights, seed, cpos, ccov, n_iter=n_iter, model=model)
+    return _core_mapped(jnp, tracks, cov, weights, seed, cpos, ccov, n_iter=n_iter,
+                        model=model)
 
 
 def _tangent(t):

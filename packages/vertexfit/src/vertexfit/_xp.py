@@ -74,17 +74,63 @@ def eps(xp, dtype) -> float:
 
 
 def barrier(xp, tree):
-    """Materialise ``tree`` (nested lists/dicts/tuples of arrays) before further use.
+    """Materialise the arrays of ``tree`` (nested lists/dicts/tuples) before further use.
 
-    Identity except on JAX, where it is ``jax.lax.optimization_barrier``: without it XLA
-    re-fuses (recomputes) a shared per-track subgraph into every consumer fusion, which
-    made the fit ~5x slower. Differentiable.
+    Identity on every backend but JAX. XLA:CPU re-computes ("duplicates") a cheap shared
+    subgraph inside every fusion that consumes it; for the fit's per-track linear algebra
+    that multiplied the compiled arithmetic ~5x. ``jax.lax.optimization_barrier`` does not
+    prevent this on CPU (it is removed before fusion), so on JAX the arrays pass through a
+    while loop whose trip count XLA cannot know (:func:`_materialise`): its carry is a real
+    buffer, computed once. Values (and derivatives: identity JVP) are unchanged.
     """
     if backend_name(xp) != "jax":
         return tree
     import jax
 
-    return jax.lax.optimization_barrier(tree)
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    idx = [i for i, a in enumerate(leaves)
+           if isinstance(a, jax.Array) and xp.isdtype(a.dtype, "real floating")]
+    if not idx:
+        return tree
+    out = _materialise()(*[leaves[i] for i in idx])
+    for i, a in zip(idx, out):
+        leaves[i] = a
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+_MATERIALISE = []
+
+
+def _materialise():
+    """The JAX materialising identity (built on first use; JAX is imported lazily)."""
+    if _MATERIALISE:
+        return _MATERIALISE[0]
+    import jax
+    import jax.numpy as jnp
+
+    @jax.custom_jvp
+    def materialise(*arrays):
+        # one element decides the trip count (1, or 0 if it is NaN) and the exact zero that
+        # the body subtracts: x - 0.0 == x bit for bit (signed zeros, inf, NaN included)
+        # and neither is a compile-time constant, so XLA keeps the loop and its buffers
+        x0 = jnp.reshape(arrays[0], (-1,))[:1]
+        ok = x0 == x0
+        n = jnp.sum(ok.astype(jnp.int32))
+        zero = jnp.sum(ok.astype(arrays[0].dtype)) * 0.0
+
+        def body(state):
+            i, z, *xs = state
+            return (i + 1, z, *[x - z.astype(x.dtype) for x in xs])
+
+        out = jax.lax.while_loop(lambda s: s[0] < n, body, (jnp.int32(0), zero, *arrays))
+        return tuple(out[2:])
+
+    @materialise.defjvp
+    def _jvp(primals, tangents):  # identity: tangents pass through, linear and transposable
+        return materialise(*primals), tuple(tangents)
+
+    _MATERIALISE.append(materialise)
+    return materialise
 
 
 def fori_loop(xp, n: int, body, state):
