@@ -22,14 +22,16 @@ At the solution, ``vertex_cov = M^-1``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import math
+import os
 from typing import NamedTuple
 
 from . import _xp
 from ._jet import Jet, Ops
 from ._model import get_model
-from ._smallmat import ldl, sum_terms, sym_from_array, sym_inverse, sym_to_array
+from ._smallmat import ldl, sum_terms, sym_from_array, sym_get, sym_inverse, sym_to_array
 
 __all__ = ["VertexFit", "chi2", "fit"]
 
@@ -322,6 +324,31 @@ def _to_host(xp, a):
         return np.asarray(a)
 
 
+def _planes(xp, V, n):
+    """``(n*n, N)`` contiguous component planes of the matrices ``V (..., n, n)``."""
+    flat = xp.permute_dims(xp.reshape(V, (-1, n * n)), (1, 0))
+    return xp.reshape(xp.reshape(flat, (-1,)), (n * n, -1))  # a copy in component order
+
+
+def _symmetrised(xp, planes, n, use):
+    """Upper components ``(V + V^T) / 2`` (identity where not ``use``) and the per-matrix
+    asymmetry flag ``|V_ij - V_ji| > max(1e-6, 100 eps) sqrt(|V_ii V_jj|)``."""
+    comp = lambda i, j: planes[n * i + j, ...]
+    eps = max(1e-6, 100 * _xp.eps(xp, planes.dtype))
+    d = [xp.sqrt(xp.abs(comp(k, k))) for k in range(n)]
+    asym = xp.zeros_like(use)
+    out = {}
+    for i in range(n):
+        for j in range(i, n):
+            if i == j:
+                out[(i, i)] = xp.where(use, comp(i, i), 1.0)
+                continue
+            a, b = comp(i, j), comp(j, i)
+            asym = asym | (xp.abs(a - b) > eps * (d[i] * d[j]))
+            out[(i, j)] = xp.where(use, (a + b) / 2, 0.0)
+    return out, asym & use
+
+
 def _spd_bad(xp, V, n, batch_mask):
     """Per-slot flag: the symmetric matrix V (..., n, n) is not symmetric positive definite."""
     Vt = xp.matrix_transpose(V)
@@ -372,8 +399,8 @@ def _prepare(tracks, cov, weights, mask, seed, constraint, ref, n_iter, model):
     dtype = _xp.float_dtype(xp, tracks, cov, weights)
     if not xp.isdtype(tracks.dtype, "real floating"):
         raise ValueError(f"tracks must be floating point, got {tracks.dtype}")
-    tracks = xp.astype(tracks, dtype)
-    cov = xp.astype(cov, dtype)
+    tracks = xp.astype(tracks, dtype, copy=False)
+    cov = xp.astype(cov, dtype, copy=False)
     dev = _xp.array_api_compat.device(tracks)
     if weights is None:
         weights = xp.ones(tshape, dtype=dtype, device=dev)
@@ -404,10 +431,16 @@ def _prepare(tracks, cov, weights, mask, seed, constraint, ref, n_iter, model):
     th = tracks[..., 3]
     bad_th = ~((th > 0) & (th < math.pi)) & m & ~bad_t
     problems.append(("tracks", "theta outside (0, pi)", xp.any(bad_th, axis=-1)))
-    bad_c = ~xp.all(xp.isfinite(cov), axis=(-2, -1)) & m
+    planes = _planes(xp, cov, 5)  # (25, N): one contiguous pass, then per-component work
+    bad_c = ~xp.reshape(xp.all(xp.isfinite(planes), axis=0), tshape) & m
     problems.append(("cov", "NaN or inf in an unmasked covariance", xp.any(bad_c, axis=-1)))
-    cov_safe = xp.where((m & ~bad_c)[..., None, None], cov, xp.eye(5, dtype=dtype, device=dev))
-    bad_spd = _spd_bad(xp, cov_safe, 5, m & ~bad_c)
+    with _quiet(xp):  # masked slots may hold finite garbage (1e300): flags, not warnings
+        comps, asym = _symmetrised(xp, planes, 5, xp.reshape(~bad_c, (-1,)))
+        _, D = ldl(comps, 5)
+    notpd = D[0] <= 0
+    for dk in D[1:]:
+        notpd = notpd | ~(dk > 0)
+    bad_spd = xp.reshape(asym | notpd, tshape) & m & ~bad_c
     problems.append(("cov", "not symmetric positive definite", xp.any(bad_spd, axis=-1)))
     bad_w = ~(xp.isfinite(weights) & (weights >= 0)) & m
     problems.append(("weights", "negative, NaN or inf weight", xp.any(bad_w, axis=-1)))
@@ -431,8 +464,10 @@ def _prepare(tracks, cov, weights, mask, seed, constraint, ref, n_iter, model):
     good = m & ~bad_jet[..., None]
     safe = xp.asarray(_SAFE_TRACK, dtype=dtype, device=dev)
     tracks_s = xp.where(good[..., None], tracks, safe)
-    eye5 = xp.eye(5, dtype=dtype, device=dev)
-    cov_s = xp.where(good[..., None, None], (cov + xp.matrix_transpose(cov)) / 2, eye5)
+    g = xp.reshape(good, (-1,))
+    cov_s = xp.reshape(xp.stack([
+        xp.where(g, sym_get(comps, i, j), 1.0 if i == j else 0.0)
+        for i in range(5) for j in range(5)], axis=-1), tshape + (5, 5))
     w_s = xp.where(good, weights, xp.zeros_like(weights))
     okb = ~bad_jet[..., None]
     seed_l = xp.where(okb, seed - ref, zeros3)
@@ -462,6 +497,7 @@ def _core_chunked(xp, tracks, cov, weights, seed, cpos, ccov, *, n_iter, model):
     step = max(1, _CHUNK_ELEMENTS.get(name, 32768) // max(T, 1))
     if B <= step:
         return _core(xp, tracks, cov, weights, seed, cpos, ccov, n_iter=n_iter, model=model)
+
     parts = []
     for s in range(0, B, step):
         sl = slice(s, min(B, s + step))
@@ -469,6 +505,29 @@ def _core_chunked(xp, tracks, cov, weights, seed, cpos, ccov, *, n_iter, model):
                            None if cpos is None else cpos[sl],
                            None if ccov is None else ccov[sl], n_iter=n_iter, model=model))
     return tuple(xp.concat([p[k] for p in parts], axis=0) for k in range(len(parts[0])))
+
+
+def num_threads() -> int:
+    """Threads the NumPy fit uses for batches of more than one chunk (~2000 jets).
+
+    ``VERTEXFIT_NUM_THREADS`` if set (1 disables threading), else the CPUs this process
+    may run on, at most 8. JAX and PyTorch use their own thread pools.
+    """
+    env = os.environ.get("VERTEXFIT_NUM_THREADS")
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            raise ValueError(f"VERTEXFIT_NUM_THREADS must be a positive integer, got {env!r}") \
+                from None
+        if n < 1:
+            raise ValueError(f"VERTEXFIT_NUM_THREADS must be a positive integer, got {env!r}")
+        return n
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
 
 
 def _core_mapped(xp, tracks, cov, weights, seed, cpos, ccov, *, n_iter, model):
@@ -541,10 +600,75 @@ def fit(tracks, cov, weights=None, *, mask=None, seed=None, n_iter=10, model="he
             ``torch.func.vmap`` values cannot be checked: the offending jets are computed on
             harmless placeholder values and flagged ``converged=False`` (never NaN).
     """
+    args = (tracks, cov, weights, mask, seed, constraint, ref, n_iter, model)
+    return _fit_threaded(*args) or _fit(*args)
+
+
+def _fit(tracks, cov, weights, mask, seed, constraint, ref, n_iter, model):
     xp, a = _prepare(tracks, cov, weights, mask, seed, constraint, ref, n_iter, model)
     with _quiet(xp):  # padding and degenerate jets are handled by masks, not by warnings
         out = _dispatch(xp)(xp, *_core_args(xp, a), n_iter=n_iter, model=model)
     return _finish(xp, a, out)
+
+
+def _fit_threaded(tracks, cov, weights, mask, seed, constraint, ref, n_iter, model):
+    """NumPy: the whole fit (validation included) on chunks of jets in :func:`num_threads`
+    threads; ``None`` where that does not apply (other backends, small batches, or inputs
+    whose shapes the plain path must reject with its own message).
+
+    NumPy releases the GIL inside its loops, so chunks run side by side. If any chunk
+    raises, the plain path re-runs on the whole batch to raise the usual message (the
+    first problem, at its batch index in the whole batch).
+    """
+    import numpy as np
+
+    threads = num_threads()
+    if threads < 2 or not all(
+            a is None or type(a) is np.ndarray
+            for a in (tracks, cov, weights, mask, seed, ref,
+                      *(constraint if isinstance(constraint, tuple) else ()))):
+        return None
+    if tracks.ndim < 2 or tracks.shape[-1] != 5:
+        return None
+    tshape = tuple(tracks.shape[:-1])
+    batch, T = tshape[:-1], tshape[-1]
+    B = math.prod(batch)
+    step = max(1, _CHUNK_ELEMENTS["numpy"] // max(T, 1))
+    if B < 2 * step or tuple(cov.shape) != tshape + (5, 5) or any(
+            a is not None and tuple(a.shape) != tshape for a in (weights, mask)):
+        return None
+    try:
+        per_jet = [None if a is None else np.broadcast_to(a, batch + tail).reshape((B,) + tail)
+                   for a, tail in ((seed, (3,)), (ref, (3,)))]
+        con = None
+        if constraint is not None:
+            cpos, ccov = constraint
+            con = (np.broadcast_to(cpos, batch + (3,)).reshape(B, 3),
+                   np.broadcast_to(ccov, batch + (3, 3)).reshape(B, 3, 3))
+    except (TypeError, ValueError):
+        return None
+    flat = [tracks.reshape(B, T, 5), cov.reshape(B, T, 5, 5),
+            None if weights is None else weights.reshape(B, T),
+            None if mask is None else mask.reshape(B, T)]
+    n = -(-B // step)
+    n = -(-n // threads) * threads
+    step = -(-B // n)
+
+    def run(s):
+        sl = slice(s, min(B, s + step))
+        part = lambda a: None if a is None else a[sl]
+        c = None if con is None else (con[0][sl], con[1][sl])
+        return _fit(*[part(a) for a in flat], part(per_jet[0]), c, part(per_jet[1]),
+                    n_iter, model)
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            parts = list(pool.map(run, range(0, B, step)))
+    except ValueError:
+        _fit(tracks, cov, weights, mask, seed, constraint, ref, n_iter, model)
+        raise  # the plain path found nothing: not an input problem
+    return VertexFit(*[np.concatenate([p[k] for p in parts], axis=0).reshape(
+        batch + parts[0][k].shape[1:]) for k in range(len(VertexFit._fields))])
 
 
 def _core_args(xp, a):

@@ -1,0 +1,128 @@
+"""Performance plumbing that must not change a single number: NumPy threads over chunks of
+jets, JAX ``lax.map`` over padded chunks, and the JAX materialising barrier."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import vertexfit as vf
+from vertexfit import _fit, _xp, toy
+
+FIELDS = ("vertex", "vertex_cov", "momenta", "chi2", "track_chi2", "ndf", "converged")
+
+
+def _inputs(shape=(3, 7), T=6, seed=3):
+    n = int(np.prod(shape))
+    t = toy.generate(n, T, seed=seed, variable=True, min_tracks=1, fill=np.nan)
+    rng = np.random.default_rng(seed)
+    w = rng.uniform(0.0, 1.0, t.mask.shape)
+    tracks = t.tracks.reshape(shape + (T, 5))
+    cov = t.cov.reshape(shape + (T, 5, 5))
+    return (tracks, cov, w.reshape(shape + (T,)), t.mask.reshape(shape + (T,)))
+
+
+@pytest.fixture
+def small_numpy_chunks(monkeypatch):
+    """NumPy chunks of 2 jets (6 tracks each), so that 21 jets make 12 chunks in 2 threads."""
+    monkeypatch.setitem(_fit._CHUNK_ELEMENTS, "numpy", 12)
+    monkeypatch.setenv("VERTEXFIT_NUM_THREADS", "2")
+
+
+def _fit_with_threads(monkeypatch, threads, *args, **kw):
+    monkeypatch.setenv("VERTEXFIT_NUM_THREADS", str(threads))
+    return vf.fit(*args, **kw)
+
+
+def test_numpy_threads_give_identical_results(small_numpy_chunks, monkeypatch, recwarn):
+    tracks, cov, w, mask = _inputs()
+    con = (np.array([0.1, -0.2, 0.3]), np.diag([0.5, 0.5, 2.0]))  # broadcast to the batch
+    kw = dict(mask=mask, seed=np.array([0.2, 0.1, -0.3]), constraint=con,
+              ref=np.array([0.01, 0.02, 0.0]))
+    assert _fit._fit_threaded(tracks, cov, w, mask, kw["seed"], con, kw["ref"], 10,
+                              "helix") is not None  # the threaded path does apply here
+    a = _fit_with_threads(monkeypatch, 1, tracks, cov, w, **kw)
+    b = _fit_with_threads(monkeypatch, 2, tracks, cov, w, **kw)
+    for name in FIELDS:
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.shape == y.shape and x.dtype == y.dtype, name
+        np.testing.assert_array_equal(x, y, err_msg=name)
+    # NaN in masked slots: no warning escapes the worker threads either
+    assert not [r for r in recwarn if issubclass(r.category, RuntimeWarning)]
+
+
+def test_numpy_threads_report_the_first_bad_jet_of_the_whole_batch(small_numpy_chunks):
+    tracks, cov, w, mask = _inputs()
+    mask[...] = True
+    tracks = np.where(np.isfinite(tracks), tracks, 0.1)
+    cov = np.where(np.isfinite(cov), cov, 0.0) + 1e-3 * np.eye(5)
+    tracks[2, 5, 1, 0] = np.nan  # NaN in the last chunk, negative weight in an earlier one
+    w[1, 4, 0] = -1.0
+    with pytest.raises(ValueError, match=r"tracks: NaN or inf .*\(2, 5\)"):
+        vf.fit(tracks, cov, w)
+
+
+@pytest.mark.parametrize("value", ["0", "two"])
+def test_bad_thread_count_is_rejected(monkeypatch, value):
+    monkeypatch.setenv("VERTEXFIT_NUM_THREADS", value)
+    with pytest.raises(ValueError, match="VERTEXFIT_NUM_THREADS"):
+        _fit.num_threads()
+
+
+def _jax():
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    return jax
+
+
+def test_jax_chunks_are_padded_and_give_identical_results(monkeypatch):
+    """21 jets in chunks of 4 (one padded chunk): values and gradients equal the single-chunk
+    fit; the padding jets contribute nothing."""
+    jax = _jax()
+    jnp = jax.numpy
+    tracks, cov, w, mask = (jnp.asarray(a) for a in _inputs())
+
+    def run(chunk_elements):
+        monkeypatch.setitem(_fit._CHUNK_ELEMENTS, "jax", chunk_elements)
+
+        def loss(w):
+            r = vf.fit(tracks, cov, w, mask=mask)
+            return jnp.sum(r.vertex ** 2) + jnp.sum(r.chi2), r
+
+        (_, r), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(w)
+        return r, np.asarray(g)
+
+    a, ga = run(10**6)
+    b, gb = run(4 * 6)
+    for name in FIELDS:
+        np.testing.assert_allclose(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)),
+                                   rtol=1e-12, atol=1e-14, err_msg=name)
+    np.testing.assert_allclose(ga, gb, rtol=1e-10, atol=1e-14)
+    assert np.all(gb[~np.asarray(mask)] == 0)
+
+
+def test_jax_barrier_is_a_differentiable_identity_that_xla_keeps():
+    jax = _jax()
+    jnp = jax.numpy
+    x = jnp.asarray([-0.0, 1.5, -np.inf, np.nan, 3.0])
+    y = jnp.asarray([[1.0, 2.0], [3.0, 4.0]])
+
+    def f(x, y):
+        a, (b, c) = _xp.barrier(jnp, (x, (y, 7)))
+        assert c == 7  # non-array leaves pass through untouched
+        return a, b
+
+    a, b = jax.jit(f)(x, y)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(x))  # NaN and -0.0 included
+    assert np.signbit(np.asarray(a)[0])
+    np.testing.assert_array_equal(np.asarray(b), np.asarray(y))
+    # identity derivative in both modes, also under vmap
+    g = jax.grad(lambda y: jnp.sum(f(x, y)[1] ** 2))(y)
+    np.testing.assert_array_equal(np.asarray(g), 2 * np.asarray(y))
+    _, t = jax.jvp(lambda y: f(x, y)[1], (y,), (jnp.ones_like(y),))
+    np.testing.assert_array_equal(np.asarray(t), np.ones((2, 2)))
+    v = jax.vmap(lambda y: f(x, y)[1])(y)
+    np.testing.assert_array_equal(np.asarray(v), np.asarray(y))
+    # the materialising loop survives XLA's simplification passes
+    hlo = jax.jit(lambda y: _xp.barrier(jnp, y * 2.0) + 1.0).lower(y).compile().as_text()
+    assert " while(" in hlo
