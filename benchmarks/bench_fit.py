@@ -14,6 +14,7 @@ NumPy, >= 300x the SciPy reference.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -26,7 +27,7 @@ TITLE = "vertex fit throughput (forward)"
 
 
 def _namespace(name):
-    if name == "numpy":
+    if name in ("numpy", "numpy-1thread"):
         import array_api_compat.numpy as xp
     elif name == "jax":
         import jax
@@ -56,7 +57,22 @@ def _fitter(name, n_iter):
 
 
 def bench_backend(name, n_jets, n_tracks, n_iter, dtype, seed=1):
-    """One row: jets/s of ``vertexfit.fit`` on backend ``name`` (warm, best of repeats)."""
+    """One row: jets/s of ``vertexfit.fit`` on backend ``name`` (warm, best of repeats).
+
+    ``"numpy-1thread"`` is NumPy with ``VERTEXFIT_NUM_THREADS=1`` (the default uses every
+    CPU of the process for batches of more than ~2000 jets).
+    """
+    if name == "numpy-1thread":
+        old = os.environ.get("VERTEXFIT_NUM_THREADS")
+        os.environ["VERTEXFIT_NUM_THREADS"] = "1"
+        try:
+            row = bench_backend("numpy", n_jets, n_tracks, n_iter, dtype, seed)
+        finally:
+            if old is None:
+                del os.environ["VERTEXFIT_NUM_THREADS"]
+            else:
+                os.environ["VERTEXFIT_NUM_THREADS"] = old
+        return {**row, "backend": name}
     toy = vertexfit.toy.generate(n_jets, n_tracks, seed=seed, variable=True, min_tracks=2)
     args = [to_backend(name, a, dtype) for a in (toy.tracks, toy.cov, toy.mask)]
     fn = _fitter(name, n_iter)
@@ -101,7 +117,7 @@ def run(quick: bool = False, *, jets=None, n_tracks=15, n_iter=10, backends=None
         dtype="float64", reference_jets=None) -> dict:
     """Measure; returns ``{"title", "rows", "notes", "ratios"}`` (see the module docstring)."""
     jets = jets or ([1000, 10_000] if quick else [1000, 10_000, 100_000])
-    backends = backends or ["numpy", "jax", "torch"]
+    backends = backends or ["numpy", "numpy-1thread", "jax", "torch"]
     reference_jets = reference_jets or (30 if quick else 200)
     rows, notes = [], []
     for name in backends:
@@ -121,7 +137,7 @@ def run(quick: bool = False, *, jets=None, n_tracks=15, n_iter=10, backends=None
               if b != "scipy-reference"}
     if "numpy" in best:
         ratios.update({f"{b}/numpy": v / best["numpy"] for b, v in best.items()
-                       if b not in ("numpy", "scipy-reference")})
+                       if b not in ("numpy", "numpy-1thread", "scipy-reference")})
     notes.append("best-of-repeats wall time of a warm call; JAX compile time is in "
                  "first_call_s; ratios use each backend's best jets/s in this run")
     return {"title": TITLE, "rows": rows, "notes": notes, "ratios": ratios}
@@ -146,7 +162,8 @@ def main(argv=None) -> int:
     p.add_argument("--jets", type=int, nargs="+")
     p.add_argument("--tracks", type=int, default=15)
     p.add_argument("--n-iter", type=int, default=10)
-    p.add_argument("--backends", nargs="+")
+    p.add_argument("--backends", nargs="+",
+                   help="numpy, numpy-1thread, jax, torch (default: all)")
     p.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     args = p.parse_args(argv)
     res = run(args.quick, jets=args.jets, n_tracks=args.tracks, n_iter=args.n_iter,

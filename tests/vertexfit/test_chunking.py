@@ -126,3 +126,30 @@ def test_jax_barrier_is_a_differentiable_identity_that_xla_keeps():
     # the materialising loop survives XLA's simplification passes
     hlo = jax.jit(lambda y: _xp.barrier(jnp, y * 2.0) + 1.0).lower(y).compile().as_text()
     assert " while(" in hlo
+
+
+def test_jax_float64_kernels_match_libm_to_a_few_ulp():
+    """sin/cos/cot/atan kernels that replace XLA:CPU's scalar float64 libm calls."""
+    jax = _jax()
+    jnp = jax.numpy
+    rng = np.random.default_rng(5)
+    special = [0.0, -0.0, 1e-300, np.pi / 2, np.pi, -np.pi, 3 * np.pi / 2, np.pi / 4, 1e-8]
+    x = np.concatenate([rng.uniform(-7, 7, 50_000), rng.uniform(-1e4, 1e4, 5_000), special])
+
+    def ulps(got, ref):
+        return np.max(np.abs(np.asarray(got) - ref) / np.spacing(np.maximum(np.abs(ref),
+                                                                            1e-300)))
+
+    s, c = jax.jit(lambda x: _xp.sincos(jnp, x))(jnp.asarray(x))
+    assert ulps(s, np.sin(x)) <= 4 and ulps(c, np.cos(x)) <= 4
+    th = rng.uniform(1e-4, np.pi - 1e-4, 50_000)
+    assert ulps(jax.jit(lambda t: _xp.cot(jnp, t))(jnp.asarray(th)), 1 / np.tan(th)) <= 6
+    w = np.concatenate([rng.normal(0, 1, 20_000), rng.normal(0, 0.02, 20_000),
+                        np.sign(rng.normal(size=20_000)) * 10 ** rng.uniform(-9, 9, 20_000),
+                        [0.0, 1e300, -1e300, np.inf, -np.inf]])
+    a = np.asarray(jax.jit(lambda w: _xp.atan(jnp, w))(jnp.asarray(w)))
+    assert ulps(a, np.arctan(w)) <= 6
+    assert np.signbit(np.asarray(_xp.atan(jnp, jnp.asarray(-0.0))))
+    # float32 and the other backends keep their own functions
+    assert not _xp._use_kernels(jnp, jnp.zeros(1, jnp.float32))
+    assert not _xp._use_kernels(np, np.zeros(1))

@@ -40,7 +40,7 @@ __all__ = ["VertexFit", "chi2", "fit"]
 # garbage there can reach neither values nor gradients.
 _SAFE_TRACK = (0.0, 0.0, 0.0, math.pi / 2, 0.0)
 # Elements per chunk for eager backends: keeps the ~100 live temporaries in cache.
-_CHUNK_ELEMENTS = {"numpy": 32768, "torch": 65536, "other": 32768, "jax": 16384}
+_CHUNK_ELEMENTS = {"numpy": 49152, "torch": 65536, "other": 32768, "jax": 16384}
 
 
 class VertexFit(NamedTuple):
@@ -274,11 +274,11 @@ def _core_packed(xp, X, seed, cpos, ccov, *, n_iter, model):
         dp = [xp.where(tok, Wbp[i] - sum_terms([E[i][a] * du[a][None, :] for a in range(3)]),
                        0.0) for i in range(3)]
         p = [p[i] + dp[i] for i in range(3)]
-        return ([u[a] + du[a] for a in range(3)], p, du, (xp.sin(p[0]), xp.cos(p[0])))
+        return ([u[a] + du[a] for a in range(3)], p, du, _xp.sincos(xp, p[0]))
 
     u0 = [seed[:, k] for k in range(3)]
     p0 = [q[2], q[3], q[4]]
-    state = (u0, p0, [xp.zeros_like(u0[0]) for _ in range(3)], (xp.sin(p0[0]), xp.cos(p0[0])))
+    state = (u0, p0, [xp.zeros_like(u0[0]) for _ in range(3)], _xp.sincos(xp, p0[0]))
     u, p, du, trig = _xp.fori_loop(xp, n_iter, step, state)
     # final pass: covariance and chi2 at the solution, no step
     Minv, bad, _, _, track_chi2 = _linearised_step(xp, model, G, q, w, P, cpos, singular, u, p,
@@ -402,7 +402,8 @@ def _prepare(tracks, cov, weights, mask, seed, constraint, ref, n_iter, model):
     tracks = xp.astype(tracks, dtype, copy=False)
     cov = xp.astype(cov, dtype, copy=False)
     dev = _xp.array_api_compat.device(tracks)
-    if weights is None:
+    default_weights = weights is None
+    if default_weights:
         weights = xp.ones(tshape, dtype=dtype, device=dev)
     elif tuple(weights.shape) != tshape:
         raise ValueError(f"weights must have shape {tshape}, got {tuple(weights.shape)}")
@@ -442,8 +443,9 @@ def _prepare(tracks, cov, weights, mask, seed, constraint, ref, n_iter, model):
         notpd = notpd | ~(dk > 0)
     bad_spd = xp.reshape(asym | notpd, tshape) & m & ~bad_c
     problems.append(("cov", "not symmetric positive definite", xp.any(bad_spd, axis=-1)))
-    bad_w = ~(xp.isfinite(weights) & (weights >= 0)) & m
-    problems.append(("weights", "negative, NaN or inf weight", xp.any(bad_w, axis=-1)))
+    if not default_weights:  # (checking the default ones made XLA constant-fold for seconds)
+        bad_w = ~(xp.isfinite(weights) & (weights >= 0)) & m
+        problems.append(("weights", "negative, NaN or inf weight", xp.any(bad_w, axis=-1)))
     for name, a in (("seed", seed), ("ref", ref), ("constraint position", cpos)):
         if a is not None:
             problems.append((name, "NaN or inf", ~xp.all(xp.isfinite(a), axis=-1)))

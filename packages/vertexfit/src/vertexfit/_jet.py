@@ -15,6 +15,7 @@ free where a framework asks for them).
 
 from __future__ import annotations
 
+from . import _xp
 from ._xp import barrier
 
 __all__ = ["Jet", "Ops"]
@@ -213,7 +214,7 @@ class Ops:
             s, c = self.trig[id(v)]
         else:
             # barrier: computed once, not re-fused into every consumer by XLA
-            s, c = barrier(xp, (xp.sin(v), xp.cos(v)))
+            s, c = barrier(xp, _xp.sincos(xp, v))
         if not isinstance(a, Jet):
             return s, c
         order2 = a.h is not None
@@ -222,7 +223,7 @@ class Ops:
     def cot(self, a):
         """cot(a) = 1/tan(a): one transcendental; derivatives -(1 + cot^2), 2 cot (1 + cot^2)."""
         xp = self.xp
-        ct = 1.0 / xp.tan(a.v if isinstance(a, Jet) else a)
+        ct = _xp.cot(xp, a.v if isinstance(a, Jet) else a)
         if not isinstance(a, Jet):
             return ct
         f1 = -(1.0 + ct * ct)
@@ -265,7 +266,7 @@ class Ops:
         sm = xp.astype(small, w.dtype)
         order = 0 if not isinstance(a, Jet) else (1 if a.h is None else 2)
         s0, s1w, s2 = _atanc_series(w * w, order)
-        b0 = xp.atan(ws) / ws
+        b0 = _xp.atan(xp, ws) / ws
         f0 = b0 + sm * (s0 - b0)
         if order == 0:
             return f0

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import array_api_compat
 
 __all__ = [
     "asarray_like",
+    "atan",
     "backend_name",
     "can_inspect",
+    "cot",
     "eps",
     "float_dtype",
     "is_lazy",
     "namespace",
+    "sincos",
 ]
 
 
@@ -131,6 +136,77 @@ def _materialise():
 
     _MATERIALISE.append(materialise)
     return materialise
+
+
+# --------------------------------------------------------------------------------------------
+# elementary functions: XLA:CPU evaluates float64 sin/cos/tan/atan with scalar libm calls
+# (~15-20 ns per element, measured: a fifth of the JAX fit's time). On JAX float64 they are
+# replaced by short, vectorisable polynomial kernels accurate to a few ulp; every other
+# backend and dtype uses its own functions.
+# --------------------------------------------------------------------------------------------
+_PIO2_HI = 1.5707963267341256  # pi/2 with 33 significant bits: k * _PIO2_HI is exact
+_PIO2_LO = math.pi / 2 - _PIO2_HI  # exact: the rest of the float64 pi/2
+_PIO2_LO2 = 6.123233995736766e-17  # pi/2 - float64(pi/2)
+# Taylor coefficients of sin(r)/r - 1 and cos(r) - 1 in z = r^2, up to r^18: for
+# |r| <= pi/4 the first omitted term is < 1e-19 relative
+_SIN_C = [(-1) ** n / math.factorial(2 * n + 1) for n in range(1, 9)]
+_COS_C = [(-1) ** n / math.factorial(2 * n) for n in range(1, 10)]
+# atan(t)/t in u = t^2 for |t| <= tan(pi/16) = 0.199: omitted term < 1e-20 relative
+_ATAN_C = [(-1) ** n / (2 * n + 1) for n in range(14)]
+
+
+def _poly(coeffs, z):
+    out = coeffs[-1]
+    for c in reversed(coeffs[:-1]):
+        out = out * z + c
+    return out
+
+
+def _use_kernels(xp, x) -> bool:
+    return backend_name(xp) == "jax" and x.dtype == xp.float64
+
+
+def sincos(xp, x):
+    """``(sin x, cos x)``; on JAX float64 one shared range reduction and two polynomials.
+
+    Accurate to ~2 ulp for |x| < 1e6 (Cody-Waite reduction by pi/2 in three parts).
+    """
+    if not _use_kernels(xp, x):
+        return xp.sin(x), xp.cos(x)
+    k = xp.round(x * (2.0 / math.pi))
+    r = ((x - k * _PIO2_HI) - k * _PIO2_LO) - k * _PIO2_LO2
+    z = r * r
+    s = r + r * z * _poly(_SIN_C, z)
+    c = 1.0 + z * _poly(_COS_C, z)
+    q = k - 4.0 * xp.floor(k * 0.25)  # quadrant 0..3
+    odd = (q == 1.0) | (q == 3.0)
+    sin = xp.where(odd, c, s)
+    cos = xp.where(odd, s, c)
+    sin = xp.where(q >= 2.0, -sin, sin)
+    cos = xp.where((q == 1.0) | (q == 2.0), -cos, cos)
+    return sin, cos
+
+
+def cot(xp, x):
+    """``1 / tan(x)``."""
+    if not _use_kernels(xp, x):
+        return 1.0 / xp.tan(x)
+    s, c = sincos(xp, x)
+    return c / s
+
+
+def atan(xp, x):
+    """``atan(x)``; on JAX float64 ``atan(x) = sign(x) pi/2 - atan(1/x)`` for |x| > 1, two
+    half-angle reductions ``t -> t / (1 + sqrt(1 + t^2))`` (to |t| <= tan(pi/16)) and a
+    polynomial: accurate to a few ulp for every x, inf included."""
+    if not _use_kernels(xp, x):
+        return xp.atan(x)
+    big = xp.abs(x) > 1.0
+    t = xp.where(big, -1.0 / xp.where(big, x, 1.0), x)
+    for _ in range(2):
+        t = t / (1.0 + xp.sqrt(1.0 + t * t))
+    core = 4.0 * t * _poly(_ATAN_C, t * t)
+    return xp.where(big, xp.where(x > 0, math.pi / 2, -math.pi / 2) + core, core)
 
 
 def fori_loop(xp, n: int, body, state):
