@@ -39,7 +39,7 @@ def test_numpy_threads_give_identical_results(small_numpy_chunks, monkeypatch, r
     con = (np.array([0.1, -0.2, 0.3]), np.diag([0.5, 0.5, 2.0]))  # broadcast to the batch
     kw = dict(mask=mask, seed=np.array([0.2, 0.1, -0.3]), constraint=con,
               ref=np.array([0.01, 0.02, 0.0]))
-    assert _fit._fit_threaded(tracks, cov, w, mask, kw["seed"], con, kw["ref"], 10,
+    assert _fit._fit_batched(tracks, cov, w, mask, kw["seed"], con, kw["ref"], 10,
                               "helix") is not None  # the threaded path does apply here
     a = _fit_with_threads(monkeypatch, 1, tracks, cov, w, **kw)
     b = _fit_with_threads(monkeypatch, 2, tracks, cov, w, **kw)
@@ -93,12 +93,20 @@ def test_jax_chunks_are_padded_and_give_identical_results(monkeypatch):
         return r, np.asarray(g)
 
     a, ga = run(10**6)
-    b, gb = run(4 * 6)
+    b, gb = run(4 * 6)  # under jit: lax.map of the whole fit over chunks
+    c = vf.fit(tracks, cov, w, mask=mask)  # eager: validation on the whole batch, chunked core
     for name in FIELDS:
-        np.testing.assert_allclose(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)),
-                                   rtol=1e-12, atol=1e-14, err_msg=name)
+        for other in (b, c):
+            np.testing.assert_allclose(np.asarray(getattr(a, name)),
+                                       np.asarray(getattr(other, name)),
+                                       rtol=1e-12, atol=1e-14, err_msg=name)
     np.testing.assert_allclose(ga, gb, rtol=1e-10, atol=1e-14)
     assert np.all(gb[~np.asarray(mask)] == 0)
+    # padding is invisible in the shapes, and extra batch dimensions survive chunking
+    r = jax.jit(lambda t, v: vf.fit(t, v, mask=mask, seed=jnp.zeros(3)))(tracks, cov)
+    assert r.vertex.shape == (3, 7, 3) and r.momenta.shape == (3, 7, 6, 3)
+    np.testing.assert_allclose(np.asarray(r.vertex),
+                               np.asarray(vf.fit(tracks, cov, mask=mask).vertex), rtol=1e-12)
 
 
 def test_jax_barrier_is_a_differentiable_identity_that_xla_keeps():

@@ -607,7 +607,7 @@ def fit(tracks, cov, weights=None, *, mask=None, seed=None, n_iter=10, model="he
             harmless placeholder values and flagged ``converged=False`` (never NaN).
     """
     args = (tracks, cov, weights, mask, seed, constraint, ref, n_iter, model)
-    return _fit_threaded(*args) or _fit(*args)
+    return _fit_batched(*args) or _fit(*args)
 
 
 def _fit(tracks, cov, weights, mask, seed, constraint, ref, n_iter, model):
@@ -617,64 +617,116 @@ def _fit(tracks, cov, weights, mask, seed, constraint, ref, n_iter, model):
     return _finish(xp, a, out)
 
 
-def _fit_threaded(tracks, cov, weights, mask, seed, constraint, ref, n_iter, model):
-    """NumPy: the whole fit (validation included) on chunks of jets in :func:`num_threads`
-    threads; ``None`` where that does not apply (other backends, small batches, or inputs
-    whose shapes the plain path must reject with its own message).
+def _fit_batched(tracks, cov, weights, mask, seed, constraint, ref, n_iter, model):
+    """The whole fit (validation included) on chunks of jets, or ``None`` where that does
+    not apply (other backends, small batches, or inputs whose shapes the plain path must
+    reject with its own message).
 
-    NumPy releases the GIL inside its loops, so chunks run side by side. If any chunk
-    raises, the plain path re-runs on the whole batch to raise the usual message (the
-    first problem, at its batch index in the whole batch).
+    * NumPy: equal chunks in :func:`num_threads` threads. NumPy releases the GIL inside its
+      loops, so chunks run side by side. If any chunk raises, the plain path re-runs on the
+      whole batch to raise the usual message (the first problem, at its batch index in the
+      whole batch).
+    * JAX under tracing (``jit``, ``vmap``, ``grad``): ``lax.map`` over cache-sized chunks,
+      the last one padded with harmless jets; the validation flags per chunk as it would on
+      the whole batch. (Eager JAX validates the whole batch first, to raise.)
     """
+    name = _xp.backend_name(_xp.namespace(tracks))
+    if name == "numpy":
+        import numpy as np
+
+        threads = num_threads()
+        if threads < 2 or not all(
+                a is None or type(a) is np.ndarray
+                for a in (tracks, cov, weights, mask, seed, ref,
+                          *(constraint if isinstance(constraint, tuple) else ()))):
+            return None
+    elif name == "jax" and _xp.is_lazy(tracks):
+        threads = 0
+    else:
+        return None
+    plan = _split(tracks, cov, weights, mask, seed, constraint, ref,
+                  _CHUNK_ELEMENTS[name], threads)
+    if plan is None:
+        return None
+    batch, B, step, flat = plan
+
+    def run(chunk):
+        tr, cv, w, m, sd, rf, cpos, ccov = chunk
+        return _fit(tr, cv, w, m, sd, None if cpos is None else (cpos, ccov), rf,
+                    n_iter, model)
+
+    if name == "jax":
+        import jax
+
+        xp = _xp.namespace(tracks)
+        n = -(-B // step)
+        fill = [_SAFE_TRACK, xp.eye(5, dtype=cov.dtype), 1.0, True, 0.0, 0.0, 0.0,
+                xp.eye(3, dtype=cov.dtype)]
+        chunks = [None if a is None else xp.reshape(_pad(xp, a, n * step - B, f),
+                                                    (n, step) + tuple(a.shape[1:]))
+                  for a, f in zip(flat, fill)]
+        out = jax.lax.map(run, chunks)
+        return VertexFit(*[xp.reshape(xp.reshape(o, (n * step,) + tuple(o.shape[2:]))[:B],
+                                      batch + tuple(o.shape[2:])) for o in out])
+
     import numpy as np
 
-    threads = num_threads()
-    if threads < 2 or not all(
-            a is None or type(a) is np.ndarray
-            for a in (tracks, cov, weights, mask, seed, ref,
-                      *(constraint if isinstance(constraint, tuple) else ()))):
-        return None
-    if tracks.ndim < 2 or tracks.shape[-1] != 5:
-        return None
-    tshape = tuple(tracks.shape[:-1])
-    batch, T = tshape[:-1], tshape[-1]
-    B = math.prod(batch)
-    step = max(1, _CHUNK_ELEMENTS["numpy"] // max(T, 1))
-    if B < 2 * step or tuple(cov.shape) != tshape + (5, 5) or any(
-            a is not None and tuple(a.shape) != tshape for a in (weights, mask)):
-        return None
-    try:
-        per_jet = [None if a is None else np.broadcast_to(a, batch + tail).reshape((B,) + tail)
-                   for a, tail in ((seed, (3,)), (ref, (3,)))]
-        con = None
-        if constraint is not None:
-            cpos, ccov = constraint
-            con = (np.broadcast_to(cpos, batch + (3,)).reshape(B, 3),
-                   np.broadcast_to(ccov, batch + (3, 3)).reshape(B, 3, 3))
-    except (TypeError, ValueError):
-        return None
-    flat = [tracks.reshape(B, T, 5), cov.reshape(B, T, 5, 5),
-            None if weights is None else weights.reshape(B, T),
-            None if mask is None else mask.reshape(B, T)]
-    n = -(-B // step)
-    n = -(-n // threads) * threads
-    step = -(-B // n)
-
-    def run(s):
+    def part(s):
         sl = slice(s, min(B, s + step))
-        part = lambda a: None if a is None else a[sl]
-        c = None if con is None else (con[0][sl], con[1][sl])
-        return _fit(*[part(a) for a in flat], part(per_jet[0]), c, part(per_jet[1]),
-                    n_iter, model)
+        return [None if a is None else a[sl] for a in flat]
 
     try:
         with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-            parts = list(pool.map(run, range(0, B, step)))
+            parts = list(pool.map(lambda s: run(part(s)), range(0, B, step)))
     except ValueError:
         _fit(tracks, cov, weights, mask, seed, constraint, ref, n_iter, model)
         raise  # the plain path found nothing: not an input problem
     return VertexFit(*[np.concatenate([p[k] for p in parts], axis=0).reshape(
         batch + parts[0][k].shape[1:]) for k in range(len(VertexFit._fields))])
+
+
+def _split(tracks, cov, weights, mask, seed, constraint, ref, elements, threads):
+    """``(batch, B, step, flat)`` for :func:`_fit_batched`: the inputs with the batch
+    flattened to B jets (seed, ref and constraint broadcast per jet) and the chunk length
+    (chunks of ~``elements`` track slots; with ``threads``, a multiple of ``threads`` equal
+    chunks). ``None`` if there would be a single chunk or the shapes do not fit."""
+    xp = _xp.namespace(tracks)
+    if tracks.ndim < 2 or tracks.shape[-1] != 5:
+        return None
+    tshape = tuple(tracks.shape[:-1])
+    batch, T = tshape[:-1], tshape[-1]
+    B = math.prod(batch)
+    step = max(1, elements // max(T, 1))
+    if B < 2 * step or tuple(cov.shape) != tshape + (5, 5) or any(
+            a is not None and tuple(a.shape) != tshape for a in (weights, mask)):
+        return None
+    try:
+        per_jet = [None if a is None else
+                   xp.reshape(xp.broadcast_to(a, batch + tail), (B,) + tail)
+                   for a, tail in ((seed, (3,)), (ref, (3,)))]
+        con = [None, None]
+        if constraint is not None:
+            cpos, ccov = constraint
+            con = [xp.reshape(xp.broadcast_to(cpos, batch + (3,)), (B, 3)),
+                   xp.reshape(xp.broadcast_to(ccov, batch + (3, 3)), (B, 3, 3))]
+    except (TypeError, ValueError, RuntimeError, AttributeError):
+        return None
+    flat = [xp.reshape(tracks, (B, T, 5)), xp.reshape(cov, (B, T, 5, 5)),
+            None if weights is None else xp.reshape(weights, (B, T)),
+            None if mask is None else xp.reshape(mask, (B, T)), *per_jet, *con]
+    if threads:
+        n = -(-B // step)
+        n = -(-n // threads) * threads
+        step = -(-B // n)
+    return batch, B, step, flat
+
+
+def _pad(xp, a, pad, value):
+    """``a`` with ``pad`` more entries along axis 0, each ``value`` (broadcast)."""
+    if pad == 0:
+        return a
+    v = xp.broadcast_to(xp.asarray(value, dtype=a.dtype), (pad,) + tuple(a.shape[1:]))
+    return xp.concat([a, v], axis=0)
 
 
 def _core_args(xp, a):
