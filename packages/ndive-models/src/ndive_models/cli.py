@@ -12,10 +12,13 @@ and append its import path to :data:`SUBCOMMANDS`.
 
 from __future__ import annotations
 
+import _thread
 import argparse
+import faulthandler
 import importlib
 import signal
 import sys
+import threading
 
 #: Modules implementing subcommands, in ``--help`` order.
 SUBCOMMANDS = [
@@ -44,19 +47,79 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _terminate(signum, frame):
-    # SIGTERM (kill) -> SystemExit, so context managers clean up (e.g. delete partial files).
-    raise SystemExit(128 + signum)
+#: Seconds after the first Ctrl-C/kill before the interruption is raised once more (in case
+#: a library swallowed it, e.g. in a ``__del__`` or a C extension's import), and before the
+#: process is ended hard with a traceback dump (in case cleanup itself got stuck).
+RERAISE_AFTER_S = 10.0
+HARD_EXIT_AFTER_S = 30.0
+
+
+class _Interruption:
+    """Handler of SIGINT and SIGTERM during a command.
+
+    The first signal raises (KeyboardInterrupt for SIGINT, ``SystemExit(128 + signum)`` for
+    SIGTERM), so context managers clean up: workers are ended, partial files deleted. Later
+    signals are only counted, so that a second Ctrl-C cannot break off that cleanup (which is
+    bounded). A watchdog raises the interruption once more after :data:`RERAISE_AFTER_S` and
+    ends the process after :data:`HARD_EXIT_AFTER_S` if it is still running: Ctrl-C never hangs.
+    """
+
+    def __init__(self):
+        self.received: list[int] = []
+        self._again = False
+        self._done = threading.Event()
+
+    def __call__(self, signum, frame):
+        if self._again:  # the watchdog's second raise
+            self._again = False
+        elif self.received:
+            self.received.append(signum)
+            return
+        else:
+            self.received.append(signum)
+            try:
+                faulthandler.dump_traceback_later(
+                    HARD_EXIT_AFTER_S, exit=True, file=sys.__stderr__
+                )
+            except (AttributeError, ValueError, RuntimeError, OSError):
+                pass  # no usable stderr (embedded use): the second raise must do
+            threading.Thread(target=self._watchdog, daemon=True).start()
+        if self.received[0] == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + self.received[0])
+
+    def _watchdog(self):
+        if not self._done.wait(RERAISE_AFTER_S):
+            self._again = True
+            _thread.interrupt_main(signal.SIGINT)
+
+    def finish(self):
+        self._done.set()
+        faulthandler.cancel_dump_traceback_later()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    handler = _Interruption()
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    interrupted = False
     try:
-        return int(args._run(args) or 0)
+        for s in old:
+            signal.signal(s, handler)
+        rc = int(args._run(args) or 0)
     except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        handler.finish()
+        for s, h in old.items():
+            signal.signal(s, h)
+    # A signal counts even if a library swallowed its exception and the command went on.
+    if handler.received and handler.received[0] != signal.SIGINT:
+        raise SystemExit(128 + handler.received[0])
+    if interrupted or handler.received:
         print("interrupted", file=sys.stderr)
         return 130
+    return rc
 
 
 if __name__ == "__main__":

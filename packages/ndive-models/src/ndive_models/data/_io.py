@@ -9,6 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .._signals import signals_deferred
 from . import schema
 
 
@@ -97,12 +98,13 @@ class JetWriter:
         return self.path
 
     def abort(self) -> None:
-        """Close and delete the partial file."""
-        try:
-            if self._file is not None:
-                self._file.close()
-        finally:
-            self.tmp.unlink(missing_ok=True)
+        """Close and delete the partial file (a Ctrl-C meanwhile is delivered afterwards)."""
+        with signals_deferred():
+            try:
+                if self._file is not None:
+                    self._file.close()
+            finally:
+                self.tmp.unlink(missing_ok=True)
 
     def __enter__(self):
         return self

@@ -38,13 +38,26 @@ def require_generate_extra() -> None:
     for module in ("pythia8mc", "fastjet", "awkward"):
         try:
             __import__(module)
-        except ImportError:
+        except ImportError as err:
+            if _interrupted(err):  # pybind11 turns a Ctrl-C during module init into this
+                raise KeyboardInterrupt from err
             missing.append(module)
     if missing:
         raise MissingExtraError(
             f"event generation needs {', '.join(missing)}, which is not installed; "
             f"install the extra with: {INSTALL_HINT}"
         )
+
+
+def _interrupted(err: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among the causes of ``err``."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
 
 
 @dataclass(frozen=True)
@@ -263,8 +276,9 @@ def generate(cfg: GenerationConfig, out, *, progress: bool = True) -> Generation
     per_flavour = np.zeros(len(FLAVOURS), dtype=np.int64)
     n_events = 0
     t_first, first_jets = None, 0
-    source = WorkerPool(cfg.workers, _produce, (cfg,)) if cfg.workers > 1 else _InProcess(cfg)
-    try:
+    source = None
+    try:  # an interruption while the workers start ends the ones started (WorkerPool.__init__)
+        source = WorkerPool(cfg.workers, _produce, (cfg,)) if cfg.workers > 1 else _InProcess(cfg)
         with (
             JetWriter(out, cfg.max_tracks, file_attributes(cfg)) as writer,
             tqdm(total=cfg.n_jets, unit="jets", disable=not progress, smoothing=0.05) as bar,
@@ -291,7 +305,8 @@ def generate(cfg: GenerationConfig, out, *, progress: bool = True) -> Generation
             writer.attrs["n_events"] = n_events
             path = writer.path
     finally:
-        source.close()
+        if source is not None:
+            source.close()
     seconds = time.perf_counter() - t0
     flavours = {f: int(n) for f, n in zip(FLAVOURS, per_flavour)}
     return GenerationResult(

@@ -23,7 +23,9 @@ Design (each point closes one way the parent could block forever or keep a half-
   raised in the parent as :class:`WorkerError`.
 - **Signals**: workers ignore SIGINT (Ctrl-C in a terminal reaches the whole process group;
   the parent decides), so the parent's KeyboardInterrupt or SystemExit (SIGTERM in the CLI)
-  unwinds normally and :meth:`WorkerPool.close` ends the workers.
+  unwinds normally and :meth:`WorkerPool.close` ends the workers. ``close`` holds SIGINT and
+  SIGTERM back while it runs (a second Ctrl-C cannot break it off), never raises, and never
+  relies on ``Popen.poll``'s lock, which an ill-timed KeyboardInterrupt can leave held.
 - Each worker runs ahead of the parent by at most ``ahead`` items (a sender thread writes
   while the producer computes the next item).
 """
@@ -38,6 +40,8 @@ import sys
 import time
 from multiprocessing.connection import Connection
 
+from .._signals import signals_deferred
+
 #: Bootstrap of a worker: read sys.path from stdin, then hand over to ``_child.main``.
 _BOOT = (
     "import sys, pickle; from multiprocessing.connection import Connection; "
@@ -47,6 +51,40 @@ _BOOT = (
 
 
 _SEE_STDERR = " (its error output, printed above, may say why)"
+
+
+def _exited(proc: subprocess.Popen) -> bool:
+    """Whether ``proc`` has ended, without reaping it and without ``Popen``'s internal lock.
+
+    ``Popen.poll`` takes a lock that a KeyboardInterrupt landing between its acquire and its
+    ``try`` leaves held; every later ``Popen.wait`` then times out. ``waitid(WNOWAIT)`` only
+    looks.
+    """
+    if proc.returncode is not None:
+        return True
+    if not hasattr(os, "waitid"):  # pragma: no cover -- not on Linux
+        return proc.poll() is not None
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # already reaped
+        return True
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc`` and reap it (bounded: 5 s; a SIGKILLed process ends at once)."""
+    if proc.returncode is not None:  # reaped: the pid may belong to another process now
+        return
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=5.0)
+    except subprocess.TimeoutExpired:  # only if Popen's lock is held: reap it ourselves
+        try:
+            os.waitpid(proc.pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
 
 
 class WorkerError(RuntimeError):
@@ -135,7 +173,7 @@ class WorkerPool:
         who = f"{self.name} {w} (pid {proc.pid})"
         t0 = time.monotonic()
         while not conn.poll(self.poll_interval):
-            if proc.poll() is not None and not conn.poll(0):
+            if _exited(proc) and not conn.poll(0):
                 raise WorkerError(
                     f"{who} died without sending data: {self._describe_exit(w)}{_SEE_STDERR}"
                 )
@@ -159,17 +197,20 @@ class WorkerPool:
     def close(self) -> None:
         """End all workers: close their stdin (they exit at once) and pipes, then wait or kill.
 
-        Never reads from a pipe, so it cannot block on a worker; returns within seconds.
+        Never reads from a pipe and never raises: returns within about 10 s even if a worker
+        ignores its closed stdin. SIGINT/SIGTERM arriving meanwhile are delivered afterwards
+        (:func:`~ndive_models._signals.signals_deferred`), so a second Ctrl-C cannot leave
+        a worker running.
         """
-        for conn in self._controls + self.conns:
-            conn.close()
-        deadline = time.monotonic() + 5.0
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5.0)
+        with signals_deferred():
+            for conn in self._controls + self.conns:
+                conn.close()
+            deadline = time.monotonic() + 5.0
+            for proc in self.procs:
+                try:
+                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    _kill(proc)
 
     def __enter__(self):
         return self
