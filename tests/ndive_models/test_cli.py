@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import signal
@@ -122,6 +123,71 @@ def test_interrupted_run_leaves_no_complete_looking_file(generate_extra, tmp_pat
             proc.kill()
     assert proc.returncode == 128 + sig, proc.stderr.read().decode()
     assert not out.exists() and not partial_path(out).exists()
+
+
+def _generate_cli(out):
+    cmd = [sys.executable, "-m", "ndive_models.cli", "generate", "--jets", "1000000",
+           "--out", str(out), "--workers", "2", "--no-progress"]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.mark.parametrize("moment", ["starting", "twice-while-workers-start"])
+def test_ctrl_c_at_other_moments_exits_promptly(generate_extra, tmp_path, moment):
+    """Ctrl-C during imports, or twice in a row (the second lands in the cleanup of the first)."""
+    out = tmp_path / "big.h5"
+    proc = _generate_cli(out)
+    try:
+        if moment == "starting":
+            time.sleep(0.5)  # imports, parser; before any worker exists
+            proc.send_signal(signal.SIGINT)
+        else:
+            for _ in range(600):
+                if partial_path(out).exists():
+                    break
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        proc.wait(timeout=30)
+        assert time.monotonic() - t0 < 15.0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read().decode()
+    # -SIGINT: the signal came before Python installed its handler (nothing to clean up then)
+    assert proc.returncode in (130, -signal.SIGINT), err
+    assert "not installed" not in err
+    assert not out.exists() and not partial_path(out).exists()
+
+
+def test_swallowed_ctrl_c_is_raised_again(monkeypatch, capsys):
+    """A library that swallows the KeyboardInterrupt (e.g. in a __del__) cannot keep it running."""
+    monkeypatch.setattr(cli, "RERAISE_AFTER_S", 0.3)
+    caught = []
+
+    def run(args):
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 20.0:  # "generation" that goes on and on
+            try:
+                if not caught:
+                    signal.raise_signal(signal.SIGINT)  # Ctrl-C
+                time.sleep(0.01)
+            except KeyboardInterrupt:
+                caught.append(time.monotonic() - t0)
+                if len(caught) == 1:
+                    continue  # swallowed
+                raise
+        return 0
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(parser, "parse_args", lambda argv: argparse.Namespace(_run=run))
+    old = signal.getsignal(signal.SIGINT)
+    assert cli.main([]) == 130
+    assert len(caught) == 2 and caught[1] < 5.0
+    assert "interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is old
 
 
 def test_validate_data_cli_prints_summary_and_plots(sample_path, tmp_path, capsys):

@@ -17,8 +17,9 @@ import time
 import numpy as np
 import pytest
 
+from ndive_models._signals import signals_deferred
 from ndive_models.data import partial_path
-from ndive_models.generate import GenerationConfig, generate
+from ndive_models.generate import GenerationConfig, _workers, generate
 from ndive_models.generate._workers import WorkerError, WorkerPool
 
 PROMPT = 20.0  # seconds: generous on a loaded 2-core machine; a hang would be 600 s
@@ -110,6 +111,53 @@ def test_close_ends_workers_blocked_on_a_full_pipe():
     pool.close()
     assert time.monotonic() - t0 < 10.0
     assert all(p.poll() is not None for p in pool.procs)
+
+
+def test_close_is_not_broken_off_by_ctrl_c_and_delivers_it_afterwards(monkeypatch):
+    """A Ctrl-C during close() waits until every worker is ended, then is raised."""
+    pool = WorkerPool(2, _counting, (1000,))
+    pool.get(0)
+    real_end = _workers._end
+
+    def end_with_ctrl_c(proc, deadline):
+        signal.raise_signal(signal.SIGINT)  # the default handler would raise here
+        real_end(proc, deadline)
+
+    monkeypatch.setattr(_workers, "_end", end_with_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        pool.close()
+    assert all(p.returncode is not None for p in pool.procs)  # both ended and reaped
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_close_and_get_do_not_need_popens_lock():
+    """A KeyboardInterrupt inside Popen.poll can leave its lock held; nothing may hang on it."""
+    pool = WorkerPool(2, _counting, (1000,))
+    for proc in pool.procs:
+        assert proc._waitpid_lock.acquire(blocking=False)  # as if leaked
+    assert pool.get(0)[:2] == (0, 0) and pool.get(1)[:2] == (1, 0)
+    t0 = time.monotonic()
+    pool.close()  # the workers exit at once; close must notice without Popen.wait
+    assert time.monotonic() - t0 < 5.0
+    for proc in pool.procs:
+        with pytest.raises(ChildProcessError):  # reaped
+            os.waitpid(proc.pid, os.WNOHANG)
+
+
+def test_signals_deferred_records_then_delivers_first_signal():
+    seen = []
+    old = signal.signal(signal.SIGTERM, lambda s, f: seen.append(s))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with signals_deferred():
+                signal.raise_signal(signal.SIGINT)
+                signal.raise_signal(signal.SIGTERM)
+                assert seen == []  # held back, and the block went on
+                seen.append("end of block")
+        assert seen == ["end of block"]  # only the first signal is delivered again
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 # --- the generator end to end ---

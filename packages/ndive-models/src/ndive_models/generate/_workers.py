@@ -70,17 +70,27 @@ def _exited(proc: subprocess.Popen) -> bool:
         return True
 
 
-def _kill(proc: subprocess.Popen) -> None:
-    """SIGKILL ``proc`` and reap it (bounded: 5 s; a SIGKILLed process ends at once)."""
-    if proc.returncode is not None:  # reaped: the pid may belong to another process now
-        return
+def _wait_exited(proc: subprocess.Popen, deadline: float) -> bool:
+    """Wait (lock-free, see :func:`_exited`) until ``proc`` ends or ``time.monotonic()`` passes
+    ``deadline``; whether it ended."""
+    while not _exited(proc):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _end(proc: subprocess.Popen, deadline: float) -> None:
+    """Let ``proc`` exit until ``deadline``, else SIGKILL it; then reap it. At most ~5 s more."""
+    if not _wait_exited(proc, deadline) and proc.returncode is None:
+        try:  # not reaped yet, so the pid is still ours
+            os.kill(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _wait_exited(proc, time.monotonic() + 5.0)
     try:
-        os.kill(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=5.0)
-    except subprocess.TimeoutExpired:  # only if Popen's lock is held: reap it ourselves
+        proc.wait(timeout=0.5)
+    except subprocess.TimeoutExpired:  # Popen's lock is held (see _exited): reap it ourselves
         try:
             os.waitpid(proc.pid, os.WNOHANG)
         except ChildProcessError:
@@ -207,10 +217,7 @@ class WorkerPool:
                 conn.close()
             deadline = time.monotonic() + 5.0
             for proc in self.procs:
-                try:
-                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    _kill(proc)
+                _end(proc, deadline)
 
     def __enter__(self):
         return self
