@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
 #: process is ended hard with a traceback dump (in case cleanup itself got stuck).
 RERAISE_AFTER_S = 10.0
 HARD_EXIT_AFTER_S = 30.0
+#: Keep the hard-exit timer through interpreter shutdown (set when run as a program, so that
+#: callers of :func:`main` in the same process are never ended by it).
+_WATCHDOG_UNTIL_EXIT = False
 
 
 class _Interruption:
@@ -95,7 +98,8 @@ class _Interruption:
 
     def finish(self):
         self._done.set()
-        faulthandler.cancel_dump_traceback_later()
+        if not (self.received and _WATCHDOG_UNTIL_EXIT):  # the shutdown may hang too
+            faulthandler.cancel_dump_traceback_later()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,4 +127,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    _WATCHDOG_UNTIL_EXIT = True
     sys.exit(main())
