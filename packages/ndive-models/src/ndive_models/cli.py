@@ -52,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
 #: process is ended hard with a traceback dump (in case cleanup itself got stuck).
 RERAISE_AFTER_S = 10.0
 HARD_EXIT_AFTER_S = 30.0
-#: Keep the hard-exit timer through interpreter shutdown (set when run as a program, so that
-#: callers of :func:`main` in the same process are never ended by it).
+#: After an interruption keep the hard-exit timer, and the handler that holds back further
+#: signals, through interpreter shutdown (set when run as a program, so that callers of
+#: :func:`main` in the same process get their handlers back and are never ended by the timer).
 _WATCHDOG_UNTIL_EXIT = False
 
 
@@ -115,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         interrupted = True
     finally:
         handler.finish()
-        for s, h in old.items():
-            signal.signal(s, h)
+        if not (handler.received and _WATCHDOG_UNTIL_EXIT):  # else: later signals wait, too
+            for s, h in old.items():
+                signal.signal(s, h)
     # A signal counts even if a library swallowed its exception and the command went on.
     if handler.received and handler.received[0] != signal.SIGINT:
         raise SystemExit(128 + handler.received[0])
