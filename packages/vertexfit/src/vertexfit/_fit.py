@@ -89,6 +89,13 @@ def evaluate(xp, model, u, p, order, trig=None):
     return get_model(model)(M, *args)
 
 
+def barrier_jets(xp, jets):
+    """:func:`vertexfit._xp.barrier` for a list of :class:`Jet` (or plain array) outputs."""
+    parts = _xp.barrier(xp, [(o.v, o.g, o.h) if isinstance(o, Jet) else (o, None, None)
+                             for o in jets])
+    return [Jet(v, g, h) if g is not None else v for v, g, h in parts]
+
+
 def residuals(xp, q, h):
     """``q - h`` for 5 component arrays, the phi difference wrapped to (-pi, pi]."""
     vals = [hk.v if isinstance(hk, Jet) else hk for hk in h]
@@ -198,11 +205,9 @@ def _linearised_step(xp, model, G, q, w, P, cpos, singular, u, p, trig=None):
     Track-major layout: per-track arrays are (T, B), per-jet arrays (B,). Returns
     ``(Minv, bad, rhs, (E, Wbp), tchi2)``.
     """
-    jets = evaluate(xp, model, [a[None, :] for a in u], p, 1, trig)
     # stage boundaries (see _xp.barrier): the model's values and Jacobian, then G r and
     # the normal blocks, then the per-track Schur pieces are each computed once
-    vg = _xp.barrier(xp, [(o.v, o.g) if isinstance(o, Jet) else (o, None) for o in jets])
-    jets = [Jet(v, g) if g is not None else v for v, g in vg]
+    jets = barrier_jets(xp, evaluate(xp, model, [a[None, :] for a in u], p, 1, trig))
     r = residuals(xp, q, jets)
     Gr, tchi2 = weighted_norm(G, r)
     Gr, tchi2 = _xp.barrier(xp, (Gr, tchi2))

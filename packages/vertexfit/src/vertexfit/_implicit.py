@@ -42,6 +42,7 @@ from ._fit import (
     _flat,
     _prepare,
     _schur,
+    barrier_jets,
     evaluate,
     guarded_inverse3,
     normal_blocks,
@@ -149,11 +150,13 @@ def _linearise(xp, model, tracks, cov, weights, cpos, ccov, u, momenta, C, hessi
     q = [_tm(xp, tracks[..., k]) for k in range(5)]
     w = _tm(xp, weights)
     uu = [u[:, a] for a in range(3)]
-    jets = evaluate(xp, model, [a[None, :] for a in uu],
-                    [_tm(xp, momenta[..., i]) for i in range(3)], 2)
+    # stage boundaries (JAX: computed once, see vertexfit._xp.barrier), as in the fit
+    jets = barrier_jets(xp, evaluate(xp, model, [a[None, :] for a in uu],
+                                     [_tm(xp, momenta[..., i]) for i in range(3)], 2))
     r = residuals(xp, q, jets)
-    Gr, s = weighted_norm(G, r)
+    Gr, s = _xp.barrier(xp, weighted_norm(G, r))
     F, b, J = normal_blocks(G, jets, Gr)
+    F, b = _xp.barrier(xp, (F, b))
     H = [dict(o.h) for o in jets]
     # Gauss-Newton Schur pieces: the fit's own vertex information M (vertex_cov = M^-1).
     # A track whose Gauss-Newton momentum block is numerically singular (``tok`` False:
@@ -161,6 +164,7 @@ def _linearise(xp, model, tracks, cov, weights, cpos, ccov, u, momenta, C, hessi
     # fit (vertexfit._fit._schur): it gets weight 0 and zero Schur factors here too, by
     # ``where`` so that its inf/NaN cannot leak into the jet as 0 * NaN.
     _, Eg, _, _, _, tok = _schur(F, b, xp)
+    Eg, tok = _xp.barrier(xp, (Eg, tok))
     w = xp.where(tok, w, 0.0)
     Eg = [[xp.where(tok, e, 0.0) for e in row] for row in Eg]
     Z = [[_sub(J[k][a], _add([_m(J[k][3 + i], Eg[i][a]) for i in range(3)])) for a in range(3)]
@@ -176,8 +180,8 @@ def _linearise(xp, model, tracks, cov, weights, cpos, ccov, u, momenta, C, hessi
         scale = xp.abs(F[(3, 3)]) + xp.abs(F[(4, 4)]) + xp.abs(F[(5, 5)])
         tol = 1e3 * _xp.eps(xp, scale.dtype) * scale
         bad = ~(xp.abs(Dn[0]) > tol) | ~(xp.abs(Dn[1]) > tol) | ~(xp.abs(Dn[2]) > tol)
-        N = {key: xp.where(bad, F[key], N[key]) for key in F}
-    WN, EN, SN, _, _ = schur_terms(N, b)
+        N = _xp.barrier(xp, {key: xp.where(bad, F[key], N[key]) for key in F})
+    WN, EN, SN, _, _ = _xp.barrier(xp, schur_terms(N, b))
     WN = {key: xp.where(tok, v, 0.0) for key, v in WN.items()}
     EN = [[xp.where(tok, e, 0.0) for e in row] for row in EN]
     Mk = {key: _tsum(xp, w * xp.where(tok, SN[key], 0.0), w) for key in SN}
