@@ -45,3 +45,18 @@ def summary(sample):
 def generate_extra():
     """Skip unless Pythia, fastjet and awkward are installed."""
     _need_generate_extra()
+
+
+@pytest.fixture
+def terminal_ctrl_c():
+    """SIGINT raises KeyboardInterrupt, as in a terminal, for the duration of the test.
+
+    A test run started as a background job of a non-interactive shell (``nox -s tests &``)
+    inherits SIGINT *ignored*, and Python then keeps ignoring it; tests of Ctrl-C handling
+    must not depend on how the test run was started.
+    """
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

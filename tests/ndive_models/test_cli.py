@@ -108,7 +108,7 @@ def test_interrupted_run_leaves_no_complete_looking_file(generate_extra, tmp_pat
         "2",
         "--no-progress",
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = _popen(cmd)
     try:
         for _ in range(600):  # wait until data are being written
             if partial_path(out).exists():
@@ -125,10 +125,41 @@ def test_interrupted_run_leaves_no_complete_looking_file(generate_extra, tmp_pat
     assert not out.exists() and not partial_path(out).exists()
 
 
-def _generate_cli(out):
+def _popen(cmd, ctrl_c="default"):
+    """Start ``cmd`` as from a terminal: Ctrl-C (SIGINT) at its default disposition, even
+    when the test run itself was started as a background job (which ignores SIGINT)."""
+    disposition = signal.SIG_DFL if ctrl_c == "default" else signal.SIG_IGN
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, disposition))
+
+
+def _generate_cli(out, ctrl_c="default"):
     cmd = [sys.executable, "-m", "ndive_models.cli", "generate", "--jets", "1000000",
            "--out", str(out), "--workers", "2", "--no-progress"]  # fmt: skip
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return _popen(cmd, ctrl_c)
+
+
+def test_ignored_ctrl_c_stays_ignored(generate_extra, tmp_path):
+    """Started with SIGINT ignored (``cmd &`` in a script, nohup), Ctrl-C does not stop the
+    run; SIGTERM still does, cleanly."""
+    out = tmp_path / "big.h5"
+    proc = _generate_cli(out, ctrl_c="ignored")
+    try:
+        for _ in range(600):
+            if partial_path(out).exists():
+                break
+            time.sleep(0.1)
+        assert partial_path(out).exists()
+        proc.send_signal(signal.SIGINT)
+        time.sleep(2.0)
+        assert proc.poll() is None, proc.stderr.read().decode()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr.read().decode()
+    assert not out.exists() and not partial_path(out).exists()
 
 
 @pytest.mark.parametrize("moment", ["starting", "twice-while-workers-start"])
@@ -161,7 +192,7 @@ def test_ctrl_c_at_other_moments_exits_promptly(generate_extra, tmp_path, moment
     assert not out.exists() and not partial_path(out).exists()
 
 
-def test_swallowed_ctrl_c_is_raised_again(monkeypatch, capsys):
+def test_swallowed_ctrl_c_is_raised_again(terminal_ctrl_c, monkeypatch, capsys):
     """A library that swallows the KeyboardInterrupt (e.g. in a __del__) cannot keep it running."""
     monkeypatch.setattr(cli, "RERAISE_AFTER_S", 0.3)
     caught = []

@@ -113,7 +113,7 @@ def test_close_ends_workers_blocked_on_a_full_pipe():
     assert all(p.poll() is not None for p in pool.procs)
 
 
-def test_close_is_not_broken_off_by_ctrl_c_and_delivers_it_afterwards(monkeypatch):
+def test_close_is_not_broken_off_by_ctrl_c_and_delivers_it_afterwards(terminal_ctrl_c, monkeypatch):
     """A Ctrl-C during close() waits until every worker is ended, then is raised."""
     pool = WorkerPool(2, _counting, (1000,))
     pool.get(0)
@@ -144,7 +144,7 @@ def test_close_and_get_do_not_need_popens_lock():
             os.waitpid(proc.pid, os.WNOHANG)
 
 
-def test_signals_deferred_records_then_delivers_first_signal():
+def test_signals_deferred_records_then_delivers_first_signal(terminal_ctrl_c):
     seen = []
     old = signal.signal(signal.SIGTERM, lambda s, f: seen.append(s))
     try:

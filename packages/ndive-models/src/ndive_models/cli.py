@@ -109,8 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     interrupted = False
     try:
-        for s in old:
-            signal.signal(s, handler)
+        for s, h in old.items():
+            # a signal the process was started with ignored (a background job of a
+            # non-interactive shell ignores Ctrl-C, as does nohup) stays ignored
+            if h is not signal.SIG_IGN:
+                signal.signal(s, handler)
         rc = int(args._run(args) or 0)
     except KeyboardInterrupt:
         interrupted = True
