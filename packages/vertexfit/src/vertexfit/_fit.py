@@ -335,37 +335,37 @@ def _planes(xp, V, n):
     return xp.reshape(xp.reshape(flat, (-1,)), (n * n, -1))  # a copy in component order
 
 
-def _symmetrised(xp, planes, n, use):
-    """Upper components ``(V + V^T) / 2`` (identity where not ``use``) and the per-matrix
-    asymmetry flag ``|V_ij - V_ji| > max(1e-6, 100 eps) sqrt(|V_ii V_jj|)``."""
+def _spd_check(xp, V, n, use):
+    """Symmetrised components and the not-SPD flag of the matrices ``V (..., n, n)``.
+
+    Returns ``(comps, bad, finite)``: the upper components ``(V + V^T) / 2`` as flat
+    ``(N,)`` planes (identity where a matrix is not finite or not ``use``), the flag
+    ``(...)``: asymmetric (``|V_ij - V_ji| > max(1e-6, 100 eps) sqrt(|V_ii V_jj|)``) or not
+    positive definite (an LDL pivot <= 0), and whether all entries are finite ``(...)``.
+    """
+    planes = _planes(xp, V, n)  # one contiguous pass, then per-component work
+    shape = tuple(V.shape[:-2])
+    finite = xp.reshape(xp.all(xp.isfinite(planes), axis=0), shape)
+    use = xp.reshape(use & finite, (-1,))
     comp = lambda i, j: planes[n * i + j, ...]
     eps = max(1e-6, 100 * _xp.eps(xp, planes.dtype))
-    d = [xp.sqrt(xp.abs(comp(k, k))) for k in range(n)]
-    asym = xp.zeros_like(use)
-    out = {}
-    for i in range(n):
-        for j in range(i, n):
-            if i == j:
-                out[(i, i)] = xp.where(use, comp(i, i), 1.0)
-                continue
-            a, b = comp(i, j), comp(j, i)
-            asym = asym | (xp.abs(a - b) > eps * (d[i] * d[j]))
-            out[(i, j)] = xp.where(use, (a + b) / 2, 0.0)
-    return out, asym & use
-
-
-def _spd_bad(xp, V, n, batch_mask):
-    """Per-slot flag: the symmetric matrix V (..., n, n) is not symmetric positive definite."""
-    Vt = xp.matrix_transpose(V)
-    eps = max(1e-6, 100 * _xp.eps(xp, V.dtype))
-    d = xp.sqrt(xp.abs(xp.linalg.diagonal(V)))
-    tol = eps * (d[..., :, None] * d[..., None, :])
-    asym = xp.any(xp.abs(V - Vt) > tol, axis=(-2, -1))
-    _, D = ldl(sym_from_array((V + Vt) / 2, n), n)
+    with _quiet(xp):  # unused slots may hold finite garbage (1e300): flags, not warnings
+        d = [xp.sqrt(xp.abs(comp(k, k))) for k in range(n)]
+        asym = xp.zeros_like(use)
+        comps = {}
+        for i in range(n):
+            for j in range(i, n):
+                if i == j:
+                    comps[(i, i)] = xp.where(use, comp(i, i), 1.0)
+                    continue
+                a, b = comp(i, j), comp(j, i)
+                asym = asym | (xp.abs(a - b) > eps * (d[i] * d[j]))
+                comps[(i, j)] = xp.where(use, (a + b) / 2, 0.0)
+        _, D = ldl(comps, n)
     notpd = D[0] <= 0
     for dk in D[1:]:
         notpd = notpd | ~(dk > 0)
-    return (asym | notpd) & batch_mask
+    return comps, xp.reshape((asym | notpd) & use, shape), finite
 
 
 def _broadcast_batch(xp, a, batch, name, dtype):
@@ -437,16 +437,9 @@ def _prepare(tracks, cov, weights, mask, seed, constraint, ref, n_iter, model):
     th = tracks[..., 3]
     bad_th = ~((th > 0) & (th < math.pi)) & m & ~bad_t
     problems.append(("tracks", "theta outside (0, pi)", xp.any(bad_th, axis=-1)))
-    planes = _planes(xp, cov, 5)  # (25, N): one contiguous pass, then per-component work
-    bad_c = ~xp.reshape(xp.all(xp.isfinite(planes), axis=0), tshape) & m
+    comps, bad_spd, fin_c = _spd_check(xp, cov, 5, m)
+    bad_c = ~fin_c & m
     problems.append(("cov", "NaN or inf in an unmasked covariance", xp.any(bad_c, axis=-1)))
-    with _quiet(xp):  # masked slots may hold finite garbage (1e300): flags, not warnings
-        comps, asym = _symmetrised(xp, planes, 5, xp.reshape(~bad_c, (-1,)))
-        _, D = ldl(comps, 5)
-    notpd = D[0] <= 0
-    for dk in D[1:]:
-        notpd = notpd | ~(dk > 0)
-    bad_spd = xp.reshape(asym | notpd, tshape) & m & ~bad_c
     problems.append(("cov", "not symmetric positive definite", xp.any(bad_spd, axis=-1)))
     if not default_weights:  # (checking the default ones made XLA constant-fold for seconds)
         bad_w = ~(xp.isfinite(weights) & (weights >= 0)) & m
@@ -455,11 +448,9 @@ def _prepare(tracks, cov, weights, mask, seed, constraint, ref, n_iter, model):
         if a is not None:
             problems.append((name, "NaN or inf", ~xp.all(xp.isfinite(a), axis=-1)))
     if ccov is not None:
-        fin = xp.all(xp.isfinite(ccov), axis=(-2, -1))
-        ccov_safe = xp.where(fin[..., None, None], ccov, xp.eye(3, dtype=dtype, device=dev))
+        _, bad_p, fin = _spd_check(xp, ccov, 3, xp.ones(batch, dtype=xp.bool, device=dev))
         problems.append(("constraint covariance", "NaN or inf", ~fin))
-        problems.append(("constraint covariance", "not symmetric positive definite",
-                         _spd_bad(xp, ccov_safe, 3, fin)))
+        problems.append(("constraint covariance", "not symmetric positive definite", bad_p))
 
     bad_jet = xp.zeros(batch, dtype=xp.bool, device=dev)
     for name, problem, flags in problems:
@@ -554,20 +545,17 @@ def _core_mapped(xp, tracks, cov, weights, seed, cpos, ccov, *, n_iter, model):
     n = -(-B // step)
     pad = n * step - B
     dtype = tracks.dtype
-    X = _pack(xp, tracks, cov, weights, track_major=False)  # (21, B, T)
+    X = xp.permute_dims(_pack(xp, tracks, cov, weights, track_major=False), (1, 0, 2))
     filler = [*_SAFE_TRACK, *[1.0 if i == j else 0.0 for i, j in _UPPER5], 0.0]
-    filler = xp.broadcast_to(xp.asarray(filler, dtype=dtype)[:, None, None], (_NPACK, pad, T))
-    X = xp.reshape(xp.concat([X, filler], axis=1), (_NPACK, n, step, T))
-    X = xp.permute_dims(X, (1, 0, 3, 2))  # (n, 21, T, step)
+    X = xp.reshape(_pad(xp, X, pad, xp.asarray(filler, dtype=dtype)[:, None]),
+                   (n, step, _NPACK, T))
+    X = xp.permute_dims(X, (0, 2, 3, 1))  # (n, 21, T, step)
 
     def fill(a, value):
-        if a is None:
-            return None
-        v = xp.broadcast_to(xp.asarray(value, dtype=dtype), (pad,) + tuple(a.shape[1:]))
-        return xp.reshape(xp.concat([a, v], axis=0), (n, step) + tuple(a.shape[1:]))
+        return None if a is None else xp.reshape(_pad(xp, a, pad, value),
+                                                 (n, step) + tuple(a.shape[1:]))
 
-    args = (X, fill(seed, 0.0), fill(cpos, 0.0),
-            None if ccov is None else fill(ccov, xp.eye(3, dtype=dtype)))
+    args = (X, fill(seed, 0.0), fill(cpos, 0.0), fill(ccov, xp.eye(3, dtype=dtype)))
     out = jax.lax.map(lambda c: _core_packed(xp, *c, n_iter=n_iter, model=model), args)
     return tuple(xp.reshape(o, (n * step,) + tuple(o.shape[2:]))[:B] for o in out)
 
