@@ -39,7 +39,8 @@ __all__ = ["VertexFit", "chi2", "fit"]
 # harmless track (d0, z0, phi, theta, rho) with unit covariance before any arithmetic, so
 # garbage there can reach neither values nor gradients.
 _SAFE_TRACK = (0.0, 0.0, 0.0, math.pi / 2, 0.0)
-# Elements per chunk for eager backends: keeps the ~100 live temporaries in cache.
+# Track slots per chunk of jets (NumPy/PyTorch loops, NumPy threads, JAX lax.map): keeps
+# the ~100 live per-track temporaries in cache.
 _CHUNK_ELEMENTS = {"numpy": 49152, "torch": 65536, "other": 32768, "jax": 16384}
 
 

@@ -16,7 +16,6 @@ free where a framework asks for them).
 from __future__ import annotations
 
 from . import _xp
-from ._xp import barrier
 
 __all__ = ["Jet", "Ops"]
 
@@ -214,7 +213,7 @@ class Ops:
             s, c = self.trig[id(v)]
         else:
             # barrier: computed once, not re-fused into every consumer by XLA
-            s, c = barrier(xp, _xp.sincos(xp, v))
+            s, c = _xp.barrier(xp, _xp.sincos(xp, v))
         if not isinstance(a, Jet):
             return s, c
         order2 = a.h is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import array_api_compat
@@ -103,13 +104,9 @@ def barrier(xp, tree):
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
-_MATERIALISE = []
-
-
+@functools.cache
 def _materialise():
     """The JAX materialising identity (built on first use; JAX is imported lazily)."""
-    if _MATERIALISE:
-        return _MATERIALISE[0]
     import jax
     import jax.numpy as jnp
 
@@ -134,7 +131,6 @@ def _materialise():
     def _jvp(primals, tangents):  # identity: tangents pass through, linear and transposable
         return materialise(*primals), tuple(tangents)
 
-    _MATERIALISE.append(materialise)
     return materialise
 
 
