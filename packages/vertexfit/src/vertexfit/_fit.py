@@ -219,7 +219,7 @@ def _linearised_step(xp, model, G, q, w, P, cpos, singular, u, p, trig=None):
     Mmat = {k: xp.sum(w * xp.where(tok, v, 0.0), axis=0) for k, v in S.items()}
     rhs = [xp.sum(w * xp.where(tok, rv[a], 0.0), axis=0) for a in range(3)]
     if P is not None:
-        dc = [cpos[:, a] - u[a] for a in range(3)]
+        dc = [c - u[a] for a, c in enumerate(_xp.unstack(xp, cpos, axis=-1))]
         for k in Mmat:
             Mmat[k] = Mmat[k] + P[k]
         rhs = [rhs[a] + sum_terms([(P[(a, c)] if a <= c else P[(c, a)]) * dc[c]
@@ -236,8 +236,8 @@ _NPACK = 5 + len(_UPPER5) + 1
 def _pack(xp, tracks, cov, weights, *, track_major):
     """``(21, T, B)`` (or ``(21, B, T)``): the 5 track parameters, the 15 upper components
     of ``cov`` and the weight of every slot, each component one contiguous plane."""
-    comps = ([tracks[..., k] for k in range(5)] + [cov[..., i, j] for i, j in _UPPER5]
-             + [weights])
+    V = sym_from_array(xp, cov, 5)
+    comps = [*_xp.unstack(xp, tracks, axis=-1), *(V[ij] for ij in _UPPER5), weights]
     if track_major:
         comps = [xp.permute_dims(c, (1, 0)) for c in comps]
     return xp.stack(comps, axis=0)
@@ -260,10 +260,11 @@ def _core_packed(xp, X, seed, cpos, ccov, *, n_iter, model):
     Track-major (T, B) internally: per-jet sums over tracks become fast row additions, and
     every component is read contiguously.
     """
-    G, _ = sym_inverse({ij: X[5 + n, ...] for n, ij in enumerate(_UPPER5)}, 5)
-    q = [X[k, ...] for k in range(5)]
-    w = X[_NPACK - 1, ...]
-    P = None if ccov is None else sym_inverse(sym_from_array(ccov, 3), 3)[0]
+    X = _xp.unstack(xp, X, axis=0)
+    G, _ = sym_inverse({ij: X[5 + n] for n, ij in enumerate(_UPPER5)}, 5)
+    q = list(X[:5])
+    w = X[_NPACK - 1]
+    P = None if ccov is None else sym_inverse(sym_from_array(xp, ccov, 3), 3)[0]
     singular = xp.sum(xp.astype(w > 0, xp.int32), axis=0) < 2
     if P is not None:
         singular = xp.zeros_like(singular)
@@ -282,7 +283,7 @@ def _core_packed(xp, X, seed, cpos, ccov, *, n_iter, model):
         p = [p[i] + dp[i] for i in range(3)]
         return ([u[a] + du[a] for a in range(3)], p, du, _xp.sincos(xp, p[0]))
 
-    u0 = [seed[:, k] for k in range(3)]
+    u0 = list(_xp.unstack(xp, seed, axis=-1))
     p0 = [q[2], q[3], q[4]]
     state = (u0, p0, [xp.zeros_like(u0[0]) for _ in range(3)], _xp.sincos(xp, p0[0]))
     u, p, du, trig = _xp.fori_loop(xp, n_iter, step, state)
@@ -292,7 +293,7 @@ def _core_packed(xp, X, seed, cpos, ccov, *, n_iter, model):
 
     total = xp.sum(w * track_chi2, axis=0)
     if P is not None:
-        dc = [u[a] - cpos[:, a] for a in range(3)]
+        dc = [u[a] - c for a, c in enumerate(_xp.unstack(xp, cpos, axis=-1))]
         _, prior = weighted_norm(P, dc, 3)
         total = total + prior
     C = sym_to_array(xp, Minv, 3)
@@ -348,8 +349,9 @@ def _spd_check(xp, V, n, use):
     shape = tuple(V.shape[:-2])
     finite = xp.reshape(xp.all(xp.isfinite(planes), axis=0), shape)
     use = xp.reshape(use & finite, (-1,))
-    comp = lambda i, j: planes[n * i + j, ...]
     eps = max(1e-6, 100 * _xp.eps(xp, planes.dtype))
+    planes = _xp.unstack(xp, planes, axis=0)  # (JAX autodiff: transposes to one stack)
+    comp = lambda i, j: planes[n * i + j]
     with _quiet(xp):  # unused slots may hold finite garbage (1e300): flags, not warnings
         d = [xp.sqrt(xp.abs(comp(k, k))) for k in range(n)]
         asym = xp.zeros_like(use)
@@ -803,10 +805,10 @@ def chi2(tracks, cov, vertex, momenta, weights=None, *, mask=None, model="helix"
                          f"got {tuple(momenta.shape)}")
     v = _broadcast_batch(xp, vertex, a["batch"], "vertex", a["tracks"].dtype) - a["ref"]
     t = a["tracks"]
-    G, _ = sym_inverse(sym_from_array(a["cov"], 5), 5)
+    G, _ = sym_inverse(sym_from_array(xp, a["cov"], 5), 5)
     safe_p = xp.asarray(_SAFE_TRACK[2:], dtype=t.dtype, device=_xp.array_api_compat.device(t))
     mom = xp.where(a["mask"][..., None], xp.astype(momenta, t.dtype), safe_p)
-    h = evaluate(xp, model, [v[..., None, k] for k in range(3)], [mom[..., k] for k in range(3)], 0)
-    r = residuals(xp, [t[..., k] for k in range(5)], h)
+    h = evaluate(xp, model, [v[..., None, k] for k in range(3)], _xp.unstack(xp, mom, axis=-1), 0)
+    r = residuals(xp, _xp.unstack(xp, t, axis=-1), h)
     _, tchi2 = weighted_norm(G, r)
     return xp.sum(a["weights"] * tchi2, axis=-1)

@@ -146,13 +146,13 @@ def _tm(xp, a):
 def _linearise(xp, model, tracks, cov, weights, cpos, ccov, u, momenta, C, hessian):
     """Order-2 jets of the model at the solution and the Schur pieces of ``K`` and ``M``."""
     _check_hessian(hessian)
-    G, _ = sym_inverse({k: _tm(xp, v) for k, v in sym_from_array(cov, 5).items()}, 5)
-    q = [_tm(xp, tracks[..., k]) for k in range(5)]
+    G, _ = sym_inverse({k: _tm(xp, v) for k, v in sym_from_array(xp, cov, 5).items()}, 5)
+    q = [_tm(xp, c) for c in _xp.unstack(xp, tracks, axis=-1)]
     w = _tm(xp, weights)
-    uu = [u[:, a] for a in range(3)]
+    uu = list(_xp.unstack(xp, u, axis=-1))
     # stage boundaries (JAX: computed once, see vertexfit._xp.barrier), as in the fit
     jets = barrier_jets(xp, evaluate(xp, model, [a[None, :] for a in uu],
-                                     [_tm(xp, momenta[..., i]) for i in range(3)], 2))
+                                     [_tm(xp, c) for c in _xp.unstack(xp, momenta, axis=-1)], 2))
     r = residuals(xp, q, jets)
     Gr, s = _xp.barrier(xp, weighted_norm(G, r))
     F, b, J = normal_blocks(G, jets, Gr)
@@ -187,13 +187,13 @@ def _linearise(xp, model, tracks, cov, weights, cpos, ccov, u, momenta, C, hessi
     Mk = {key: _tsum(xp, w * xp.where(tok, SN[key], 0.0), w) for key in SN}
     P = d = None
     if ccov is not None:
-        P, _ = sym_inverse(sym_from_array(ccov, 3), 3)
+        P, _ = sym_inverse(sym_from_array(xp, ccov, 3), 3)
         Mk = {key: Mk[key] + P[key] for key in Mk}
-        d = [uu[a] - cpos[:, a] for a in range(3)]
+        d = [uu[a] - c for a, c in enumerate(_xp.unstack(xp, cpos, axis=-1))]
     Sinv, _ = guarded_inverse3(xp, Mk, xp.zeros(w.shape[1:], dtype=xp.bool,
                                                 device=_xp.array_api_compat.device(w)))
     return _barrier_arrays(xp, _Lin(w, G, P, d, r, Gr, s, J, H, b, Eg, Z, WN, EN, Sinv,
-                                    sym_from_array(C, 3)))
+                                    sym_from_array(xp, C, 3)))
 
 
 class _Slot(NamedTuple):
@@ -335,11 +335,11 @@ def core_vjp(xp, tracks, cov, weights, cpos, ccov, outputs, cotangents, *, model
                 _acc(Pb, key, Mb[key])
 
     if ub_in is not None:
-        for a in range(3):
-            _acc(ub, a, ub_in[:, a])
+        for a, c in enumerate(_xp.unstack(xp, ub_in, axis=-1)):
+            _acc(ub, a, c)
     if pb is not None:
-        for i in range(3):
-            _acc(xb, 3 + i, _tm(xp, pb[..., i]))
+        for i, c in enumerate(_xp.unstack(xp, pb, axis=-1)):
+            _acc(xb, 3 + i, _tm(xp, c))
 
     # implicit part: lam = K^-T x_bar, alpha_bar = -(df/dalpha)^T lam
     xu = [_add([ub[a], None if xb[a] is None else _tsum(xp, xb[a], w)]) for a in range(3)]
@@ -403,19 +403,21 @@ def core_jvp(xp, tracks, cov, weights, cpos, ccov, outputs, tangents, *, model,
     """
     u, C, mom = outputs[0], outputs[1], outputs[2]
     dq_in, dV_in, dw, dcpos, dccov = tangents
+    if dcpos is not None:
+        dcpos = _xp.unstack(xp, dcpos, axis=-1)
     L = _linearise(xp, model, tracks, cov, weights, cpos, ccov, u, mom, C, hessian)
     w, G, P, d, J, Z = L.w, L.G, L.P, L.d, L.J, L.Z
     zero_t = w * 0.0
     zero_b = w[0, ...] * 0.0
-    dq = [None if dq_in is None else _tm(xp, dq_in[..., k]) for k in range(5)]
+    dq = [None] * 5 if dq_in is None else [_tm(xp, c) for c in _xp.unstack(xp, dq_in, axis=-1)]
     dw = None if dw is None else _tm(xp, dw)
     dG = None
     if dV_in is not None:
-        dV = {k: _tm(xp, v) for k, v in sym_from_array(dV_in, 5).items()}
+        dV = {k: _tm(xp, v) for k, v in sym_from_array(xp, dV_in, 5).items()}
         dG = {key: -v for key, v in _sandwich5(G, dV).items()}
     dP = None
     if P is not None and dccov is not None:
-        dP = {key: -v for key, v in _sandwich3(P, sym_from_array(dccov, 3)).items()}
+        dP = {key: -v for key, v in _sandwich3(P, sym_from_array(xp, dccov, 3)).items()}
 
     # e = G dq + dG r: the measurement-space tangent of the residual's pull
     e = [_add([_add([_m(sym_get(G, k, m), dq[m]) for m in range(5)]),
@@ -429,7 +431,7 @@ def core_jvp(xp, tracks, cov, weights, cpos, ccov, outputs, tangents, *, model,
         ga = None if t is None else _tsum(xp, t, w)
         if P is not None:
             if dcpos is not None:
-                ga = _add([ga, sum_terms([sym_get(P, a, c) * dcpos[:, c] for c in range(3)])])
+                ga = _add([ga, sum_terms([sym_get(P, a, c) * dcpos[c] for c in range(3)])])
             if dP is not None:
                 ga = _sub(ga, sum_terms([sym_get(dP, a, c) * d[c] for c in range(3)]))
         gu.append(ga if ga is not None else zero_b)
@@ -454,7 +456,7 @@ def core_jvp(xp, tracks, cov, weights, cpos, ccov, outputs, tangents, *, model,
     dchi2_t = w * ds if dw is None else w * ds + dw * L.s
     dchi2 = _tsum(xp, dchi2_t, w)
     if P is not None:
-        dd = [du[a] if dcpos is None else du[a] - dcpos[:, a] for a in range(3)]
+        dd = [du[a] if dcpos is None else du[a] - dcpos[a] for a in range(3)]
         dchi2 = dchi2 + 2.0 * sum_terms([sym_get(P, a, c) * d[a] * dd[c]
                                          for a in range(3) for c in range(3)])
         if dP is not None:

@@ -84,7 +84,7 @@ def perigee(vertex, momenta, ref=None, *, model="helix"):
     local = vertex if ref is None else vertex - ref
     x, y, z = (local[..., None, k] for k in range(3))
     M = Ops(xp)
-    out = list(get_model(model)(M, x, y, z, momenta[..., 0], momenta[..., 1], momenta[..., 2]))
+    out = list(get_model(model)(M, x, y, z, *_xp.unstack(xp, momenta, axis=-1)))
     out[2] = M.wrap(out[2])
     return xp.stack(xp.broadcast_arrays(*out), axis=-1)
 
@@ -98,7 +98,8 @@ def extrapolation_jets(xp, tracks, shift, order):
     Variables 0..4 are the input perigee parameters.
     """
     M = Ops(xp)
-    d0, z0, phi, theta, rho = (Jet.variable(tracks[..., k], k, order) for k in range(5))
+    d0, z0, phi, theta, rho = (Jet.variable(c, k, order)
+                               for k, c in enumerate(_xp.unstack(xp, tracks, axis=-1)))
     sin_phi, cos_phi = M.sincos(phi)
     x = d0 * sin_phi - shift[..., None, 0]
     y = -(d0 * cos_phi) - shift[..., None, 1]
@@ -108,7 +109,7 @@ def extrapolation_jets(xp, tracks, shift, order):
 
 def _transport(xp, jets, cov, n_in):
     """``J V J^T`` for jets holding d(out)/d(in); ``cov`` is ``(..., n_in, n_in)``."""
-    V = sym_from_array(cov, n_in)
+    V = sym_from_array(xp, cov, n_in)
     n_out = len(jets)
     J = [[o.d(i) if isinstance(o, Jet) else None for i in range(n_in)] for o in jets]
     JV = [[None] * n_in for _ in range(n_out)]
@@ -140,7 +141,8 @@ def _sum(terms):
 def _acts_jets(xp, tracks, bz, sign):
     """(d0, z0, phi, theta, x) with d0 -> -d0 and x = sign-dependent curvature <-> q/p map."""
     M = Ops(xp)
-    d0, z0, phi, theta, last = (Jet.variable(tracks[..., k], k, 1) for k in range(5))
+    d0, z0, phi, theta, last = (Jet.variable(c, k, 1)
+                                for k, c in enumerate(_xp.unstack(xp, tracks, axis=-1)))
     kb = K_GEV_PER_T_MM * bz
     sin_theta, _ = M.sincos(theta)
     if sign > 0:  # rho -> q/p = -rho sin(theta) / (K Bz)

@@ -9,6 +9,8 @@ tiny matrices on every backend, and it lets the fit exploit the sparsity of the 
 
 from __future__ import annotations
 
+from . import _xp
+
 __all__ = ["ldl", "sym_from_array", "sym_get", "sym_inverse", "sym_matvec", "sym_to_array"]
 
 
@@ -16,9 +18,13 @@ def sym_get(s, i, j):
     return s[(i, j)] if i <= j else s[(j, i)]
 
 
-def sym_from_array(a, n):
-    """Components of the (already symmetric) ``(..., n, n)`` array ``a`` (upper triangle)."""
-    return {(i, j): a[..., i, j] for i in range(n) for j in range(i, n)}
+def sym_from_array(xp, a, n):
+    """Components of the (already symmetric) ``(..., n, n)`` array ``a`` (upper triangle).
+
+    One ``unstack``: under JAX autodiff its transpose is one ``stack``, where indexing the
+    components one by one transposes to n*n full-size pads that XLA adds up one by one."""
+    flat = _xp.unstack(xp, xp.reshape(a, tuple(a.shape[:-2]) + (n * n,)), axis=-1)
+    return {(i, j): flat[n * i + j] for i in range(n) for j in range(i, n)}
 
 
 def sym_to_array(xp, s, n):
