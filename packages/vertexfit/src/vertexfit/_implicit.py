@@ -146,13 +146,13 @@ def _tm(xp, a):
 def _linearise(xp, model, tracks, cov, weights, cpos, ccov, u, momenta, C, hessian):
     """Order-2 jets of the model at the solution and the Schur pieces of ``K`` and ``M``."""
     _check_hessian(hessian)
-    G, _ = sym_inverse({k: _tm(xp, v) for k, v in sym_from_array(xp, cov, 5).items()}, 5)
-    q = [_tm(xp, c) for c in _xp.unstack(xp, tracks, axis=-1)]
+    G, _ = sym_inverse(sym_from_array(xp, _tm(xp, cov), 5), 5)
+    q = list(_xp.unstack(xp, _tm(xp, tracks), axis=-1))
     w = _tm(xp, weights)
     uu = list(_xp.unstack(xp, u, axis=-1))
     # stage boundaries (JAX: computed once, see vertexfit._xp.barrier), as in the fit
     jets = barrier_jets(xp, evaluate(xp, model, [a[None, :] for a in uu],
-                                     [_tm(xp, c) for c in _xp.unstack(xp, momenta, axis=-1)], 2))
+                                     list(_xp.unstack(xp, _tm(xp, momenta), axis=-1)), 2))
     r = residuals(xp, q, jets)
     Gr, s = _xp.barrier(xp, weighted_norm(G, r))
     F, b, J = normal_blocks(G, jets, Gr)
@@ -338,8 +338,8 @@ def core_vjp(xp, tracks, cov, weights, cpos, ccov, outputs, cotangents, *, model
         for a, c in enumerate(_xp.unstack(xp, ub_in, axis=-1)):
             _acc(ub, a, c)
     if pb is not None:
-        for i, c in enumerate(_xp.unstack(xp, pb, axis=-1)):
-            _acc(xb, 3 + i, _tm(xp, c))
+        for i, c in enumerate(_xp.unstack(xp, _tm(xp, pb), axis=-1)):
+            _acc(xb, 3 + i, c)
 
     # implicit part: lam = K^-T x_bar, alpha_bar = -(df/dalpha)^T lam
     xu = [_add([ub[a], None if xb[a] is None else _tsum(xp, xb[a], w)]) for a in range(3)]
@@ -409,11 +409,11 @@ def core_jvp(xp, tracks, cov, weights, cpos, ccov, outputs, tangents, *, model,
     w, G, P, d, J, Z = L.w, L.G, L.P, L.d, L.J, L.Z
     zero_t = w * 0.0
     zero_b = w[0, ...] * 0.0
-    dq = [None] * 5 if dq_in is None else [_tm(xp, c) for c in _xp.unstack(xp, dq_in, axis=-1)]
+    dq = [None] * 5 if dq_in is None else list(_xp.unstack(xp, _tm(xp, dq_in), axis=-1))
     dw = None if dw is None else _tm(xp, dw)
     dG = None
     if dV_in is not None:
-        dV = {k: _tm(xp, v) for k, v in sym_from_array(xp, dV_in, 5).items()}
+        dV = sym_from_array(xp, _tm(xp, dV_in), 5)
         dG = {key: -v for key, v in _sandwich5(G, dV).items()}
     dP = None
     if P is not None and dccov is not None:
