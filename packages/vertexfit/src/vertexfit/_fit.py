@@ -808,7 +808,8 @@ def chi2(tracks, cov, vertex, momenta, weights=None, *, mask=None, model="helix"
     G, _ = sym_inverse(sym_from_array(xp, a["cov"], 5), 5)
     safe_p = xp.asarray(_SAFE_TRACK[2:], dtype=t.dtype, device=_xp.array_api_compat.device(t))
     mom = xp.where(a["mask"][..., None], xp.astype(momenta, t.dtype), safe_p)
-    h = evaluate(xp, model, [v[..., None, k] for k in range(3)], _xp.unstack(xp, mom, axis=-1), 0)
+    h = evaluate(xp, model, [c[..., None] for c in _xp.unstack(xp, v, axis=-1)],
+                 _xp.unstack(xp, mom, axis=-1), 0)
     r = residuals(xp, _xp.unstack(xp, t, axis=-1), h)
     _, tchi2 = weighted_norm(G, r)
     return xp.sum(a["weights"] * tchi2, axis=-1)

@@ -82,7 +82,7 @@ def perigee(vertex, momenta, ref=None, *, model="helix"):
     _check_batch("perigee", ("vertex", vertex.shape[:-1]), ("momenta", momenta.shape[:-2]),
                  *([] if ref is None else [("ref", ref.shape[:-1])]))
     local = vertex if ref is None else vertex - ref
-    x, y, z = (local[..., None, k] for k in range(3))
+    x, y, z = (c[..., None] for c in _xp.unstack(xp, local, axis=-1))
     M = Ops(xp)
     out = list(get_model(model)(M, x, y, z, *_xp.unstack(xp, momenta, axis=-1)))
     out[2] = M.wrap(out[2])
@@ -101,9 +101,10 @@ def extrapolation_jets(xp, tracks, shift, order):
     d0, z0, phi, theta, rho = (Jet.variable(c, k, order)
                                for k, c in enumerate(_xp.unstack(xp, tracks, axis=-1)))
     sin_phi, cos_phi = M.sincos(phi)
-    x = d0 * sin_phi - shift[..., None, 0]
-    y = -(d0 * cos_phi) - shift[..., None, 1]
-    z = z0 - shift[..., None, 2]
+    sx, sy, sz = (c[..., None] for c in _xp.unstack(xp, shift, axis=-1))
+    x = d0 * sin_phi - sx
+    y = -(d0 * cos_phi) - sy
+    z = z0 - sz
     return get_model("helix")(M, x, y, z, phi, theta, rho)
 
 
