@@ -11,13 +11,16 @@ __all__ = [
     "asarray_like",
     "atan",
     "backend_name",
+    "barrier",
     "can_inspect",
     "cot",
     "eps",
     "float_dtype",
+    "fori_loop",
     "is_lazy",
     "namespace",
     "sincos",
+    "unstack",
 ]
 
 
