@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ndive_models._inputs import feature_stats, index_batch, load_batch
+from ndive_models.data import feature_stats, index_batch, load_batch
 from ndive_models.models import ModelConfig, build_model, total_loss
 
 TINY = dict(dim=8, layers=1, heads=2)

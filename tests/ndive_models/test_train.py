@@ -157,7 +157,7 @@ def test_ddp_two_processes_equal_single_process(sample_path, tmp_path):
 
 def _init_state(sample_path):
     """State dict of the initial FTAG+NDIVE model of the DDP test (same seed, same stats)."""
-    from ndive_models._inputs import feature_stats, index_batch, load_batch
+    from ndive_models.data import feature_stats, index_batch, load_batch
     from ndive_models.models import ModelConfig, build_model
     from ndive_models.train import split_indices
 

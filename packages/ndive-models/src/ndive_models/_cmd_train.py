@@ -65,6 +65,18 @@ def config_from_args(args):
 
 
 def run(args) -> int:
-    from .train import run as run_train
+    """Train as the parsed command line says; returns the exit status."""
+    import sys
 
-    return run_train(args)
+    from .train import _dist_info, train
+
+    try:
+        cfg = config_from_args(args)
+        summary = train(cfg, resume=args.resume)
+    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+        print(f"ndive train: error: {err}", file=sys.stderr)
+        return 2
+    if _dist_info()[0] == 0:
+        print(f"best validation loss {summary['best_val']:.4f} at epoch "
+              f"{summary['best_epoch']}; checkpoints in {summary['out']}")
+    return 0

@@ -7,7 +7,9 @@ To add a subcommand, write a module with
 - ``run(args) -> int`` doing the work (heavy imports inside ``run``, so ``ndive --help``
   stays fast and works without optional extras),
 
-and append its import path to :data:`SUBCOMMANDS`.
+and append its import path to :data:`SUBCOMMANDS`. A module that can also be run as
+``python -m ndive_models.<module>`` keeps only a thin alias that calls :func:`run_as_program`
+(so the options and the error handling exist once, here and in ``_cmd_<name>``).
 """
 
 from __future__ import annotations
@@ -26,12 +28,16 @@ SUBCOMMANDS = [
     "ndive_models._cmd_validate_data",
     "ndive_models._cmd_train",
     "ndive_models._cmd_evaluate",
+    "ndive_models._cmd_demo",
+    "ndive_models._cmd_paper",
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ndive", description="NDIVE: jet data generation, training and evaluation."
+        prog="ndive",
+        description="NDIVE: jet data generation, training, evaluation, the demo and the "
+                    "paper study.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for path in SUBCOMMANDS:
@@ -45,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
+
+
+def subcommand_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of one subcommand (e.g. ``"demo"``), as ``ndive NAME`` uses it."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]
 
 
 #: Seconds after the first Ctrl-C/kill before the interruption is raised once more (in case
@@ -131,6 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     return rc
 
 
-if __name__ == "__main__":
+def run_as_program(argv: list[str] | None = None) -> int:
+    """:func:`main` for a process that ends when it returns (``ndive`` itself and the
+    ``python -m ndive_models.demo`` / ``.paper`` / ``.train`` aliases)."""
+    global _WATCHDOG_UNTIL_EXIT
     _WATCHDOG_UNTIL_EXIT = True
-    sys.exit(main())
+    return main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(run_as_program())

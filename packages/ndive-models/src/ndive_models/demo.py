@@ -20,9 +20,10 @@ Steps, each printed as it runs:
 5. ``<out>/report.md`` with the numbers and PNG plots (if matplotlib is installed), and the
    headline numbers in ``<out>/summary.json``.
 
-Usage: ``python -m ndive_models.demo [--out demo-output] [--jets 10000] [--seed 1]
+Usage: ``ndive demo [--out demo-output] [--jets 10000] [--seed 1]
 [--workers 2] [--input FILE.h5] [--test-input FILE.h5] [--epochs 2] [--train-jets 4000]
-[--test-jets 3000] [--no-jax] [--no-torch] [--no-train]`` (``--help`` lists all options).
+[--test-jets 3000] [--no-jax] [--no-torch] [--no-train]`` (``--help`` lists all options);
+``python -m ndive_models.demo`` is the same command.
 """
 
 from __future__ import annotations
@@ -317,37 +318,10 @@ def _plot_step(steps: dict, origin: np.ndarray, valid: np.ndarray, out: Path) ->
 # main
 # --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m ndive_models.demo",
-        description="The main job: ttbar jets, classic and differentiable vertex fits, a "
-                    "short training, and a report (markdown + plots).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--out", default="demo-output", help="output directory")
-    p.add_argument("--jets", type=int, default=10000, help="jets to generate")
-    p.add_argument("--seed", type=int, default=1, help="generator seed")
-    p.add_argument("--workers", type=int, default=2, help="generator processes")
-    p.add_argument("--input", default=None,
-                   help="use this existing jet file instead of generating one")
-    p.add_argument("--grad-jets", type=int, default=2000,
-                   help="b-jets used in the differentiable-fit step")
-    p.add_argument("--reference-jets", type=int, default=50,
-                   help="b-jets also fitted with the SciPy reference fit, as a cross-check")
-    p.add_argument("--lr", type=float, default=1.0,
-                   help="length of the gradient step in weight-logit space, per jet")
-    p.add_argument("--test-input", default=None,
-                   help="test file for the evaluation (default: a generated one, or --input)")
-    p.add_argument("--test-jets", type=int, default=3000,
-                   help="jets of the test sample used in the evaluation")
-    p.add_argument("--epochs", type=int, default=2, help="training epochs")
-    p.add_argument("--train-jets", type=int, default=4000, help="training jets per epoch")
-    p.add_argument("--dim", type=int, default=32, help="model embedding size")
-    p.add_argument("--train-lr", type=float, default=1e-3, help="AdamW learning rate")
-    p.add_argument("--no-jax", action="store_true", help="skip the JAX part")
-    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch part")
-    p.add_argument("--no-train", action="store_true", help="skip the training part")
-    p.add_argument("--no-plots", action="store_true", help="no PNG plots")
-    return p
+    """The parser of ``ndive demo`` (its options are defined in ``_cmd_demo``)."""
+    from .cli import subcommand_parser
+
+    return subcommand_parser("demo")
 
 
 def _section_data(args, rep: Report) -> Path:
@@ -575,7 +549,14 @@ def _section_training(path: Path, args, rep: Report) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """``ndive demo`` with the options ``argv`` (default: ``sys.argv[1:]``)."""
+    from .cli import main as cli_main
+
+    return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
+
+
+def run(args: argparse.Namespace) -> int:
+    """The demo for parsed ``ndive demo`` options; returns the exit status."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -613,5 +594,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m ndive_models.demo
+    from ndive_models.cli import run_as_program
+
+    sys.exit(run_as_program(["demo", *sys.argv[1:]]))

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from . import _metrics
-from ._inputs import HF_ORIGINS, index_batch, load_batch, to_device
+from .data.loader import HF_ORIGINS, index_batch, load_batch, to_device
 
 __all__ = ["evaluate", "predict"]
 
@@ -68,7 +68,7 @@ def reference_fits(batch: dict, bz: float, n_iter: int = 10) -> dict:
     Returns ``{"all tracks": pred, "perfect selection": pred}`` with ``pred`` as from
     :func:`predict` (vertex keys only).
     """
-    from ._inputs import FEATURE_NAMES
+    from .models.features import FEATURE_NAMES
     from .models import ModelConfig, build_model
 
     nf = len(FEATURE_NAMES)  # no network in these modes: the normalisation is unused

@@ -196,30 +196,14 @@ def write_report(metrics: dict, trainings: list[dict], args, report: Path, scale
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ndive_models.paper", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--jets", type=int, default=30000, help="training-file jets (balanced)")
-    p.add_argument("--test-jets", type=int, default=12000, help="test-file jets (balanced)")
-    p.add_argument("--max-train-jets", type=int, default=None,
-                   help="train on at most N jets of the training file (after the 10%% "
-                        "validation split)")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--seeds", type=int, default=2, help="trainings per model (paper: 5)")
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--lr", type=float, default=1e-3,
-                   help="learning rate (paper: 1e-4 over many more steps)")
-    p.add_argument("--optimizer", default="novograd")
-    p.add_argument("--patience", type=int, default=3)
-    p.add_argument("--dim", type=int, default=32)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--jobs", type=int, default=2, help="trainings run at the same time")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per training")
-    p.add_argument("--workers", type=int, default=2, help="generator processes")
-    p.add_argument("--skip-references", action="store_true",
-                   help="train only the baseline and FTAG+NDIVE")
-    p.add_argument("--workdir", default="runs/paper", help="data, runs and logs")
-    p.add_argument("--report", default="docs/results/paper", help="report directory")
-    args = p.parse_args(argv)
+    """``ndive paper`` with the options ``argv`` (default: ``sys.argv[1:]``)."""
+    from .cli import main as cli_main
+
+    return cli_main(["paper", *(sys.argv[1:] if argv is None else argv)])
+
+
+def run(args: argparse.Namespace) -> int:
+    """The study for parsed ``ndive paper`` options; returns the exit status."""
 
     from .evaluate import evaluate
 
@@ -268,5 +252,7 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m ndive_models.paper
+    from ndive_models.cli import run_as_program
+
+    sys.exit(run_as_program(["paper", *sys.argv[1:]]))

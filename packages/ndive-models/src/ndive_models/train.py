@@ -19,7 +19,6 @@ summed over processes, so K processes compute the single-process gradient.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -223,7 +222,7 @@ def _check_finite_grads(model, epoch, step):
 @torch.no_grad()
 def validate(model, data: dict, batch_size: int, device) -> dict:
     """Loss terms summed over a whole data set: ``{"loss": total, name: mean...}``."""
-    from ._inputs import index_batch, to_device
+    from .data.loader import index_batch, to_device
 
     model.eval()
     n = data["valid"].shape[0]
@@ -252,7 +251,7 @@ def split_indices(n: int, val_fraction: float, split_seed: int = 0):
 
 
 def _load_data(cfg: TrainConfig):
-    from ._inputs import index_batch, load_batch
+    from .data.loader import index_batch, load_batch
 
     if not cfg.train:
         raise ValueError("no training file given (config key 'train' or --train)")
@@ -278,7 +277,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
     checkpoint paths). Works as one process or under ``torchrun`` (DDP)."""
     from torch.utils.data import DistributedSampler
 
-    from ._inputs import feature_stats, index_batch, to_device
+    from .data.loader import index_batch, to_device
+    from .data.normalisation import feature_stats
     from ._optim import make_optimizer
 
     if cfg.batch_size < 1 or cfg.epochs < 0:
@@ -424,33 +424,14 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
             dist.destroy_process_group()
 
 
-# --------------------------------------------------------------------------------------------
-# command line (shared by `ndive train` and `python -m ndive_models.train`)
-# --------------------------------------------------------------------------------------------
-def run(args) -> int:
-    """Run a parsed ``ndive train`` command line; returns the exit status."""
-    from ._cmd_train import config_from_args
-
-    try:
-        cfg = config_from_args(args)
-        summary = train(cfg, resume=args.resume)
-    except (ValueError, FileNotFoundError, FloatingPointError) as err:
-        print(f"ndive train: error: {err}", file=sys.stderr)
-        return 2
-    if _dist_info()[0] == 0:
-        print(f"best validation loss {summary['best_val']:.4f} at epoch "
-              f"{summary['best_epoch']}; checkpoints in {summary['out']}")
-    return 0
-
-
 def main(argv=None) -> int:
-    from ._cmd_train import add_arguments
+    """``ndive train`` with the options ``argv`` (default: ``sys.argv[1:]``)."""
+    from .cli import main as cli_main
 
-    p = argparse.ArgumentParser(prog="python -m ndive_models.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    return run(p.parse_args(argv))
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m ndive_models.train, e.g. under torchrun
+    from ndive_models.cli import run_as_program
+
+    sys.exit(run_as_program(["train", *sys.argv[1:]]))

@@ -1,4 +1,4 @@
-"""From jet files to model inputs: tensors, track features, normalisation statistics.
+"""From jet files to model inputs: the batch dict of tensors the models take.
 
 A *batch* is a dict of tensors (``B`` jets, ``T`` track slots; all positions in the frame of
 the true primary vertex, i.e. relative to ``pv_x/y/z``):
@@ -28,19 +28,16 @@ import math
 import numpy as np
 import torch
 
-from .data import read_attrs, read_jets
-from .data.schema import ORIGIN, TRACK_PARAMS
+from ._io import read_attrs, read_jets
+from .schema import ORIGIN, TRACK_PARAMS
+
+__all__ = ["HF_ORIGINS", "N_ORIGINS", "SAFE_TRACK", "arrays_to_batch", "index_batch",
+           "load_batch", "to_device"]
 
 #: Origins counted as "from the heavy-flavour decay chain" (perfect track selection).
 HF_ORIGINS = (ORIGIN["FromB"], ORIGIN["FromBC"], ORIGIN["FromC"])
 #: Number of track-origin classes (``ftagTruthOriginLabel`` 0..7).
 N_ORIGINS = 8
-#: Names of the columns of :func:`track_features` (without the appended reference point).
-FEATURE_NAMES = (
-    "d0", "z0", "dphi", "deta", "log_pt", "charge",
-    "log_sigma_d0", "log_sigma_z0", "log_sigma_phi", "log_sigma_theta", "log_sigma_rho_rel",
-    "d0_sig", "z0_sig", "log_jet_pt", "jet_eta",
-)  # fmt: skip
 #: Placeholder perigee of padded slots.
 SAFE_TRACK = (0.0, 0.0, 0.0, math.pi / 2, 0.0)
 
@@ -90,70 +87,5 @@ def index_batch(batch: dict, idx) -> dict:
 
 
 def to_device(batch: dict, device) -> dict:
+    """Every tensor of ``batch`` on ``device`` (asynchronous copies where possible)."""
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
-def _wrap(x):
-    return torch.remainder(x + math.pi, 2 * math.pi) - math.pi
-
-
-def track_features(params, cov, jet, bz: float):
-    """Per-track input features (differentiable in ``params`` and ``cov``).
-
-    Args:
-        params: ``(B, T, 5)`` perigee ``(d0, z0, phi, theta, rho)`` [mm, mm, rad, rad, 1/mm].
-        cov: ``(B, T, 5, 5)`` covariance.
-        jet: ``(B, 3)`` jet ``(pt [GeV], eta, phi [rad])``.
-        bz: field [T] (turns curvature into pT).
-
-    Returns:
-        ``(B, T, len(FEATURE_NAMES))`` features, columns :data:`FEATURE_NAMES`.
-    """
-    from vertexfit import K_GEV_PER_T_MM
-
-    d0, z0, phi, theta, rho = params.unbind(-1)
-    var = torch.diagonal(cov, dim1=-2, dim2=-1).clamp_min(1e-30)
-    sig = var.sqrt()
-    tiny = 1e-12
-    abs_rho = rho.abs() + tiny
-    eta = -torch.log(torch.tan(0.5 * theta).clamp_min(tiny))
-    jpt, jeta, jphi = (c[:, None].expand_as(d0) for c in jet.unbind(-1))
-    cols = [
-        d0,
-        z0,
-        _wrap(phi - jphi),
-        eta - jeta,
-        math.log(K_GEV_PER_T_MM * bz) - torch.log(abs_rho),
-        -torch.sign(rho),
-        torch.log(sig[..., 0]),
-        torch.log(sig[..., 1]),
-        torch.log(sig[..., 2]),
-        torch.log(sig[..., 3]),
-        torch.log(sig[..., 4] / abs_rho),
-        d0 / sig[..., 0],
-        z0 / sig[..., 1],
-        torch.log(jpt.clamp_min(1.0)),
-        jeta,
-    ]
-    return torch.stack(cols, dim=-1)
-
-
-def feature_stats(batch: dict, bz: float) -> dict:
-    """Mean and standard deviation of the track features over valid tracks, and the scale of
-    the true HF-vertex displacement (for the appended reference-point features).
-
-    Returns:
-        ``{"mean": (F,), "std": (F,), "pos_scale": (3,)}`` float32 tensors.
-    """
-    with torch.no_grad():
-        f = track_features(batch["params"].double(), batch["cov"].double(),
-                           batch["jet"].double(), bz)
-        x = f[batch["valid"]]
-        if x.shape[0] < 2:
-            raise ValueError("need at least two valid tracks to compute input normalisation")
-        mean, std = x.mean(0), x.std(0)
-        std = torch.where(std > 1e-6 * (mean.abs() + 1.0), std, torch.ones_like(std))
-        hf = batch["hf_vertex"][batch["flavour"] < 2].double()
-        pos = hf.abs().mean(0) if hf.shape[0] else torch.ones(3, dtype=torch.float64)
-        pos = torch.where(pos > 1e-3, pos, torch.ones_like(pos))
-    return {"mean": mean.float(), "std": std.float(), "pos_scale": pos.float()}

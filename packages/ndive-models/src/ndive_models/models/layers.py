@@ -1,4 +1,5 @@
-"""Building blocks: input normalisation, masked transformer encoder, attention pooling, MLPs.
+"""Building blocks: input normalisation, masked transformer encoder, attention pooling, MLPs,
+and :func:`track_encoder`, which builds the track processor a config asks for.
 
 Masking convention: ``valid`` is a ``(B, T)`` bool tensor, True for real tracks. Padded
 slots never influence valid ones (attention scores of padded keys are replaced by a large
@@ -132,3 +133,13 @@ class AttentionPooling(nn.Module):
         a = torch.softmax(s, dim=1) * valid[..., None].to(x.dtype)
         v = self.value(x).view(B, T, self.heads, D // self.heads)
         return torch.einsum("bth,bthd->bhd", a, v).reshape(B, D)
+
+
+def track_encoder(cfg, n_in: int) -> nn.Module:
+    """The track processor of every tagger, built from the config: ``(B, T, n_in)`` features
+    and ``(B, T)`` ``valid`` -> ``(B, T, cfg.dim)`` embeddings, zero at padding.
+
+    The one place a backbone is chosen: another track processor (deep sets, a transformer
+    with other options) is a new config key read here, not a new model class.
+    """
+    return TrackEncoder(n_in, cfg.dim, cfg.layers, cfg.heads, cfg.ff_mult)

@@ -1,0 +1,93 @@
+"""Per-track input features and the base class of every tagger (normalised features).
+
+The features are computed inside the model, not in the data loader, because they must stay
+differentiable: FTAG+NDIVE recomputes them on tracks extrapolated to the fitted vertex, and
+the gradient flows through them into the fit. Their normalisation statistics come from
+:func:`ndive_models.data.normalisation.feature_stats` and are stored in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .layers import Normaliser
+
+__all__ = ["FEATURE_NAMES", "FeatureModel", "track_features"]
+
+#: Names of the columns of :func:`track_features` (without the appended reference point).
+FEATURE_NAMES = (
+    "d0", "z0", "dphi", "deta", "log_pt", "charge",
+    "log_sigma_d0", "log_sigma_z0", "log_sigma_phi", "log_sigma_theta", "log_sigma_rho_rel",
+    "d0_sig", "z0_sig", "log_jet_pt", "jet_eta",
+)  # fmt: skip
+
+
+def _wrap(x):
+    return torch.remainder(x + math.pi, 2 * math.pi) - math.pi
+
+
+def track_features(params, cov, jet, bz: float):
+    """Per-track input features (differentiable in ``params`` and ``cov``).
+
+    Args:
+        params: ``(B, T, 5)`` perigee ``(d0, z0, phi, theta, rho)`` [mm, mm, rad, rad, 1/mm].
+        cov: ``(B, T, 5, 5)`` covariance.
+        jet: ``(B, 3)`` jet ``(pt [GeV], eta, phi [rad])``.
+        bz: field [T] (turns curvature into pT).
+
+    Returns:
+        ``(B, T, len(FEATURE_NAMES))`` features, columns :data:`FEATURE_NAMES`.
+    """
+    from vertexfit import K_GEV_PER_T_MM
+
+    d0, z0, phi, theta, rho = params.unbind(-1)
+    var = torch.diagonal(cov, dim1=-2, dim2=-1).clamp_min(1e-30)
+    sig = var.sqrt()
+    tiny = 1e-12
+    abs_rho = rho.abs() + tiny
+    eta = -torch.log(torch.tan(0.5 * theta).clamp_min(tiny))
+    jpt, jeta, jphi = (c[:, None].expand_as(d0) for c in jet.unbind(-1))
+    cols = [
+        d0,
+        z0,
+        _wrap(phi - jphi),
+        eta - jeta,
+        math.log(K_GEV_PER_T_MM * bz) - torch.log(abs_rho),
+        -torch.sign(rho),
+        torch.log(sig[..., 0]),
+        torch.log(sig[..., 1]),
+        torch.log(sig[..., 2]),
+        torch.log(sig[..., 3]),
+        torch.log(sig[..., 4] / abs_rho),
+        d0 / sig[..., 0],
+        z0 / sig[..., 1],
+        torch.log(jpt.clamp_min(1.0)),
+        jeta,
+    ]
+    return torch.stack(cols, dim=-1)
+
+
+
+class FeatureModel(nn.Module):
+    """Base of the taggers: holds the field, the input :class:`Normaliser` and the scale of
+    the reference-point features; :meth:`features` gives normalised track features.
+
+    Args:
+        cfg: :class:`~ndive_models.models.ModelConfig`.
+        stats: ``{"mean": (F,), "std": (F,), "pos_scale": (3,)}`` from ``feature_stats``.
+        bz: field [T].
+    """
+
+    def __init__(self, cfg, stats: dict, bz: float):
+        super().__init__()
+        self.cfg = cfg
+        self.bz = float(bz)
+        self.norm = Normaliser(stats["mean"], stats["std"])
+        self.register_buffer("pos_scale", torch.as_tensor(stats["pos_scale"]).float().clone())
+
+    def features(self, params, cov, jet):
+        """Normalised ``(B, T, F)`` track features."""
+        return self.norm(track_features(params, cov, jet, self.bz))
