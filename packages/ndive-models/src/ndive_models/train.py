@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .models import ModelConfig, build_model, total_loss
+from .models import ModelConfig, build_model, combine, total_loss
 
 __all__ = ["TrainConfig", "load_checkpoint", "load_config", "main", "split_indices", "train"]
 
@@ -47,7 +47,8 @@ class TrainConfig:
             random subset: generated files are not shuffled; a balanced file ends with the
             jets of its rarest flavour).
         out: output directory (checkpoints, ``history.json``).
-        epochs, batch_size: paper: batch 100. optimizer: ``novograd`` (paper) or ``adamw``.
+        epochs, batch_size: paper: batch 100. optimizer: ``novograd`` (paper), ``adamw``
+            (GN2) or ``lion`` (GN3).
         lr: learning rate (paper: 1e-4 with NovoGrad). weight_decay.
         seed: initialisation and data order. patience: early-stopping patience (epochs).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``...
@@ -195,11 +196,16 @@ def load_checkpoint(path, device="cpu"):
 # --------------------------------------------------------------------------------------------
 def _loss_with_global_counts(model, out, batch, world: int):
     terms = model.loss_terms(out, batch)
+    balance = model.cfg.loss_balance
     if world == 1:
-        return total_loss(terms), terms
+        return total_loss(terms, balance=balance), terms
     names = list(terms)
     counts = _all_reduce(torch.stack([terms[k][1].detach() for k in names]))
-    loss = total_loss(terms, dict(zip(names, counts)))
+    means = None
+    if balance == "gls":  # GLS weights from the global task means
+        sums = _all_reduce(torch.stack([terms[k][0].detach().double() for k in names]))
+        means = dict(zip(names, sums / counts.double().clamp_min(1.0)))
+    loss = total_loss(terms, dict(zip(names, counts)), balance, means)
     return loss * world, terms
 
 
@@ -235,7 +241,8 @@ def validate(model, data: dict, batch_size: int, device) -> dict:
             counts[k] = counts.get(k, 0.0) + float(ct)
             weights[k] = w
     res = {k: sums[k] / max(counts[k], 1.0) for k in sums}
-    res["loss"] = sum(weights[k] * res[k] for k in sums)
+    res["loss"] = combine(res, weights, model.cfg.loss_balance,
+                          {k: counts[k] > 0 for k in sums})
     model.train()
     return res
 

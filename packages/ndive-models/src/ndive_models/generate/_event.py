@@ -327,4 +327,8 @@ def process_batch(
     hid = np.zeros(n_jets, dtype=np.int64)
     hid[hf] = parts.pdgid[h]
     out["hadron_pdgid"] = hid
+    from . import _labels  # imports this module: loaded on first use
+
+    for name, values in _labels.extended_truth(parts, jets, flavour).items():
+        out[name] = values
     return out, tracks
