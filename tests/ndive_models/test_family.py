@@ -428,3 +428,53 @@ def test_regression_head_learns_the_target(data):
         total_loss(t).backward()
         opt.step()
     assert losses[-1] < 0.7 * losses[0]
+
+
+# ------------------------------------------------------------------------------------------
+# training and evaluation of several family members together
+# ------------------------------------------------------------------------------------------
+def test_pt_response_by_hand():
+    from ndive_models.evaluate import pt_response
+
+    true = np.full(100, 50.0)
+    pt = 50.0 * np.linspace(0.5, 1.5, 100)  # response uniform in [0.5, 1.5]
+    r = pt_response(pt, true, np.array([40.0, 60.0, 80.0]))
+    assert r["n_jets"] == [100, 0]
+    assert r["median_response"][0] == pytest.approx(1.0)
+    assert r["resolution"][0] == pytest.approx(0.5 * (0.84 - 0.16) * 1.0, rel=1e-2)
+    assert math.isnan(r["median_response"][1])
+
+
+def test_train_and_compare_family_members(sample_path, tmp_path):
+    """DIPS, GN2 with regression (4 classes) and GN3 (6 classes, Lion, GLS) train one epoch
+    from their shipped configs and are compared by one ``ndive evaluate``."""
+    import json
+
+    from ndive_models.cli import main as cli_main
+
+    runs = {"dips": [], "gn2_regression": [], "gn3": ["--set", "model.inputs=[tracks]"]}
+    cks = []
+    for cfg, extra in runs.items():
+        out = tmp_path / cfg
+        rc = cli_main(["train", "--config", str(CONFIG_DIR / f"{cfg}.yaml"), "--train",
+                       str(sample_path), "--out", str(out), "--epochs", "1", "--max-jets",
+                       "300", "--no-progress", "--device", "cpu", "--set", "model.dim=8",
+                       "--set", "model.heads=2", "--set", "model.layers=1", *extra])
+        assert rc == 0, cfg
+        hist = json.loads((out / "history.json").read_text())
+        assert math.isfinite(hist[-1]["val"]["loss"])
+        cks.append(str(out / "last.pt"))
+    ev = tmp_path / "eval"
+    rc = cli_main(["evaluate", *cks, "--test", str(sample_path), "--out", str(ev),
+                   "--max-jets", "500", "--reference", "GN2 + regression"])
+    assert rc == 0
+    m = json.loads((ev / "metrics.json").read_text())
+    assert set(m["models"]) == {"DIPS", "GN2 + regression", "GN3"}
+    for mm in m["models"].values():
+        assert mm["rejection"]["light"]["0.70"]["mean"] > 0
+    reg = m["models"]["GN2 + regression"]["regression"]
+    assert sum(reg["regressed"]["n_jets"]) == sum(reg["uncalibrated"]["n_jets"]) > 0
+    for name in ("roc_light.png", "roc_c.png", "pt_response.png"):
+        assert (ev / name).stat().st_size > 1000
+    assert sorted(p.name for p in (ev / "predictions").iterdir()) == \
+        ["DIPS_0.h5", "GN2_regression_0.h5", "GN3_0.h5"]
