@@ -33,7 +33,9 @@ _FLAGS = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="YAML or TOML config file")
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML or TOML config file, or a shipped one by name: dips, gn2, gn3, "
+                        "gn2_regression, gn2_ndive, gn3_ndive (see docs/models.md)")
     for flag, key, typ, helptext in _FLAGS:
         p.add_argument(flag, dest=key.replace(".", "__"), type=typ, default=None,
                        metavar=flag[2:].upper().replace("-", "_"),

@@ -32,10 +32,12 @@ _KEYS = {"train_jets", "test_jets", "train_seed", "test_seed", "workers", "jobs"
 
 
 def _resolve(path, base: Path | None = None) -> Path:
-    """A config file: the path itself, relative to ``base``, or a shipped config name."""
-    for cand in (Path(path), (base / path) if base else None, CONFIG_DIR / str(path)):
-        if cand is not None and cand.is_file():
-            return cand
+    """A config file: the path itself, relative to ``base``, or a shipped config's name."""
+    from .train import shipped_config
+
+    for cand in (Path(path), (base / path) if base else None, shipped_config(path)):
+        if cand is not None and Path(cand).is_file():
+            return Path(cand)
     raise FileNotFoundError(f"config {path!r} not found (nor among the shipped configs in "
                             f"{CONFIG_DIR})")
 

@@ -112,8 +112,20 @@ def _set(d: dict, key: str, value) -> None:
     d[parts[-1]] = value
 
 
+def shipped_config(name) -> Path | None:
+    """The shipped config ``ndive_models/configs/<name>`` (``.yaml`` optional), or None."""
+    d = Path(__file__).parent / "configs"
+    for cand in (d / str(name), d / f"{name}.yaml"):
+        if cand.is_file():
+            return cand
+    return None
+
+
 def load_config(path=None, overrides: dict | None = None) -> TrainConfig:
-    """Config file (YAML/TOML, optional) with ``overrides`` ({dotted key: value}) applied."""
+    """Config file (YAML/TOML, optional; a path, or the name of a shipped config such as
+    ``gn2`` or ``gn2.yaml``) with ``overrides`` ({dotted key: value}) applied."""
+    if path and not Path(path).exists() and shipped_config(path) is not None:
+        path = shipped_config(path)
     d = _read_file(path) if path else {}
     for k, v in (overrides or {}).items():
         _set(d, k, v)
