@@ -29,6 +29,7 @@ no model has that label).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -115,7 +116,7 @@ def pt_response(pt, pt_true, edges) -> dict:
     pt, pt_true = np.asarray(pt, np.float64), np.asarray(pt_true, np.float64)
     resp = pt / np.where(pt_true > 0, pt_true, np.nan)
     med, res, n = [], [], []
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         r = resp[(pt_true >= lo) & (pt_true < hi) & np.isfinite(resp)]
         n.append(int(r.size))
         if r.size < 10:

@@ -70,11 +70,11 @@ JET_FIELDS: tuple[tuple[str, str, tuple, str, str], ...] = (
     ("L3D", "f4", (), "mm", "3D decay length of the labelling hadron from the PV"),
     ("hadron_pt", "f4", (), "GeV", "pT of the labelling hadron (0 for light)"),
     ("hadron_pdgid", "i4", (), "", "PDG id of the labelling hadron (0 for light)"),
-    ("PartonTruthLabelID", "i4", (), "", "|PDG id| of the highest-energy parton within dR < 0.4 "
-     "(1-5 quarks, 21 gluon, 0 none)"),
+    ("PartonTruthLabelID", "i4", (), "", ("|PDG id| of the highest-energy parton within "
+                                          "dR < 0.4 (1-5 quarks, 21 gluon, 0 none)")),
     ("jet_class", "i4", (), "", "0 b, 1 c, 2 ud, 3 s, 4 g, 5 tau: index into JET_CLASSES"),
-    ("pt_truth_nu_mu", "f4", (), "GeV", "pT of the jet plus the neutrinos and muons nearest to "
-     "it within dR < 0.4 (regression target)"),
+    ("pt_truth_nu_mu", "f4", (), "GeV", ("pT of the jet plus the neutrinos and muons nearest "
+                                         "to it within dR < 0.4 (regression target)")),
     ("pv_x", "f4", (), "mm", "true primary vertex"),
     ("pv_y", "f4", (), "mm", "true primary vertex"),
     ("pv_z", "f4", (), "mm", "true primary vertex"),

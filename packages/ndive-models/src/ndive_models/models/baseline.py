@@ -63,7 +63,7 @@ class GN2Heads(nn.Module):
     def forward(self, tokens: dict, valid: dict, jet) -> dict:
         """``tokens`` / ``valid``: ``{type: (B, T_type, D)}`` / ``{type: (B, T_type)}``;
         ``jet`` (B, 3) the batch's jet (pT [GeV], eta, phi)."""
-        x, v = tokens["tracks"], valid["tracks"]
+        x = tokens["tracks"]
         jet_vec = self.pool(torch.cat(list(tokens.values()), 1), torch.cat(list(valid.values()), 1))
         out = {"flavour_logits": self.flavour(jet_vec)}
         if self.origin is not None:
