@@ -504,3 +504,72 @@ def test_study_trains_evaluates_and_reports(sample_path, tmp_path):
     assert cli_main(["study", "--config", str(cfg), "--only", "tiny GN2"]) == 0
     assert (work / "runs" / "tiny_GN2" / "last.pt").stat().st_mtime_ns == mtime
     assert cli_main(["study", "--config", str(cfg), "--only", "nope"]) == 2
+
+
+def _old_names(state: dict) -> dict:
+    """Today's state dict with the parameter names (and the concatenated first pair layer)
+    of checkpoints written before the family options."""
+    import re
+
+    out = {}
+    for k, v in state.items():
+        if ".pair.second." in k or ".pair.first.bias" in k:
+            continue
+        if ".pair.first.weight" in k:
+            base = k.replace(".first.weight", "")
+            out[base + ".0.weight"] = torch.cat([v, state[base + ".second.weight"]], 1)
+            out[base + ".0.bias"] = state[base + ".first.bias"]
+            continue
+        k = re.sub(r"embed\.tracks\.", "embed.", k)
+        k = k.replace(".ff.inp.", ".ff.0.").replace(".ff.out.", ".ff.2.")
+        out[k.replace(".pair.out.", ".pair.2.")] = v
+    return out
+
+
+def test_checkpoints_from_before_the_options_still_load(data):
+    """Old parameter names load into today's modules with the same outputs; the old pair
+    head (an MLP on the concatenation [x_i, x_j]) equals the split one."""
+    from ndive_models.train import upgrade_state_dict
+
+    batch = index_batch(data[0], slice(0, 20))
+    cfg = ModelConfig(name="ftag_ndive", dim=8, heads=2)
+    model = _model(data, cfg).eval()
+    old = _old_names(model.state_dict())
+    assert "heads.pair.0.weight" in old and "encoder.embed.0.weight" in old
+    fresh = _model(data, cfg, seed=7).eval()
+    fresh.load_state_dict(upgrade_state_dict(old))
+    with torch.no_grad():
+        a, b = model(batch), fresh(batch)
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+        x = torch.randn(3, 5, 16)
+        w0, b0 = old["heads.pair.0.weight"], old["heads.pair.0.bias"]
+        cat = torch.cat([x[:, :, None].expand(-1, -1, 5, -1), x[:, None].expand(-1, 5, -1, -1)],
+                        -1)
+        by_hand = torch.nn.functional.silu(cat @ w0.T + b0) @ old["heads.pair.2.weight"].T \
+            + old["heads.pair.2.bias"]
+        torch.testing.assert_close(fresh.heads.pair(x), by_hand[..., 0])
+    assert upgrade_state_dict(model.state_dict()) is not None
+
+
+def test_files_without_the_new_truth_fields_still_load(sample_path, tmp_path):
+    import h5py
+
+    from ndive_models.data import read_jets
+    from ndive_models.models import class_labels
+
+    jets, tracks = read_jets(sample_path, 0, 30)
+    keep = [n for n in jets.dtype.names if n not in ("jet_class", "PartonTruthLabelID",
+                                                     "pt_truth_nu_mu")]
+    path = tmp_path / "old.h5"
+    with h5py.File(sample_path) as src, h5py.File(path, "w") as f:
+        f.create_dataset("jets", data=np.asarray(jets[keep].tolist(),
+                                                 dtype=[(n, jets.dtype[n]) for n in keep]))
+        f.create_dataset("tracks", data=tracks)
+        for k, v in src.attrs.items():
+            f.attrs[k] = v
+    batch, _ = load_batch(path)
+    assert "jet_class" not in batch and "pt_truth" not in batch
+    assert torch.equal(class_labels(batch, 3), torch.from_numpy(jets["flavour_label"]).long())
+    with pytest.raises(ValueError, match="jet_class"):
+        class_labels(batch, 6)

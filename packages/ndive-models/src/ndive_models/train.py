@@ -186,6 +186,36 @@ def _atomic_save(obj, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def upgrade_state_dict(state: dict) -> dict:
+    """Parameters saved before the FTAG-family options, renamed to today's modules (same
+    function): ``encoder.embed.N`` -> ``encoder.embed.tracks.N``, the feed-forward's
+    ``ff.0`` / ``ff.2`` -> ``ff.inp`` / ``ff.out``, and the pair head's first layer on
+    ``[x_i, x_j]`` split into ``pair.first`` (x_i columns, bias) and ``pair.second``."""
+    import re
+
+    if not any(re.search(r"(^|\.)heads\.pair\.0\.weight$|encoder\.embed\.0\.", k)
+               for k in state):
+        return state
+    out = {}
+    for k, v in state.items():
+        k2 = re.sub(r"encoder\.embed\.(\d)", r"encoder.embed.tracks.\1", k)
+        k2 = re.sub(r"\.ff\.0\.", ".ff.inp.", k2)
+        k2 = re.sub(r"\.ff\.2\.", ".ff.out.", k2)
+        m = re.match(r"(.*heads\.pair)\.(\d)\.(weight|bias)$", k2)
+        if m and m.group(2) == "0":
+            if m.group(3) == "weight":
+                d = v.shape[1] // 2
+                out[m.group(1) + ".first.weight"] = v[:, :d].clone()
+                out[m.group(1) + ".second.weight"] = v[:, d:].clone()
+            else:
+                out[m.group(1) + ".first.bias"] = v
+            continue
+        if m:
+            k2 = f"{m.group(1)}.out.{m.group(3)}"
+        out[k2] = v
+    return out
+
+
 def load_checkpoint(path, device="cpu"):
     """Load a checkpoint written by :func:`train`.
 
@@ -198,7 +228,7 @@ def load_checkpoint(path, device="cpu"):
         raise ValueError(f"{path} is not an ndive-models checkpoint")
     mcfg = ModelConfig.from_dict(ck["config"]["model"])
     model = build_model(mcfg, ck["stats"], ck["bz"]).to(device)
-    model.load_state_dict(ck["model"])
+    model.load_state_dict(upgrade_state_dict(ck["model"]))
     model.eval()
     return model, ck
 

@@ -128,7 +128,8 @@ def _check_fields(name: str, actual: np.dtype, expected: np.dtype) -> list[str]:
     have = actual.fields or {}
     for field, (dt, _) in expected.fields.items():
         if field not in have:
-            problems.append(f"{name}: missing field {field!r} (expected {dt})")
+            if field not in schema.OPTIONAL_FIELDS:
+                problems.append(f"{name}: missing field {field!r} (expected {dt})")
         elif have[field][0] != dt:
             problems.append(f"{name}: field {field!r} has dtype {have[field][0]}, expected {dt}")
     return problems

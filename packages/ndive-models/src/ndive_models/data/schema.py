@@ -108,6 +108,11 @@ TRACK_FIELDS: tuple[tuple[str, str, tuple, str, str], ...] = (
 )
 
 
+#: Fields added after files were already in use: a file without them is still read (the
+#: loader then has no ``jet_class`` / ``pt_truth``; models that need them say so).
+OPTIONAL_FIELDS = frozenset({"PartonTruthLabelID", "jet_class", "pt_truth_nu_mu"})
+
+
 def _dtype(fields) -> np.dtype:
     return np.dtype([(name, dt, shape) if shape else (name, dt) for name, dt, shape, *_ in fields])
 
