@@ -1,6 +1,7 @@
 """Train a model (baseline, ndive or ftag_ndive) on a jet file; see ``docs/training.md``.
 
-A YAML/TOML config (``--config``) gives the defaults, flags and ``--set key=value`` override
+A YAML/TOML config (``--config``: a file, or one of the shipped ``baseline``, ``ndive``,
+``ftag_ndive``) gives the defaults, flags and ``--set key=value`` override
 it. Checkpoints (``last.pt`` every epoch, ``best.pt``) and ``history.json`` go to ``--out``;
 ``--resume`` continues bit for bit. For several GPUs or processes use
 ``torchrun --nproc-per-node K -m ndive_models.train`` with the same options.
@@ -32,7 +33,9 @@ _FLAGS = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="YAML or TOML config file")
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML or TOML config file, or a shipped config: baseline | ndive | "
+                        "ftag_ndive")
     for flag, key, typ, helptext in _FLAGS:
         p.add_argument(flag, dest=key.replace(".", "__"), type=typ, default=None,
                        metavar=flag[2:].upper().replace("-", "_"),

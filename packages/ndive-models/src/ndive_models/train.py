@@ -2,7 +2,8 @@
 ndive_models.train`` (data parallel, DDP).
 
 Configuration: a YAML or TOML file whose top-level keys are :class:`TrainConfig` fields and
-whose ``model`` table holds :class:`~ndive_models.models.ModelConfig` fields; command-line
+whose ``model`` table holds :class:`~ndive_models.models.ModelConfig` fields (the shipped
+``baseline``, ``ndive`` and ``ftag_ndive`` configs can be named instead of a path); command-line
 flags and ``--set key=value`` (e.g. ``--set model.dim=64``) override it.
 
 Each epoch: a pass over the shuffled training jets, validation, and an atomic checkpoint
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from ._files import atomic_write
 from .models import ModelConfig, build_model, total_loss
 
 __all__ = ["TrainConfig", "load_checkpoint", "load_config", "main", "split_indices", "train"]
@@ -91,7 +93,9 @@ class TrainConfig:
 
 
 def _read_file(path) -> dict:
-    path = Path(path)
+    from .configs import find
+
+    path = find(path)
     text = path.read_text()
     if path.suffix == ".toml":
         import tomllib
@@ -112,7 +116,9 @@ def _set(d: dict, key: str, value) -> None:
 
 
 def load_config(path=None, overrides: dict | None = None) -> TrainConfig:
-    """Config file (YAML/TOML, optional) with ``overrides`` ({dotted key: value}) applied."""
+    """Config file (YAML/TOML, optional; a path or the name of a shipped config such as
+    ``ftag_ndive``, see :mod:`ndive_models.configs`) with ``overrides`` ({dotted key: value})
+    applied."""
     d = _read_file(path) if path else {}
     for k, v in (overrides or {}).items():
         _set(d, k, v)
@@ -164,15 +170,6 @@ def _pick_device(name: str) -> torch.device:
 # --------------------------------------------------------------------------------------------
 # checkpoints
 # --------------------------------------------------------------------------------------------
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def load_checkpoint(path, device="cpu"):
     """Load a checkpoint written by :func:`train`.
 
@@ -344,12 +341,11 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
                 "best_epoch": best_epoch, "bad_epochs": bad, "rng": torch.get_rng_state(),
                 "stopped_early": stopped, "n_train": n_train,
             }
-            _atomic_save(state, last)
+            atomic_write(last, lambda tmp: torch.save(state, tmp))
             if improved:
-                _atomic_save(state, out / "best.pt")
-            tmp = out / "history.json.partial"
-            tmp.write_text(json.dumps(history, indent=1))
-            os.replace(tmp, out / "history.json")
+                atomic_write(out / "best.pt", lambda tmp: torch.save(state, tmp))
+            text = json.dumps(history, indent=1)
+            atomic_write(out / "history.json", lambda tmp: tmp.write_text(text))
 
         if not params and ck is None:
             v = validate(model, val, cfg.batch_size, dev)

@@ -1,0 +1,45 @@
+"""Configuration files shipped with ndive-models (package data, so an installed ``ndive``
+finds them).
+
+- ``baseline.yaml``, ``ndive.yaml``, ``ftag_ndive.yaml``: training configs
+  (:class:`~ndive_models.train.TrainConfig` keys with a ``model`` table of
+  :class:`~ndive_models.models.ModelConfig` keys) with the paper's settings, for
+  ``ndive train --config NAME``;
+- ``paper/*.yaml``: studies for ``ndive paper --study paper/NAME`` (data sizes and seeds,
+  the runs, training settings; see :mod:`ndive_models.paper`).
+
+Wherever a config file is asked for, a path to an existing file or the name of a shipped
+config (``ftag_ndive``, ``paper/default``; the ``.yaml`` may be left off) is accepted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["DIRECTORY", "available", "find"]
+
+#: The directory of the shipped config files.
+DIRECTORY = Path(__file__).resolve().parent
+
+
+def available() -> list[str]:
+    """Names of the shipped configs, e.g. ``["baseline", ..., "paper/default", ...]``."""
+    return sorted(p.relative_to(DIRECTORY).with_suffix("").as_posix()
+                  for p in DIRECTORY.rglob("*.yaml"))
+
+
+def find(name) -> Path:
+    """The file ``name`` names: an existing path, else a shipped config of that name.
+
+    Raises:
+        FileNotFoundError: neither exists (the message lists the shipped configs).
+    """
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = DIRECTORY / path
+    for candidate in (shipped, shipped.with_name(shipped.name + ".yaml")):
+        if candidate.is_file() and DIRECTORY in candidate.resolve().parents:
+            return candidate
+    raise FileNotFoundError(f"config {str(name)!r}: no such file, and no shipped config of "
+                            f"that name (shipped: {', '.join(available())})")
