@@ -66,13 +66,6 @@ STUDY_KEYS = ("data", "seeds", "training", "runs", "jobs", "threads", "workdir",
 RUN_KEYS = ("name", "config", "set", "seeds", "reference")
 
 
-def _set(d: dict, key: str, value) -> None:
-    parts = key.split(".")
-    for p in parts[:-1]:
-        d = d.setdefault(p, {})
-    d[parts[-1]] = value
-
-
 def load_study(study="paper/default", overrides: dict | None = None) -> dict:
     """The study file ``study`` (a path or a shipped config name) with ``overrides``
     ({dotted key: value}) applied, checked.
@@ -83,13 +76,15 @@ def load_study(study="paper/default", overrides: dict | None = None) -> dict:
     """
     import yaml
 
-    from .configs import find
+    from .configs import find, set_key
 
     path = find(study)
-    d = yaml.safe_load(path.read_text()) or {}
-    for k, v in (overrides or {}).items():
-        _set(d, k, v)
     where = f"study {path}"
+    d = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(d, dict):
+        raise ValueError(f"{where}: expected a mapping of study keys")
+    for k, v in (overrides or {}).items():
+        set_key(d, k, v)
     unknown = set(d) - set(STUDY_KEYS)
     if unknown:
         raise ValueError(f"{where}: unknown keys {sorted(unknown)}; known: {list(STUDY_KEYS)}")
@@ -97,15 +92,18 @@ def load_study(study="paper/default", overrides: dict | None = None) -> dict:
     if missing:
         raise ValueError(f"{where}: missing keys {missing}")
     for part in ("train", "test"):
-        if not {"jets", "seed"} <= set(d["data"].get(part) or {}):
+        if not (isinstance(d["data"], dict) and isinstance(d["data"].get(part), dict)
+                and {"jets", "seed"} <= set(d["data"][part])):
             raise ValueError(f"{where}: data.{part} needs 'jets' and 'seed'")
     if not isinstance(d["seeds"], int) or d["seeds"] < 1:
         raise ValueError(f"{where}: seeds must be a positive integer, got {d['seeds']!r}")
+    if not isinstance(d["training"], dict) or not isinstance(d["runs"], list):
+        raise ValueError(f"{where}: 'training' must be a mapping and 'runs' a list")
     for k, run in enumerate(d["runs"]):
-        bad = set(run) - set(RUN_KEYS)
-        if bad or "name" not in run or "config" not in run:
-            raise ValueError(f"{where}: run {k} needs 'name' and 'config' (keys "
-                             f"{list(RUN_KEYS)}), got {sorted(run)}")
+        ok = isinstance(run, dict) and {"name", "config"} <= set(run) <= set(RUN_KEYS)
+        if not ok:
+            raise ValueError(f"{where}: run {k} must be a mapping with 'name' and 'config' "
+                             f"(keys {list(RUN_KEYS)}), got {run!r}")
     d["source"] = str(path)
     return d
 

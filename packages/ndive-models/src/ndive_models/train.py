@@ -108,20 +108,15 @@ def _read_file(path) -> dict:
     raise ValueError(f"config {path}: use a .yaml, .yml or .toml file")
 
 
-def _set(d: dict, key: str, value) -> None:
-    parts = key.split(".")
-    for p in parts[:-1]:
-        d = d.setdefault(p, {})
-    d[parts[-1]] = value
-
-
 def load_config(path=None, overrides: dict | None = None) -> TrainConfig:
     """Config file (YAML/TOML, optional; a path or the name of a shipped config such as
     ``ftag_ndive``, see :mod:`ndive_models.configs`) with ``overrides`` ({dotted key: value})
     applied."""
+    from .configs import set_key
+
     d = _read_file(path) if path else {}
     for k, v in (overrides or {}).items():
-        _set(d, k, v)
+        set_key(d, k, v)
     return TrainConfig.from_dict(d)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DIRECTORY", "available", "find"]
+__all__ = ["DIRECTORY", "available", "find", "set_key"]
 
 #: The directory of the shipped config files.
 DIRECTORY = Path(__file__).resolve().parent
@@ -26,6 +26,15 @@ def available() -> list[str]:
     """Names of the shipped configs, e.g. ``["baseline", ..., "paper/default", ...]``."""
     return sorted(p.relative_to(DIRECTORY).with_suffix("").as_posix()
                   for p in DIRECTORY.rglob("*.yaml"))
+
+
+def set_key(d: dict, key: str, value) -> None:
+    """Set the dotted ``key`` (``"model.dim"``) of the nested dict ``d`` to ``value``,
+    creating the tables on the way (the ``--set key=value`` of every command)."""
+    parts = key.split(".")
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+    d[parts[-1]] = value
 
 
 def find(name) -> Path:
