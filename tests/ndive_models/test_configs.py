@@ -61,7 +61,8 @@ def test_model_config_builds_and_runs(sample_path, name):
 
 
 def test_train_cli_accepts_a_shipped_config_name(tmp_path, capsys):
-    rc = cli.main(["train", "--config", "ndive", "--train", str(tmp_path / "missing.h5")])
+    rc = cli.main(["train", "--config", "ndive", "--train", str(tmp_path / "missing.h5"),
+                   "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert rc == 2 and "missing.h5" in err and "config" not in err.split(":", 2)[-1][:20]
 

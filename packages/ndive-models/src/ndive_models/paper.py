@@ -31,7 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-__all__ = ["PAPER", "load_study", "main", "run_study", "study_runs", "write_report"]
+__all__ = ["PAPER", "StudyError", "load_study", "main", "run_study", "study_runs", "write_report"]
 
 #: The paper's numbers (read off its figures; f_c = 0.05; 60k test jets per flavour).
 PAPER = {
@@ -61,6 +61,10 @@ def _generate(path: Path, n: int, seed: int, workers: int) -> float:
     return time.perf_counter() - t0
 
 
+class StudyError(ValueError):
+    """A study file is not a valid study (the message names the file and the key)."""
+
+
 #: Keys of a study file (see ``configs/paper/default.yaml``).
 STUDY_KEYS = ("data", "seeds", "training", "runs", "jobs", "threads", "workdir", "report")
 RUN_KEYS = ("name", "config", "set", "seeds", "reference")
@@ -71,7 +75,7 @@ def load_study(study="paper/default", overrides: dict | None = None) -> dict:
     ({dotted key: value}) applied, checked.
 
     Raises:
-        ValueError: an unknown or missing key, or a run without ``name`` or ``config``.
+        StudyError: an unknown or missing key, or a run without ``name`` or ``config``.
         FileNotFoundError: no such file or shipped study.
     """
     import yaml
@@ -82,27 +86,27 @@ def load_study(study="paper/default", overrides: dict | None = None) -> dict:
     where = f"study {path}"
     d = yaml.safe_load(path.read_text()) or {}
     if not isinstance(d, dict):
-        raise ValueError(f"{where}: expected a mapping of study keys")
+        raise StudyError(f"{where}: expected a mapping of study keys")
     for k, v in (overrides or {}).items():
         set_key(d, k, v)
     unknown = set(d) - set(STUDY_KEYS)
     if unknown:
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; known: {list(STUDY_KEYS)}")
+        raise StudyError(f"{where}: unknown keys {sorted(unknown)}; known: {list(STUDY_KEYS)}")
     missing = [k for k in STUDY_KEYS if k not in d]
     if missing:
-        raise ValueError(f"{where}: missing keys {missing}")
+        raise StudyError(f"{where}: missing keys {missing}")
     for part in ("train", "test"):
         if not (isinstance(d["data"], dict) and isinstance(d["data"].get(part), dict)
                 and {"jets", "seed"} <= set(d["data"][part])):
-            raise ValueError(f"{where}: data.{part} needs 'jets' and 'seed'")
+            raise StudyError(f"{where}: data.{part} needs 'jets' and 'seed'")
     if not isinstance(d["seeds"], int) or d["seeds"] < 1:
-        raise ValueError(f"{where}: seeds must be a positive integer, got {d['seeds']!r}")
+        raise StudyError(f"{where}: seeds must be a positive integer, got {d['seeds']!r}")
     if not isinstance(d["training"], dict) or not isinstance(d["runs"], list):
-        raise ValueError(f"{where}: 'training' must be a mapping and 'runs' a list")
+        raise StudyError(f"{where}: 'training' must be a mapping and 'runs' a list")
     for k, run in enumerate(d["runs"]):
         ok = isinstance(run, dict) and {"name", "config"} <= set(run) <= set(RUN_KEYS)
         if not ok:
-            raise ValueError(f"{where}: run {k} must be a mapping with 'name' and 'config' "
+            raise StudyError(f"{where}: run {k} must be a mapping with 'name' and 'config' "
                              f"(keys {list(RUN_KEYS)}), got {run!r}")
     d["source"] = str(path)
     return d
@@ -285,7 +289,7 @@ def run_study(study: dict, *, skip_references: bool = False) -> int:
     """
     from .evaluate import evaluate
 
-    data, tr = study["data"], study["training"]
+    data = study["data"]
     work = Path(study["workdir"])
     (work / "logs").mkdir(parents=True, exist_ok=True)
     train_file, test_file = work / "train.h5", work / "test.h5"
