@@ -242,3 +242,13 @@ def test_no_import_cycles_in_ndive_models():
         if m not in state:
             visit(m, [m])
     assert not cycles
+
+
+def test_building_the_cli_imports_nothing_heavy():
+    """``ndive --help`` stays fast: the subcommand modules import their work lazily."""
+    code = ("import sys; from ndive_models import cli; cli.build_parser(); "
+            "print([m for m in ('torch', 'numpy', 'h5py', 'vertexfit', 'yaml') "
+            "if m in sys.modules])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert res.stdout.strip() == "[]"
