@@ -469,9 +469,10 @@ def test_train_and_compare_family_members(sample_path, tmp_path):
         ["DIPS_0.h5", "GN2_regression_0.h5", "GN3_0.h5"]
 
 
-def test_study_trains_evaluates_and_reports(sample_path, tmp_path):
-    """A two-model study on the session sample (placed as both files, so nothing is
-    generated) writes its report; rerunning it resumes instead of retraining."""
+def test_family_study_parses_and_a_small_study_runs(sample_path, tmp_path):
+    """The shipped family study resolves to its six models; a two-model study in the same
+    format on the session sample (placed as both files, so nothing is generated) writes a
+    report with a row per label, and a rerun resumes instead of retraining."""
     import json
     import shutil
 
@@ -479,6 +480,15 @@ def test_study_trains_evaluates_and_reports(sample_path, tmp_path):
     import yaml
 
     from ndive_models.cli import main as cli_main
+    from ndive_models.paper import load_study, study_runs
+
+    runs = study_runs(load_study("studies/family_cpu"), tmp_path / "t.h5", tmp_path)
+    labels = {c.model.label: (c.model.name, c.model.backbone) for _, c in runs}
+    assert labels == {"DIPS": ("baseline", "dips"), "DIPS + NDIVE": ("ftag_ndive", "dips"),
+                      "GN2-small": ("baseline", "transformer"),
+                      "GN2-small + NDIVE": ("ftag_ndive", "transformer"),
+                      "GN3-small": ("baseline", "transformer"),
+                      "GN3-small + NDIVE": ("ftag_ndive", "transformer")}
 
     with h5py.File(sample_path) as f:
         n, seed = int(f.attrs["n_jets"]), int(f.attrs["seed"])
@@ -486,24 +496,27 @@ def test_study_trains_evaluates_and_reports(sample_path, tmp_path):
     work.mkdir()
     for name in ("train.h5", "test.h5"):
         shutil.copy(sample_path, work / name)
-    study = {"train_jets": n, "test_jets": n, "train_seed": seed, "test_seed": seed,
-             "reference": "tiny GN2", "workdir": str(work), "report": str(tmp_path / "rep"),
-             "train": {"epochs": 1, "max_jets": 200, "device": "cpu"},
-             "models": {"tiny DIPS": {"config": "dips.yaml", "set": {"model.dim": 8}},
-                        "tiny GN2": {"config": "gn2.yaml",
-                                     "set": {"model.dim": 8, "model.layers": 1,
-                                             "model.heads": 2}}}}
+    study = {"title": "tiny family", "reference": "tiny GN2",
+             "data": {"train": {"jets": n, "seed": seed}, "test": {"jets": n, "seed": seed},
+                      "workers": 1},
+             "seeds": 1, "training": {"epochs": 1, "max_jets": 200, "device": "cpu"},
+             "runs": [{"name": "dips", "config": "dips",
+                       "set": {"model.dim": 8, "model.label": "tiny DIPS"}},
+                      {"name": "gn2", "config": "gn2",
+                       "set": {"model.dim": 8, "model.layers": 1, "model.heads": 2,
+                               "model.label": "tiny GN2"}}],
+             "jobs": 1, "threads": 1, "workdir": str(work), "report": str(tmp_path / "rep")}
     cfg = tmp_path / "study.yaml"
     cfg.write_text(yaml.safe_dump(study))
-    assert cli_main(["study", "--config", str(cfg)]) == 0
+    assert cli_main(["paper", "--study", str(cfg)]) == 0
     text = (tmp_path / "rep" / "report.md").read_text()
-    assert "| tiny DIPS |" in text and "| tiny GN2 |" in text
+    assert text.startswith("# tiny family")
+    assert "| tiny DIPS | 70% |" in text and "| tiny GN2 | 70% |" in text
     m = json.loads((tmp_path / "rep" / "metrics.json").read_text())
     assert set(m["models"]) == {"tiny DIPS", "tiny GN2"}
-    mtime = (work / "runs" / "tiny_GN2" / "last.pt").stat().st_mtime_ns
-    assert cli_main(["study", "--config", str(cfg), "--only", "tiny GN2"]) == 0
-    assert (work / "runs" / "tiny_GN2" / "last.pt").stat().st_mtime_ns == mtime
-    assert cli_main(["study", "--config", str(cfg), "--only", "nope"]) == 2
+    mtime = (work / "runs" / "gn2_s1" / "last.pt").stat().st_mtime_ns
+    assert cli_main(["paper", "--study", str(cfg)]) == 0
+    assert (work / "runs" / "gn2_s1" / "last.pt").stat().st_mtime_ns == mtime
 
 
 def _old_names(state: dict) -> dict:

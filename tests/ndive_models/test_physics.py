@@ -1,4 +1,4 @@
-"""Physics of the generated ttbar sample (issue 4, section 4; numbers in physics.md section 5)."""
+"""Physics of the generated ttbar sample (the expected numbers: docs/generation.md, Validation)."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def test_track_layout(sample):
 
 
 def test_impact_parameter_sign_convention(sample):
-    """d0 of stiff displaced tracks matches the straight-line form of physics.md section 1.
+    """d0 of stiff displaced tracks matches the straight-line form (docs/conventions.md).
 
     An independent check of the stored truth (PCA = PV + d0 (sin phi, -cos phi)).
     """

@@ -12,31 +12,58 @@ NAME = "paper"
 HELP = "reproduce the paper's comparison: data, trainings, evaluation, report"
 
 
+#: ``(flag, study key, help, type)`` of the options that override a key of the study.
+OPTIONS = (
+    ("--jets", "data.train.jets", "training-file jets (balanced)", int),
+    ("--test-jets", "data.test.jets", "test-file jets (balanced)", int),
+    ("--max-train-jets", "training.max_jets",
+     "train on at most N jets of the training file (after the validation split)", int),
+    ("--epochs", "training.epochs", "maximum epochs", int),
+    ("--seeds", "seeds", "trainings per model (paper: 5)", int),
+    ("--batch-size", "training.batch_size", "jets per step", int),
+    ("--lr", "training.lr", "learning rate (paper: 1e-4 over many more steps)", float),
+    ("--optimizer", "training.optimizer", "novograd | adamw", str),
+    ("--patience", "training.patience", "early-stopping patience (epochs)", int),
+    ("--dim", "training.model.dim", "model embedding size", int),
+    ("--device", "training.device", "auto | cpu | cuda", str),
+    ("--jobs", "jobs", "trainings run at the same time", int),
+    ("--threads", "threads", "torch threads per training", int),
+    ("--workers", "data.workers", "generator processes", int),
+    ("--workdir", "workdir", "data, runs and logs", str),
+    ("--report", "report", "report directory", str),
+)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--jets", type=int, default=30000, help="training-file jets (balanced)")
-    p.add_argument("--test-jets", type=int, default=12000, help="test-file jets (balanced)")
-    p.add_argument("--max-train-jets", type=int, default=None,
-                   help="train on at most N jets of the training file (after the 10%% "
-                        "validation split)")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--seeds", type=int, default=2, help="trainings per model (paper: 5)")
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--lr", type=float, default=1e-3,
-                   help="learning rate (paper: 1e-4 over many more steps)")
-    p.add_argument("--optimizer", default="novograd")
-    p.add_argument("--patience", type=int, default=3)
-    p.add_argument("--dim", type=int, default=32)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--jobs", type=int, default=2, help="trainings run at the same time")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per training")
-    p.add_argument("--workers", type=int, default=2, help="generator processes")
+    p.add_argument("--study", default="paper/default", metavar="FILE",
+                   help="study YAML: a file or a shipped study (paper/default, "
+                        "paper/cpu_15k, paper/cpu_27k, paper/full, studies/family_cpu)")
+    for flag, key, helptext, typ in OPTIONS:
+        # without the option the study's value holds: no argparse default
+        p.add_argument(flag, type=typ, default=argparse.SUPPRESS,
+                       metavar=flag[2:].upper().replace("-", "_"),
+                       help=f"{helptext} (overrides '{key}')")
     p.add_argument("--skip-references", action="store_true",
-                   help="train only the baseline and FTAG+NDIVE")
-    p.add_argument("--workdir", default="runs/paper", help="data, runs and logs")
-    p.add_argument("--report", default="docs/results/paper", help="report directory")
+                   help="train only the runs not marked 'reference' (the baseline and "
+                        "FTAG+NDIVE)")
+
+
+def study_from_args(args) -> dict:
+    """The checked study of a parsed ``ndive paper`` command line (options applied)."""
+    from .paper import load_study
+
+    over = {key: getattr(args, flag[2:].replace("-", "_")) for flag, key, _, _ in OPTIONS
+            if hasattr(args, flag[2:].replace("-", "_"))}
+    return load_study(args.study, over)
 
 
 def run(args) -> int:
-    from .paper import run as run_paper
+    import sys
 
-    return run_paper(args)
+    from .paper import run_study
+
+    try:
+        return run_study(study_from_args(args), skip_references=args.skip_references)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"ndive paper: error: {err}", file=sys.stderr)
+        return 2

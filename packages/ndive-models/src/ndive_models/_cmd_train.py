@@ -1,6 +1,7 @@
 """Train a model (baseline, ndive or ftag_ndive) on a jet file; see ``docs/training.md``.
 
-A YAML/TOML config (``--config``) gives the defaults, flags and ``--set key=value`` override
+A YAML/TOML config (``--config``: a file, or one of the shipped ``baseline``, ``ndive``,
+``ftag_ndive``) gives the defaults, flags and ``--set key=value`` override
 it. Checkpoints (``last.pt`` every epoch, ``best.pt``) and ``history.json`` go to ``--out``;
 ``--resume`` continues bit for bit. For several GPUs or processes use
 ``torchrun --nproc-per-node K -m ndive_models.train`` with the same options.
@@ -34,8 +35,9 @@ _FLAGS = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE",
-                   help="YAML or TOML config file, or a shipped one by name: dips, gn2, gn3, "
-                        "gn2_regression, gn2_ndive, gn3_ndive (see docs/models.md)")
+                   help="YAML or TOML config file, or a shipped config: baseline | ndive | "
+                        "ftag_ndive | dips | gn2 | gn3 | gn2_regression | gn2_ndive | "
+                        "gn3_ndive (docs/models.md)")
     for flag, key, typ, helptext in _FLAGS:
         p.add_argument(flag, dest=key.replace(".", "__"), type=typ, default=None,
                        metavar=flag[2:].upper().replace("-", "_"),

@@ -1,6 +1,6 @@
 """Flavour-tagging and vertexing metrics (NumPy only).
 
-Definitions used throughout (physics.md section 6):
+Definitions used throughout (docs/labels.md):
 
 - ``D_b = ln(p_b / (f_c p_c + (1 - f_c) p_u))`` (:func:`discriminant`).
 - At a b-jet efficiency ``eps``, the cut is the ``1 - eps`` quantile of D_b over b-jets

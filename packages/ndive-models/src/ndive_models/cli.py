@@ -30,7 +30,6 @@ SUBCOMMANDS = [
     "ndive_models._cmd_evaluate",
     "ndive_models._cmd_demo",
     "ndive_models._cmd_paper",
-    "ndive_models._cmd_study",
 ]
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 from pathlib import Path
 
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 
 from . import _metrics
+from ._files import atomic_write
 from .data.loader import HF_ORIGINS, index_batch, load_batch, to_device
 
 __all__ = ["evaluate", "predict"]
@@ -85,8 +85,8 @@ def reference_fits(batch: dict, bz: float, n_iter: int = 10) -> dict:
     Returns ``{"all tracks": pred, "perfect selection": pred}`` with ``pred`` as from
     :func:`predict` (vertex keys only).
     """
-    from .models.features import FEATURE_NAMES
     from .models import ModelConfig, build_model
+    from .models.features import FEATURE_NAMES
 
     nf = len(FEATURE_NAMES)  # no network in these modes: the normalisation is unused
     stats = {"mean": torch.zeros(nf), "std": torch.ones(nf), "pos_scale": torch.ones(3)}
@@ -141,8 +141,7 @@ def _regression(pred, batch, edges):
 def _write_predictions(path: Path, pred: dict, batch: dict, f_c: float) -> None:
     import h5py
 
-    tmp = path.with_name(path.name + ".partial")
-    try:
+    def write(tmp):
         with h5py.File(tmp, "w") as f:
             for k, v in pred.items():
                 f.create_dataset(k, data=v, compression="lzf")
@@ -153,9 +152,8 @@ def _write_predictions(path: Path, pred: dict, batch: dict, f_c: float) -> None:
             f.create_dataset("jet_pt", data=batch["jet"][:, 0].numpy())
             f.attrs["f_c"] = f_c
             f.attrs["vertex_frame"] = "relative to the true primary vertex [mm]"
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(path, write)
 
 
 def _rejections(pred, labels, f_c, wps):
@@ -263,9 +261,8 @@ def evaluate(checkpoints, test, out, *, f_c: float = 0.05, reference: str = "bas
     for name, p in refs.items():
         metrics["vertex_references"][name], r, pl = _vertex_quality(p, batch)
         vertex_data[name] = (r, pl)
-    tmp = out / "metrics.json.partial"
-    tmp.write_text(json.dumps(metrics, indent=1, allow_nan=True))
-    os.replace(tmp, out / "metrics.json")
+    text = json.dumps(metrics, indent=1, allow_nan=True)
+    atomic_write(out / "metrics.json", lambda tmp: tmp.write_text(text))
 
     if plots:
         from . import _plots

@@ -1,21 +1,27 @@
-"""Reproduce the NDIVE paper's comparison: ``python -m ndive_models.paper`` (``nox -s paper``).
+"""Reproduce the NDIVE paper's comparison: ``ndive paper`` (``nox -s paper``;
+``python -m ndive_models.paper`` is the same command).
 
-Steps (each skipped when its output already exists, so an interrupted run continues):
+The study is a YAML file (``--study``, default the shipped ``paper/default``; see
+``ndive_models/configs/paper/``): data sizes and seeds, training settings, and the runs, each
+a shipped model config (``ftag_ndive``...) with overrides and its training seeds. Command-line
+options override the study's keys. Steps (each skipped when its output already exists, so an
+interrupted run continues):
 
 1. generate a balanced training file and a balanced test file (different seeds);
-2. train the GN2-like baseline and FTAG+NDIVE for ``--seeds`` seeds each, NDIVE alone, and
-   FTAG+NDIVE with perfect track selection (truth weights) as a reference; each training
-   is a ``python -m ndive_models.train`` process (``--jobs`` at a time), resumed from its
-   ``last.pt`` if interrupted; the validation set is split off the training file and picks
-   the best epoch (early stopping); the test file is used only for the final evaluation;
+2. train every run for its seeds (by default the GN2-like baseline and FTAG+NDIVE for
+   ``seeds`` seeds each, NDIVE alone, and FTAG+NDIVE with perfect track selection (truth
+   weights) as a reference); each training is a ``python -m ndive_models.train`` process
+   (``jobs`` at a time) with its resolved config written to ``<workdir>/configs/``, resumed
+   from its ``last.pt`` if interrupted; the validation set is split off the training file
+   and picks the best epoch (early stopping); the test file is used only for the final
+   evaluation;
 3. evaluate all checkpoints on the test file (``ndive evaluate``);
-4. write ``report.md`` with the plots and ``metrics.json`` into ``--report``, comparing with
-   the paper's numbers (physics.md section 7).
+4. write ``report.md`` with the plots and ``metrics.json`` into ``report``, comparing with
+   the paper's numbers (``docs/paper.md``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -24,6 +30,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+__all__ = ["PAPER", "StudyError", "load_study", "main", "run_study", "study_runs", "write_report"]
 
 #: The paper's numbers (read off its figures; f_c = 0.05; 60k test jets per flavour).
 PAPER = {
@@ -44,7 +52,7 @@ def _generate(path: Path, n: int, seed: int, workers: int) -> float:
             print(f"reusing {path} ({n} jets, seed {seed})", flush=True)
             return 0.0
         raise ValueError(f"{path} exists with other settings (n_jets {a.get('n_jets')}, "
-                         f"seed {a.get('seed')}); remove it or choose another --workdir")
+                         f"seed {a.get('seed')}); remove it or choose another workdir")
     from .generate import GenerationConfig, generate
 
     t0 = time.perf_counter()
@@ -53,33 +61,109 @@ def _generate(path: Path, n: int, seed: int, workers: int) -> float:
     return time.perf_counter() - t0
 
 
-def _runs(args) -> list[tuple[str, list[str]]]:
+class StudyError(ValueError):
+    """A study file is not a valid study (the message names the file and the key)."""
+
+
+#: Keys of a study file (see ``configs/paper/default.yaml``).
+STUDY_KEYS = ("data", "seeds", "training", "runs", "jobs", "threads", "workdir", "report")
+#: Optional keys: the report's ``title`` and the ``reference`` label of the ratio panels
+#: (default ``baseline``); e.g. ``configs/studies/family_cpu.yaml``.
+OPTIONAL_STUDY_KEYS = ("title", "reference")
+RUN_KEYS = ("name", "config", "set", "seeds", "reference")
+
+
+def load_study(study="paper/default", overrides: dict | None = None) -> dict:
+    """The study file ``study`` (a path or a shipped config name) with ``overrides``
+    ({dotted key: value}) applied, checked.
+
+    Raises:
+        StudyError: an unknown or missing key, or a run without ``name`` or ``config``.
+        FileNotFoundError: no such file or shipped study.
+    """
+    import yaml
+
+    from .configs import find, set_key
+
+    path = find(study)
+    where = f"study {path}"
+    d = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(d, dict):
+        raise StudyError(f"{where}: expected a mapping of study keys")
+    for k, v in (overrides or {}).items():
+        set_key(d, k, v)
+    unknown = set(d) - set(STUDY_KEYS) - set(OPTIONAL_STUDY_KEYS)
+    if unknown:
+        raise StudyError(f"{where}: unknown keys {sorted(unknown)}; known: "
+                         f"{list(STUDY_KEYS + OPTIONAL_STUDY_KEYS)}")
+    missing = [k for k in STUDY_KEYS if k not in d]
+    if missing:
+        raise StudyError(f"{where}: missing keys {missing}")
+    for part in ("train", "test"):
+        if not (isinstance(d["data"], dict) and isinstance(d["data"].get(part), dict)
+                and {"jets", "seed"} <= set(d["data"][part])):
+            raise StudyError(f"{where}: data.{part} needs 'jets' and 'seed'")
+    if not isinstance(d["seeds"], int) or d["seeds"] < 1:
+        raise StudyError(f"{where}: seeds must be a positive integer, got {d['seeds']!r}")
+    if not isinstance(d["training"], dict) or not isinstance(d["runs"], list):
+        raise StudyError(f"{where}: 'training' must be a mapping and 'runs' a list")
+    for k, run in enumerate(d["runs"]):
+        ok = isinstance(run, dict) and {"name", "config"} <= set(run) <= set(RUN_KEYS)
+        if not ok:
+            raise StudyError(f"{where}: run {k} must be a mapping with 'name' and 'config' "
+                             f"(keys {list(RUN_KEYS)}), got {run!r}")
+    d["source"] = str(path)
+    return d
+
+
+def study_runs(study: dict, train_file, workdir, *, skip_references: bool = False) -> list:
+    """The trainings of a study: ``[(run name, TrainConfig), ...]`` in the study's order.
+
+    A run's config is its model config file, then the study's ``training`` keys, then the
+    run's ``set`` keys, then the seed, training file and output directory
+    (``<workdir>/runs/<name>_s<seed>``).
+    """
+    from .configs import find
+    from .train import load_config
+
+    shared = {}
+
+    def flatten(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                flatten(v, f"{prefix}{k}.")
+            else:
+                shared[f"{prefix}{k}"] = v
+
+    flatten(study["training"])
     runs = []
-    for seed in range(1, args.seeds + 1):
-        runs.append((f"ftag_ndive_s{seed}", ["--model", "ftag_ndive", "--seed", str(seed)]))
-    runs.append(("ftag_ndive_truth_s1", ["--model", "ftag_ndive", "--weights", "truth",
-                                         "--seed", "1"]))
-    runs.append(("ndive_s1", ["--model", "ndive", "--seed", "1"]))
-    for seed in range(1, args.seeds + 1):
-        runs.append((f"baseline_s{seed}", ["--model", "baseline", "--seed", str(seed)]))
-    if args.skip_references:
-        runs = [r for r in runs if not r[0].startswith(("ftag_ndive_truth", "ndive_"))]
+    for run in study["runs"]:
+        if skip_references and run.get("reference"):
+            continue
+        seeds = run.get("seeds") or range(1, study["seeds"] + 1)
+        for seed in seeds:
+            name = f"{run['name']}_s{seed}"
+            over = {**shared, **(run.get("set") or {}), "seed": seed, "train": str(train_file),
+                    "out": str(Path(workdir) / "runs" / name), "progress": False}
+            runs.append((name, load_config(find(run["config"]), over)))
     return runs
 
 
-def _train_one(name, extra, args, train_file, workdir) -> dict:
-    out = workdir / "runs" / name
+def _train_one(name, cfg, threads: int, workdir: Path) -> dict:
+    import yaml
+
+    from ._files import atomic_write
+
+    out = Path(cfg.out)
     log = workdir / "logs" / f"{name}.log"
-    cmd = [sys.executable, "-m", "ndive_models.train", "--train", str(train_file),
-           "--out", str(out), "--epochs", str(args.epochs), "--batch-size",
-           str(args.batch_size), "--lr", str(args.lr), "--optimizer", args.optimizer,
-           "--patience", str(args.patience), "--device", args.device, "--no-progress",
-           "--set", f"model.dim={args.dim}", *extra]
-    if args.max_train_jets:
-        cmd += ["--max-jets", str(args.max_train_jets)]
+    config = workdir / "configs" / f"{name}.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(config, lambda tmp: tmp.write_text(yaml.safe_dump(cfg.to_dict(),
+                                                                   sort_keys=False)))
+    cmd = [sys.executable, "-m", "ndive_models.train", "--config", str(config)]
     if (out / "last.pt").exists():
         cmd.append("--resume")
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     t0 = time.perf_counter()
     with open(log, "a") as f:
         rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env,
@@ -107,13 +191,15 @@ def _rej_cell(m, bkg, wp):
     return s
 
 
-def write_report(metrics: dict, trainings: list[dict], args, report: Path, scale: dict) -> str:
+def write_report(metrics: dict, trainings: list[dict], report: Path, scale: dict,
+                 title: str | None = None) -> str:
     """Markdown report comparing ``metrics`` (from :func:`ndive_models.evaluate.evaluate`)
-    with :data:`PAPER`; returns the text (also written to ``report/report.md``)."""
+    with :data:`PAPER` (models the paper does not have get a row without paper numbers);
+    returns the text (also written to ``report/report.md``)."""
     import numpy as np
 
     M = metrics["models"]
-    lines = ["# NDIVE paper reproduction: baseline vs FTAG+NDIVE", ""]
+    lines = [f"# {title or 'NDIVE paper reproduction: baseline vs FTAG+NDIVE'}", ""]
     lines += ["## Scale and settings", ""]
     lines += [f"- {k}: {v}" for k, v in scale.items()]
     lines += ["", ("The paper trained on 500k jets (180k validation, 180k test), batch 100, "
@@ -124,7 +210,8 @@ def write_report(metrics: dict, trainings: list[dict], args, report: Path, scale
               f"{metrics['f_c']}, test jets: {metrics['n_per_flavour']})"), ""]
     lines += ["| model | WP | light rejection | paper | c rejection | paper |",
               "|---|---|---|---|---|---|"]
-    for label in ("baseline", "ftag_ndive", "ftag_ndive_truth"):
+    paper_labels = ("baseline", "ftag_ndive", "ftag_ndive_truth")
+    for label in (*paper_labels, *(k for k in M if k not in paper_labels)):
         if label not in M or "rejection" not in M[label]:
             continue
         for wp in ("0.60", "0.70", "0.77", "0.85"):
@@ -190,6 +277,8 @@ def write_report(metrics: dict, trainings: list[dict], args, report: Path, scale
     lines += ["", "## Plots", "", "![light rejection](roc_light.png)", "",
               "![c rejection](roc_c.png)", "", "![track selection](track_selection.png)", "",
               "![vertex residuals](vertex_residuals.png)", ""]
+    if (report / "pt_response.png").exists():
+        lines += ["![pT response](pt_response.png)", ""]
     text = "\n".join(lines)
     (report / "report.md").write_text(text)
     return text
@@ -202,52 +291,62 @@ def main(argv=None) -> int:
     return cli_main(["paper", *(sys.argv[1:] if argv is None else argv)])
 
 
-def run(args: argparse.Namespace) -> int:
-    """The study for parsed ``ndive paper`` options; returns the exit status."""
+def run_study(study: dict, *, skip_references: bool = False) -> int:
+    """Run a study (from :func:`load_study`): data, trainings, evaluation, report.
 
+    Returns 0; raises ``RuntimeError`` when a training fails (its log is named).
+    """
     from .evaluate import evaluate
 
-    work = Path(args.workdir)
+    data = study["data"]
+    work = Path(study["workdir"])
     (work / "logs").mkdir(parents=True, exist_ok=True)
     train_file, test_file = work / "train.h5", work / "test.h5"
+    runs = study_runs(study, train_file, work, skip_references=skip_references)
     t0 = time.perf_counter()
-    gen_s = _generate(train_file, args.jets, 101, args.workers)
-    gen_s += _generate(test_file, args.test_jets, 202, args.workers)
-    runs = _runs(args)
-    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        futures = [pool.submit(_train_one, n, e, args, train_file, work) for n, e in runs]
+    gen_s = _generate(train_file, data["train"]["jets"], data["train"]["seed"], data["workers"])
+    gen_s += _generate(test_file, data["test"]["jets"], data["test"]["seed"], data["workers"])
+    with ThreadPoolExecutor(max(1, study["jobs"])) as pool:
+        futures = [pool.submit(_train_one, n, cfg, study["threads"], work) for n, cfg in runs]
         trainings = [f.result() for f in futures]
-    report = Path(args.report)
+    report = Path(study["report"])
     report.mkdir(parents=True, exist_ok=True)
     ev = work / "eval"
     t_ev = time.perf_counter()
-    metrics = evaluate([t["best"] for t in trainings], test_file, ev)
+    metrics = evaluate([t["best"] for t in trainings], test_file, ev,
+                       reference=study.get("reference", "baseline"))
     t_ev = time.perf_counter() - t_ev
     for f in ("metrics.json", "roc_light.png", "roc_c.png", "track_selection.png",
-              "vertex_residuals.png"):
+              "vertex_residuals.png", "pt_response.png"):
         if (ev / f).exists():
             shutil.copy(ev / f, report / f)
     import torch
 
+    cfg = runs[0][1]
+    val = f"{cfg.val_fraction:.0%} split off for validation"
     scale = {
+        "study": study["source"],
         "machine": (torch.cuda.get_device_name(0) if torch.cuda.is_available() else
                     f"CPU only ({os.cpu_count()} cores, shared), torch threads per training "
-                    f"{args.threads}, {args.jobs} trainings at a time"),
-        "training file": f"{args.jets} balanced ttbar jets (seed 101); 10% split off for "
-                         f"validation" + (f", at most {args.max_train_jets} used for training"
-                                          if args.max_train_jets else ""),
-        "test file": f"{args.test_jets} balanced jets (seed 202), used only for evaluation",
-        "epochs (max) / patience": f"{args.epochs} / {args.patience}",
-        "seeds per model": args.seeds,
-        "batch / optimiser / lr": f"{args.batch_size} / {args.optimizer} / {args.lr}",
-        "model dim / layers / heads": f"{args.dim} / 1 / 1",
+                    f"{study['threads']}, {study['jobs']} trainings at a time"),
+        "training file": f"{data['train']['jets']} balanced ttbar jets (seed "
+                         f"{data['train']['seed']}); {val}"
+                         + (f", at most {cfg.max_jets} used for training"
+                            if cfg.max_jets else ""),
+        "test file": f"{data['test']['jets']} balanced jets (seed {data['test']['seed']}), "
+                     "used only for evaluation",
+        "epochs (max) / patience": f"{cfg.epochs} / {cfg.patience}",
+        "seeds per model": study["seeds"],
+        "batch / optimiser / lr": f"{cfg.batch_size} / {cfg.optimizer} / {cfg.lr}",
+        "model dim / layers / heads": f"{cfg.model.dim} / {cfg.model.layers} / "
+                                      f"{cfg.model.heads}",
         "generation [s]": f"{gen_s:.0f}",
         "evaluation [s]": f"{t_ev:.0f}",
         "wall time of this invocation [s]": f"{time.perf_counter() - t0:.0f}",
     }
     (report / "trainings.json").write_text(json.dumps(
         [{k: v for k, v in t.items() if k != "best"} for t in trainings], indent=1))
-    text = write_report(metrics, trainings, args, report, scale)
+    text = write_report(metrics, trainings, report, scale, study.get("title"))
     print(text)
     return 0
 

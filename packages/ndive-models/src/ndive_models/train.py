@@ -2,7 +2,8 @@
 ndive_models.train`` (data parallel, DDP).
 
 Configuration: a YAML or TOML file whose top-level keys are :class:`TrainConfig` fields and
-whose ``model`` table holds :class:`~ndive_models.models.ModelConfig` fields; command-line
+whose ``model`` table holds :class:`~ndive_models.models.ModelConfig` fields (the shipped
+``baseline``, ``ndive`` and ``ftag_ndive`` configs can be named instead of a path); command-line
 flags and ``--set key=value`` (e.g. ``--set model.dim=64``) override it.
 
 Each epoch: a pass over the shuffled training jets, validation, and an atomic checkpoint
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from ._files import atomic_write
 from .models import ModelConfig, build_model, combine, total_loss
 
 __all__ = ["TrainConfig", "load_checkpoint", "load_config", "main", "split_indices", "train"]
@@ -92,7 +94,9 @@ class TrainConfig:
 
 
 def _read_file(path) -> dict:
-    path = Path(path)
+    from .configs import find
+
+    path = find(path)
     text = path.read_text()
     if path.suffix == ".toml":
         import tomllib
@@ -105,30 +109,15 @@ def _read_file(path) -> dict:
     raise ValueError(f"config {path}: use a .yaml, .yml or .toml file")
 
 
-def _set(d: dict, key: str, value) -> None:
-    parts = key.split(".")
-    for p in parts[:-1]:
-        d = d.setdefault(p, {})
-    d[parts[-1]] = value
-
-
-def shipped_config(name) -> Path | None:
-    """The shipped config ``ndive_models/configs/<name>`` (``.yaml`` optional), or None."""
-    d = Path(__file__).parent / "configs"
-    for cand in (d / str(name), d / f"{name}.yaml"):
-        if cand.is_file():
-            return cand
-    return None
-
-
 def load_config(path=None, overrides: dict | None = None) -> TrainConfig:
-    """Config file (YAML/TOML, optional; a path, or the name of a shipped config such as
-    ``gn2`` or ``gn2.yaml``) with ``overrides`` ({dotted key: value}) applied."""
-    if path and not Path(path).exists() and shipped_config(path) is not None:
-        path = shipped_config(path)
+    """Config file (YAML/TOML, optional; a path or the name of a shipped config such as
+    ``ftag_ndive``, see :mod:`ndive_models.configs`) with ``overrides`` ({dotted key: value})
+    applied."""
+    from .configs import set_key
+
     d = _read_file(path) if path else {}
     for k, v in (overrides or {}).items():
-        _set(d, k, v)
+        set_key(d, k, v)
     return TrainConfig.from_dict(d)
 
 
@@ -177,15 +166,6 @@ def _pick_device(name: str) -> torch.device:
 # --------------------------------------------------------------------------------------------
 # checkpoints
 # --------------------------------------------------------------------------------------------
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def upgrade_state_dict(state: dict) -> dict:
     """Parameters saved before the FTAG-family options, renamed to today's modules (same
     function): ``encoder.embed.N`` -> ``encoder.embed.tracks.N``, the feed-forward's
@@ -326,9 +306,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
     checkpoint paths). Works as one process or under ``torchrun`` (DDP)."""
     from torch.utils.data import DistributedSampler
 
+    from ._optim import make_optimizer
     from .data.loader import index_batch, to_device
     from .data.normalisation import feature_stats
-    from ._optim import make_optimizer
 
     if cfg.batch_size < 1 or cfg.epochs < 0:
         raise ValueError("batch_size must be >= 1 and epochs >= 0")
@@ -393,12 +373,11 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
                 "best_epoch": best_epoch, "bad_epochs": bad, "rng": torch.get_rng_state(),
                 "stopped_early": stopped, "n_train": n_train,
             }
-            _atomic_save(state, last)
+            atomic_write(last, lambda tmp: torch.save(state, tmp))
             if improved:
-                _atomic_save(state, out / "best.pt")
-            tmp = out / "history.json.partial"
-            tmp.write_text(json.dumps(history, indent=1))
-            os.replace(tmp, out / "history.json")
+                atomic_write(out / "best.pt", lambda tmp: torch.save(state, tmp))
+            text = json.dumps(history, indent=1)
+            atomic_write(out / "history.json", lambda tmp: tmp.write_text(text))
 
         if not params and ck is None:
             v = validate(model, val, cfg.batch_size, dev)

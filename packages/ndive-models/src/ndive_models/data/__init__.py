@@ -1,8 +1,9 @@
 """Jet files in the FTAG layout: schema, checked reader, atomic writer, validation summary;
 and the way from a file to model inputs: the batch loader and the input normalisation.
 
-The layout is defined once in :mod:`ndive_models.data.schema`; :mod:`ndive_models.data.loader` turns a file
-into a batch dict of tensors, :mod:`ndive_models.data.normalisation` computes the input statistics.
+The layout is defined once in :mod:`ndive_models.data.schema`;
+:mod:`ndive_models.data.loader` turns a file into a batch dict of tensors and
+:mod:`ndive_models.data.normalisation` computes the input statistics.
 """
 
 import importlib

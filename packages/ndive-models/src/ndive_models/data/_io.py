@@ -9,18 +9,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .._files import partial_path
 from .._signals import signals_deferred
 from . import schema
 
 
 class SchemaError(ValueError):
     """A file does not have the layout of :mod:`ndive_models.data.schema`."""
-
-
-def partial_path(path: str | os.PathLike) -> Path:
-    """The temporary name a file is written under before it is renamed to ``path``."""
-    path = Path(path)
-    return path.with_name(path.name + ".partial")
 
 
 class JetWriter:
