@@ -586,3 +586,25 @@ def test_files_without_the_new_truth_fields_still_load(sample_path, tmp_path):
     assert torch.equal(class_labels(batch, 3), torch.from_numpy(jets["flavour_label"]).long())
     with pytest.raises(ValueError, match="jet_class"):
         class_labels(batch, 6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name,cfg", CFGS, ids=IDS)
+def test_on_cuda_as_on_cpu(data, name, cfg):
+    """Every option runs on CUDA (SDPA's CUDA kernels included) and gives the CPU's jet
+    outputs up to float32 rounding."""
+    from ndive_models.data import to_device
+
+    batch = index_batch(data[0], slice(0, 30))
+    model = _model(data, cfg).eval()
+    with torch.no_grad():
+        a = model(batch)
+        b = model.to("cuda")(to_device(batch, "cuda"))
+    for k in ("flavour_logits", "pt_log_ratio"):
+        if k in a:
+            torch.testing.assert_close(b[k].cpu(), a[k], rtol=1e-3, atol=1e-4)
+    loss = total_loss(model.train().loss_terms(model(to_device(batch, "cuda")),
+                                               to_device(batch, "cuda")),
+                      balance=cfg.loss_balance)
+    loss.backward()
+    assert torch.isfinite(loss)
