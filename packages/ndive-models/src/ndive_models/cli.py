@@ -26,6 +26,7 @@ import threading
 SUBCOMMANDS = [
     "ndive_models._cmd_generate",
     "ndive_models._cmd_validate_data",
+    "ndive_models._cmd_convert",
     "ndive_models._cmd_train",
     "ndive_models._cmd_evaluate",
     "ndive_models._cmd_demo",
