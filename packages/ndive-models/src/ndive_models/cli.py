@@ -29,6 +29,7 @@ SUBCOMMANDS = [
     "ndive_models._cmd_convert",
     "ndive_models._cmd_train",
     "ndive_models._cmd_evaluate",
+    "ndive_models._cmd_export",
     "ndive_models._cmd_demo",
     "ndive_models._cmd_paper",
 ]
