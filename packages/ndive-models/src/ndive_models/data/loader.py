@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ._io import read_attrs, read_jets
-from .schema import ORIGIN, TRACK_PARAMS
+from .schema import ORIGIN, TRACK_PARAMS, track_cov
 
 __all__ = ["HF_ORIGINS", "N_ORIGINS", "SAFE_TRACK", "arrays_to_batch", "index_batch",
            "load_batch", "to_device"]
@@ -67,7 +67,7 @@ def arrays_to_batch(jets: np.ndarray, tracks: np.ndarray) -> dict:
     valid = np.ascontiguousarray(tracks["valid"])
     params = np.stack([tracks[k] for k in TRACK_PARAMS], axis=-1).astype(np.float32)
     params = np.where(valid[..., None], params, np.asarray(SAFE_TRACK, np.float32))
-    cov = np.where(valid[..., None, None], tracks["cov"], np.eye(5, dtype=np.float32))
+    cov = np.where(valid[..., None, None], track_cov(tracks), np.eye(5, dtype=np.float32))
     pv = np.stack([jets["pv_x"], jets["pv_y"], jets["pv_z"]], -1).astype(np.float32)
     hf = np.stack([jets["hf_vertex_x"], jets["hf_vertex_y"], jets["hf_vertex_z"]], -1)
     flavour = jets["flavour_label"].astype(np.int64)
@@ -78,9 +78,10 @@ def arrays_to_batch(jets: np.ndarray, tracks: np.ndarray) -> dict:
     truth_w = (np.isin(origin, HF_ORIGINS) & valid).astype(np.float32)
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
     optional = {}
-    if "jet_class" in jets.dtype.names:
+    # absent, or "not available" (-1) in files upgraded from schema 1: no key
+    if "jet_class" in jets.dtype.names and np.all(jets["jet_class"] >= 0):
         optional["jet_class"] = t(jets["jet_class"].astype(np.int64))
-    if "pt_truth_nu_mu" in jets.dtype.names:
+    if "pt_truth_nu_mu" in jets.dtype.names and np.all(jets["pt_truth_nu_mu"] >= 0):
         optional["pt_truth"] = t(jets["pt_truth_nu_mu"].astype(np.float32))
     if "leptonID" in tracks.dtype.names:
         optional["lepton_id"] = t(np.where(valid, tracks["leptonID"], 0).astype(np.int64))
