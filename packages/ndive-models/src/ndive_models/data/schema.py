@@ -132,11 +132,13 @@ JET_FIELDS: tuple[Field, ...] = _table((
      "HadronConeExclTruthLabelPt (MeV)"),
     ("hadron_pdgid", "i4", (), "", "PDG id of the labelling hadron (0 for light)",
      "HadronConeExclTruthLabelPdgId"),
-    ("PartonTruthLabelID", "i4", (), "", "|PDG id| of the highest-energy parton within dR < 0.4 "
-     "(1-5 quarks, 21 gluon, 0 none)", "PartonTruthLabelID"),
+    ("PartonTruthLabelID", "i4", (), "", ("|PDG id| of the highest-energy parton within "
+                                          "dR < 0.4 (1-5 quarks, 21 gluon, 0 none)"),
+     "PartonTruthLabelID"),
     ("jet_class", "i4", (), "", "0 b, 1 c, 2 ud, 3 s, 4 g, 5 tau: index into JET_CLASSES", ""),
-    ("pt_truth_nu_mu", "f4", (), "GeV", "pT of the jet plus the neutrinos and muons nearest to "
-     "it within dR < 0.4 (b-jet pT regression target)", ""),
+    ("pt_truth_nu_mu", "f4", (), "GeV", ("pT of the jet plus the neutrinos and muons nearest "
+                                         "to it within dR < 0.4 (b-jet pT regression target)"),
+     ""),
     ("pv_x", "f4", (), "mm", "true primary vertex", ""),
     ("pv_y", "f4", (), "mm", "true primary vertex", ""),
     ("pv_z", "f4", (), "mm", "true primary vertex", ""),
