@@ -608,3 +608,25 @@ def test_on_cuda_as_on_cpu(data, name, cfg):
                       balance=cfg.loss_balance)
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_schema_1_files_have_the_new_truth_fields_as_not_available(sample_path, tmp_path):
+    """A schema 1 file (written before the fields existed) reads, and converts, with -1 in
+    them; the loader then offers no jet_class / pt_truth."""
+    import shutil
+
+    from test_io import _as_v1
+
+    from ndive_models.data import read_jets
+    from ndive_models.data._io import convert
+
+    jets, tracks = read_jets(sample_path, 0, 40)
+    path = tmp_path / "v1.h5"
+    shutil.copy(sample_path, path)
+    _as_v1(path, jets, tracks)
+    for p in (path, convert(path, tmp_path / "v2.h5", progress=False)):
+        j, _ = read_jets(p)
+        assert (j["jet_class"] == -1).all() and (j["pt_truth_nu_mu"] == -1).all()
+        batch, _ = load_batch(p)
+        assert "jet_class" not in batch and "pt_truth" not in batch
+        assert torch.equal(batch["flavour"], torch.from_numpy(jets["flavour_label"]).long())
