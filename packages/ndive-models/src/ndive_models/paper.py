@@ -291,6 +291,16 @@ def write_report(metrics: dict, trainings: list[dict], report: Path, scale: dict
     return text
 
 
+def _shown(path) -> str:
+    """A study file as the report names it: shipped ones by their name."""
+    from .configs import DIRECTORY
+
+    p = Path(path).resolve()
+    if DIRECTORY in p.parents:
+        return f"{p.relative_to(DIRECTORY).with_suffix('').as_posix()} (shipped)"
+    return str(path)
+
+
 def _shared_settings(cfgs) -> dict:
     """The batch / optimiser / lr and model size lines of the report: the value when every
     run shares it, else a pointer to the per-run settings."""
@@ -345,7 +355,7 @@ def run_study(study: dict, *, skip_references: bool = False) -> int:
     cfg = runs[0][1]
     val = f"{cfg.val_fraction:.0%} split off for validation"
     scale = {
-        "study": study["source"],
+        "study": _shown(study["source"]),
         "machine": (torch.cuda.get_device_name(0) if torch.cuda.is_available() else
                     f"CPU only ({os.cpu_count()} cores, shared), torch threads per training "
                     f"{study['threads']}, {study['jobs']} trainings at a time"),
