@@ -22,10 +22,11 @@ _FLAGS = (
     ("--val", "val", str, "validation file (default: split off the training file)"),
     ("--out", "out", str, "output directory"),
     ("--model", "model.name", str, "baseline | ndive | ftag_ndive"),
+    ("--backbone", "model.backbone", str, "transformer | dips (baseline, ftag_ndive)"),
     ("--weights", "model.weights", str, "NDIVE track weights: predicted | truth | all"),
     ("--epochs", "epochs", int, "epochs"),
     ("--batch-size", "batch_size", int, "jets per step (all processes together)"),
-    ("--optimizer", "optimizer", str, "novograd | adamw"),
+    ("--optimizer", "optimizer", str, "novograd | adamw | lion"),
     ("--lr", "lr", float, "learning rate"),
     ("--seed", "seed", int, "seed (initialisation, data order)"),
     ("--max-jets", "max_jets", int, "use at most N training jets"),
@@ -37,7 +38,8 @@ _FLAGS = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE",
                    help="YAML or TOML config file, or a shipped config: baseline | ndive | "
-                        "ftag_ndive")
+                        "ftag_ndive | dips | gn2 | gn3 | gn2_regression | gn2_ndive | "
+                        "gn3_ndive (docs/models.md)")
     for flag, key, typ, helptext in _FLAGS:
         p.add_argument(flag, dest=key.replace(".", "__"), type=typ, default=None,
                        metavar=flag[2:].upper().replace("-", "_"),

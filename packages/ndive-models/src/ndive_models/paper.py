@@ -67,6 +67,9 @@ class StudyError(ValueError):
 
 #: Keys of a study file (see ``configs/paper/default.yaml``).
 STUDY_KEYS = ("data", "seeds", "training", "runs", "jobs", "threads", "workdir", "report")
+#: Optional keys: the report's ``title`` and the ``reference`` label of the ratio panels
+#: (default ``baseline``); e.g. ``configs/studies/family_cpu.yaml``.
+OPTIONAL_STUDY_KEYS = ("title", "reference")
 RUN_KEYS = ("name", "config", "set", "seeds", "reference")
 
 
@@ -89,9 +92,10 @@ def load_study(study="paper/default", overrides: dict | None = None) -> dict:
         raise StudyError(f"{where}: expected a mapping of study keys")
     for k, v in (overrides or {}).items():
         set_key(d, k, v)
-    unknown = set(d) - set(STUDY_KEYS)
+    unknown = set(d) - set(STUDY_KEYS) - set(OPTIONAL_STUDY_KEYS)
     if unknown:
-        raise StudyError(f"{where}: unknown keys {sorted(unknown)}; known: {list(STUDY_KEYS)}")
+        raise StudyError(f"{where}: unknown keys {sorted(unknown)}; known: "
+                         f"{list(STUDY_KEYS + OPTIONAL_STUDY_KEYS)}")
     missing = [k for k in STUDY_KEYS if k not in d]
     if missing:
         raise StudyError(f"{where}: missing keys {missing}")
@@ -187,13 +191,15 @@ def _rej_cell(m, bkg, wp):
     return s
 
 
-def write_report(metrics: dict, trainings: list[dict], report: Path, scale: dict) -> str:
+def write_report(metrics: dict, trainings: list[dict], report: Path, scale: dict,
+                 title: str | None = None) -> str:
     """Markdown report comparing ``metrics`` (from :func:`ndive_models.evaluate.evaluate`)
-    with :data:`PAPER`; returns the text (also written to ``report/report.md``)."""
+    with :data:`PAPER` (models the paper does not have get a row without paper numbers);
+    returns the text (also written to ``report/report.md``)."""
     import numpy as np
 
     M = metrics["models"]
-    lines = ["# NDIVE paper reproduction: baseline vs FTAG+NDIVE", ""]
+    lines = [f"# {title or 'NDIVE paper reproduction: baseline vs FTAG+NDIVE'}", ""]
     lines += ["## Scale and settings", ""]
     lines += [f"- {k}: {v}" for k, v in scale.items()]
     lines += ["", ("The paper trained on 500k jets (180k validation, 180k test), batch 100, "
@@ -204,7 +210,8 @@ def write_report(metrics: dict, trainings: list[dict], report: Path, scale: dict
               f"{metrics['f_c']}, test jets: {metrics['n_per_flavour']})"), ""]
     lines += ["| model | WP | light rejection | paper | c rejection | paper |",
               "|---|---|---|---|---|---|"]
-    for label in ("baseline", "ftag_ndive", "ftag_ndive_truth"):
+    paper_labels = ("baseline", "ftag_ndive", "ftag_ndive_truth")
+    for label in (*paper_labels, *(k for k in M if k not in paper_labels)):
         if label not in M or "rejection" not in M[label]:
             continue
         for wp in ("0.60", "0.70", "0.77", "0.85"):
@@ -270,6 +277,8 @@ def write_report(metrics: dict, trainings: list[dict], report: Path, scale: dict
     lines += ["", "## Plots", "", "![light rejection](roc_light.png)", "",
               "![c rejection](roc_c.png)", "", "![track selection](track_selection.png)", "",
               "![vertex residuals](vertex_residuals.png)", ""]
+    if (report / "pt_response.png").exists():
+        lines += ["![pT response](pt_response.png)", ""]
     text = "\n".join(lines)
     (report / "report.md").write_text(text)
     return text
@@ -304,10 +313,11 @@ def run_study(study: dict, *, skip_references: bool = False) -> int:
     report.mkdir(parents=True, exist_ok=True)
     ev = work / "eval"
     t_ev = time.perf_counter()
-    metrics = evaluate([t["best"] for t in trainings], test_file, ev)
+    metrics = evaluate([t["best"] for t in trainings], test_file, ev,
+                       reference=study.get("reference", "baseline"))
     t_ev = time.perf_counter() - t_ev
     for f in ("metrics.json", "roc_light.png", "roc_c.png", "track_selection.png",
-              "vertex_residuals.png"):
+              "vertex_residuals.png", "pt_response.png"):
         if (ev / f).exists():
             shutil.copy(ev / f, report / f)
     import torch
@@ -336,7 +346,7 @@ def run_study(study: dict, *, skip_references: bool = False) -> int:
     }
     (report / "trainings.json").write_text(json.dumps(
         [{k: v for k, v in t.items() if k != "best"} for t in trainings], indent=1))
-    text = write_report(metrics, trainings, report, scale)
+    text = write_report(metrics, trainings, report, scale, study.get("title"))
     print(text)
     return 0
 

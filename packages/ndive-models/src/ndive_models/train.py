@@ -35,7 +35,7 @@ import torch
 
 from . import _runlog
 from ._files import atomic_write
-from .models import ModelConfig, build_model, total_loss
+from .models import ModelConfig, build_model, combine, total_loss
 
 __all__ = ["TrainConfig", "load_checkpoint", "load_config", "main", "split_indices", "train"]
 
@@ -53,7 +53,8 @@ class TrainConfig:
             random subset: generated files are not shuffled; a balanced file ends with the
             jets of its rarest flavour).
         out: output directory (checkpoints, ``history.json`` and the run logs).
-        epochs, batch_size: paper: batch 100. optimizer: ``novograd`` (paper) or ``adamw``.
+        epochs, batch_size: paper: batch 100. optimizer: ``novograd`` (paper), ``adamw``
+            (GN2) or ``lion`` (GN3).
         lr: learning rate (paper: 1e-4 with NovoGrad). weight_decay.
         seed: initialisation and data order. patience: early-stopping patience (epochs).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``...
@@ -169,6 +170,36 @@ def _pick_device(name: str) -> torch.device:
 # --------------------------------------------------------------------------------------------
 # checkpoints
 # --------------------------------------------------------------------------------------------
+def upgrade_state_dict(state: dict) -> dict:
+    """Parameters saved before the FTAG-family options, renamed to today's modules (same
+    function): ``encoder.embed.N`` -> ``encoder.embed.tracks.N``, the feed-forward's
+    ``ff.0`` / ``ff.2`` -> ``ff.inp`` / ``ff.out``, and the pair head's first layer on
+    ``[x_i, x_j]`` split into ``pair.first`` (x_i columns, bias) and ``pair.second``."""
+    import re
+
+    if not any(re.search(r"(^|\.)heads\.pair\.0\.weight$|encoder\.embed\.0\.", k)
+               for k in state):
+        return state
+    out = {}
+    for k, v in state.items():
+        k2 = re.sub(r"encoder\.embed\.(\d)", r"encoder.embed.tracks.\1", k)
+        k2 = re.sub(r"\.ff\.0\.", ".ff.inp.", k2)
+        k2 = re.sub(r"\.ff\.2\.", ".ff.out.", k2)
+        m = re.match(r"(.*heads\.pair)\.(\d)\.(weight|bias)$", k2)
+        if m and m.group(2) == "0":
+            if m.group(3) == "weight":
+                d = v.shape[1] // 2
+                out[m.group(1) + ".first.weight"] = v[:, :d].clone()
+                out[m.group(1) + ".second.weight"] = v[:, d:].clone()
+            else:
+                out[m.group(1) + ".first.bias"] = v
+            continue
+        if m:
+            k2 = f"{m.group(1)}.out.{m.group(3)}"
+        out[k2] = v
+    return out
+
+
 def load_checkpoint(path, device="cpu"):
     """Load a checkpoint written by :func:`train`.
 
@@ -181,7 +212,7 @@ def load_checkpoint(path, device="cpu"):
         raise ValueError(f"{path} is not an ndive-models checkpoint")
     mcfg = ModelConfig.from_dict(ck["config"]["model"])
     model = build_model(mcfg, ck["stats"], ck["bz"]).to(device)
-    model.load_state_dict(ck["model"])
+    model.load_state_dict(upgrade_state_dict(ck["model"]))
     model.eval()
     return model, ck
 
@@ -191,11 +222,16 @@ def load_checkpoint(path, device="cpu"):
 # --------------------------------------------------------------------------------------------
 def _loss_with_global_counts(model, out, batch, world: int):
     terms = model.loss_terms(out, batch)
+    balance = model.cfg.loss_balance
     if world == 1:
-        return total_loss(terms), terms
+        return total_loss(terms, balance=balance), terms
     names = list(terms)
     counts = _all_reduce(torch.stack([terms[k][1].detach() for k in names]))
-    loss = total_loss(terms, dict(zip(names, counts)))
+    means = None
+    if balance == "gls":  # GLS weights from the global task means
+        sums = _all_reduce(torch.stack([terms[k][0].detach().double() for k in names]))
+        means = dict(zip(names, sums / counts.double().clamp_min(1.0)))
+    loss = total_loss(terms, dict(zip(names, counts)), balance, means)
     return loss * world, terms
 
 
@@ -231,7 +267,8 @@ def validate(model, data: dict, batch_size: int, device) -> dict:
             counts[k] = counts.get(k, 0.0) + float(ct)
             weights[k] = w
     res = {k: sums[k] / max(counts[k], 1.0) for k in sums}
-    res["loss"] = sum(weights[k] * res[k] for k in sums)
+    res["loss"] = combine(res, weights, model.cfg.loss_balance,
+                          {k: counts[k] > 0 for k in sums})
     model.train()
     return res
 
