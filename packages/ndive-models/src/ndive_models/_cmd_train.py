@@ -2,8 +2,10 @@
 
 A YAML/TOML config (``--config``: a file, or one of the shipped ``baseline``, ``ndive``,
 ``ftag_ndive``) gives the defaults, flags and ``--set key=value`` override
-it. Checkpoints (``last.pt`` every epoch, ``best.pt``) and ``history.json`` go to ``--out``;
-``--resume`` continues bit for bit. For several GPUs or processes use
+it. Checkpoints (``last.pt`` every epoch, ``best.pt``), ``history.json`` and the run logs
+(``config.yaml``: the resolved configuration; ``provenance.json``: package versions and git
+revision; ``steps.csv``: loss and learning rate per step; ``tensorboard/`` when TensorBoard is
+installed) go to ``--out``; ``--resume`` continues bit for bit. For several GPUs or processes use
 ``torchrun --nproc-per-node K -m ndive_models.train`` with the same options.
 """
 

@@ -1,8 +1,10 @@
 """Evaluate trained models on a test file: ``ndive evaluate``.
 
-For each checkpoint: predictions (``predictions/<label>_<k>.h5``: ``p_b, p_c, p_u, D_b``,
-the NDIVE ``vertex`` and ``vertex_cov``, ``track_weights``, ``fit_ok``, truth labels); then
-``metrics.json`` and PNG plots in the output directory:
+For each checkpoint: predictions ``predictions/<label>_<k>.h5`` in the FTAG layout (a
+``jets`` table with ``<label>_pb/_pc/_pu``, the labels, ``pt`` in MeV, ``eventNumber`` and the
+NDIVE vertex and covariance; a ``tracks`` table with the track weights; see
+:func:`predictions_table`), which puma and atlas-ftag-tools read; then ``metrics.json`` and PNG
+plots in the output directory:
 
 - ``roc_light.png`` / ``roc_c.png``: rejection vs b-jet efficiency, one curve per model
   (mean over the checkpoints sharing a label, i.e. trainings with different seeds, band =
@@ -39,9 +41,10 @@ import torch
 
 from . import _metrics
 from ._files import atomic_write
+from .data import read_jets
 from .data.loader import HF_ORIGINS, index_batch, load_batch, to_device
 
-__all__ = ["evaluate", "predict"]
+__all__ = ["evaluate", "predict", "predictions_table"]
 
 DISPLAY = {"baseline": "Baseline (GN2-like)", "ftag_ndive": "FTAG+NDIVE", "ndive": "NDIVE",
            "ftag_ndive_truth": "FTAG+NDIVE (perfect selection)",
@@ -138,20 +141,74 @@ def _regression(pred, batch, edges):
             "regressed": pt_response(pred["pt_regressed"][b], true, edges)}
 
 
-def _write_predictions(path: Path, pred: dict, batch: dict, f_c: float) -> None:
+#: Fields of the test file copied into each predictions ``jets`` table (pt becomes MeV).
+_JET_COPY = ("eta", "phi", "eventNumber", "HadronConeExclTruthLabelID", "flavour_label",
+             "n_tracks", "Lxy")
+_COV_NAMES = ("xx", "xy", "xz", "yy", "yz", "zz")
+
+
+def predictions_table(tagger: str, pred: dict, jets: np.ndarray, valid: np.ndarray):
+    """The predictions of one model in the FTAG layout: ``(jets, tracks)`` structured arrays.
+
+    ``jets`` ``(N,)``: ``<tagger>_pb``, ``<tagger>_pc``, ``<tagger>_pu`` (float32), ``pt``
+    [MeV] and the test file's ``eta, phi, eventNumber, HadronConeExclTruthLabelID,
+    flavour_label, n_tracks, Lxy``; ``<tagger>_pt_regressed`` [MeV] for regression models;
+    for models with a vertex fit also
+    ``<tagger>_vertex_x/_y/_z`` [mm, w.r.t. the PV], ``<tagger>_vertex_cov_xx, _xy, ...``
+    [mm^2] and ``<tagger>_fit_ok``. ``tracks`` ``(N, T)`` (vertex-fit models only):
+    ``valid`` and ``<tagger>_track_weight``. What ``puma.Results.load_taggers_from_file``
+    and ``ftag.hdf5.H5Reader`` read.
+    """
+    fields = []
+    if "p_b" in pred:
+        fields += [(f"{tagger}_p{f}", "f4") for f in "bcu"]
+    fields += [("pt", "f4")] + [(k, jets.dtype[k]) for k in _JET_COPY]
+    if "pt_regressed" in pred:
+        fields += [(f"{tagger}_pt_regressed", "f4")]
+    if "vertex" in pred:
+        fields += [(f"{tagger}_vertex_{c}", "f4") for c in "xyz"]
+        fields += [(f"{tagger}_vertex_cov_{c}", "f4") for c in _COV_NAMES]
+        fields += [(f"{tagger}_fit_ok", "?")]
+    out = np.zeros(len(jets), fields)
+    if "p_b" in pred:
+        for f in "bcu":
+            out[f"{tagger}_p{f}"] = pred[f"p_{f}"]
+    out["pt"] = 1000.0 * jets["pt"].astype(np.float64)
+    if "pt_regressed" in pred:
+        out[f"{tagger}_pt_regressed"] = 1000.0 * np.asarray(pred["pt_regressed"], np.float64)
+    for k in _JET_COPY:
+        out[k] = jets[k]
+    tracks = None
+    if "vertex" in pred:
+        for i, c in enumerate("xyz"):
+            out[f"{tagger}_vertex_{c}"] = pred["vertex"][:, i]
+        for name in _COV_NAMES:
+            i, j = "xyz".index(name[0]), "xyz".index(name[1])
+            out[f"{tagger}_vertex_cov_{name}"] = pred["vertex_cov"][:, i, j]
+        out[f"{tagger}_fit_ok"] = pred["fit_ok"]
+        tracks = np.zeros(valid.shape, [("valid", "?"), (f"{tagger}_track_weight", "f4")])
+        tracks["valid"] = valid
+        tracks[f"{tagger}_track_weight"] = np.where(valid, pred["track_weights"], 0.0)
+    return out, tracks
+
+
+def _write_predictions(path: Path, tagger: str, pred: dict, jets: np.ndarray,
+                       valid: np.ndarray, f_c: float) -> None:
     import h5py
+
+    from .data import schema
+
+    table, tracks = predictions_table(tagger, pred, jets, valid)
 
     def write(tmp):
         with h5py.File(tmp, "w") as f:
-            for k, v in pred.items():
-                f.create_dataset(k, data=v, compression="lzf")
-            if "p_b" in pred:
-                f.create_dataset("D_b", data=_metrics.discriminant(
-                    pred["p_b"], pred["p_c"], pred["p_u"], f_c))
-            f.create_dataset("flavour_label", data=batch["flavour"].numpy())
-            f.create_dataset("jet_pt", data=batch["jet"][:, 0].numpy())
+            ds = f.create_dataset("jets", data=table, compression="lzf")
+            ds.attrs["flavour_label"] = list(schema.FLAVOURS)
+            if tracks is not None:
+                f.create_dataset("tracks", data=tracks, compression="lzf")
+            f.attrs["tagger"] = tagger
             f.attrs["f_c"] = f_c
-            f.attrs["vertex_frame"] = "relative to the true primary vertex [mm]"
+            f.attrs["units"] = "pt MeV; vertex mm, w.r.t. the true primary vertex"
 
     atomic_write(path, write)
 
@@ -212,14 +269,22 @@ def _vertex_quality(pred, batch):
 
 def evaluate(checkpoints, test, out, *, f_c: float = 0.05, reference: str = "baseline",
              working_points=_metrics.WORKING_POINTS, max_jets: int | None = None,
-             device: str = "cpu", plots: bool = True) -> dict:
+             device: str = "cpu", plots: bool = True, puma: bool = False) -> dict:
     """Evaluate checkpoints on ``test``; writes predictions, ``metrics.json`` and plots to
-    ``out`` and returns the metrics dict."""
+    ``out`` and returns the metrics dict. ``puma``: also draw puma's ROC and discriminant
+    plots into ``out/puma`` (needs the ``ftag`` extra)."""
+    if puma:
+        from . import _puma
+
+        if not _puma.available():
+            raise ValueError(_puma.INSTALL_HINT)
     from .train import load_checkpoint
 
     out = Path(out)
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     batch, bz = load_batch(test, 0, max_jets)
+    jets, _ = read_jets(test, 0, max_jets)
+    valid = batch["valid"].numpy()
     labels = batch["flavour"].numpy()
     preds: dict[str, list] = {}
     for ck_path in checkpoints:
@@ -228,8 +293,8 @@ def evaluate(checkpoints, test, out, *, f_c: float = 0.05, reference: str = "bas
         pred = predict(model, batch, device=device)
         k = len(preds.setdefault(label, []))
         preds[label].append(pred)
-        _write_predictions(out / "predictions" / f"{_file_name(label)}_{k}.h5", pred, batch,
-                           f_c)
+        _write_predictions(out / "predictions" / f"{_file_name(label)}_{k}.h5", label, pred,
+                           jets, valid, f_c)
     refs = reference_fits(batch, bz) if any("vertex" in p[0] for p in preds.values()) else {}
 
     edges = {"pt": np.array([20, 40, 60, 100, 150, 250, 500.0]),
@@ -291,4 +356,10 @@ def evaluate(checkpoints, test, out, *, f_c: float = 0.05, reference: str = "bas
                if "regression" in v}
         if reg:
             _plots.pt_response(reg, out / "pt_response.png")
+    if puma:
+        files = {label: out / "predictions" / f"{_file_name(label)}_0.h5"
+                 for label, plist in preds.items() if "p_b" in plist[0]}
+        if files:
+            metrics["puma_plots"] = [p.name for p in _puma.puma_plots(
+                files, out / "puma", f_c=f_c, reference=reference, display=DISPLAY)]
     return metrics

@@ -10,7 +10,10 @@ Each epoch: a pass over the shuffled training jets, validation, and an atomic ch
 ``<out>/last.pt`` (``best.pt`` when the validation loss improves). ``--resume`` continues
 from ``last.pt`` and reproduces the uninterrupted run bit for bit (the data order depends only
 on ``seed`` and the epoch; the checkpoint holds model, optimiser, RNG and history). Training
-stops early after ``patience`` epochs without improvement.
+stops early after ``patience`` epochs without improvement. Run logs (:mod:`ndive_models._runlog`)
+go next to the checkpoints: ``config.yaml`` (the resolved configuration), ``provenance.json``
+(package versions, git revision; also in each checkpoint), ``steps.csv`` (loss and learning
+rate of every step) and, with TensorBoard installed, ``tensorboard/``.
 
 Data parallel: every process holds the data, a :class:`~torch.utils.data.DistributedSampler`
 gives process ``r`` the indices ``perm[r::K]`` of the epoch's permutation ``perm``, so global
@@ -30,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from . import _runlog
 from ._files import atomic_write
 from .models import ModelConfig, build_model, combine, total_loss
 
@@ -48,7 +52,7 @@ class TrainConfig:
             max_jets / max_val_jets: use at most this many training / validation jets (a
             random subset: generated files are not shuffled; a balanced file ends with the
             jets of its rarest flavour).
-        out: output directory (checkpoints, ``history.json``).
+        out: output directory (checkpoints, ``history.json`` and the run logs).
         epochs, batch_size: paper: batch 100. optimizer: ``novograd`` (paper), ``adamw``
             (GN2) or ``lion`` (GN3).
         lr: learning rate (paper: 1e-4 with NovoGrad). weight_decay.
@@ -315,6 +319,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
     dev = _pick_device(cfg.device)
     started_dist = _maybe_init_distributed(dev.type)
     rank, world = _dist_info()
+    steplog = None
     try:
         if cfg.batch_size % world:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the "
@@ -361,6 +366,10 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
         data_dev = to_device(data, dev)
         n_epochs = cfg.epochs if params else 0
         stopped = False
+        prov = _runlog.provenance()
+        if rank == 0:
+            _runlog.write_run_info(out, cfg.to_dict(), prov)
+            steplog = _runlog.StepLog(out, resume_epoch=start)
 
         def checkpoint(epoch, improved):
             if rank != 0:
@@ -371,7 +380,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
                 "optimizer": opt.state_dict() if opt is not None else None,
                 "epoch": epoch, "history": history, "best_val": best_val,
                 "best_epoch": best_epoch, "bad_epochs": bad, "rng": torch.get_rng_state(),
-                "stopped_early": stopped, "n_train": n_train,
+                "stopped_early": stopped, "n_train": n_train, "provenance": prov,
             }
             atomic_write(last, lambda tmp: torch.save(state, tmp))
             if improved:
@@ -392,6 +401,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
             n_steps = math.ceil(len(idx) / local_bs)
             t0 = time.perf_counter()
             run_sum = torch.zeros((), dtype=torch.float64, device=dev)
+            step_losses = []  # read back once per epoch: no device sync per step
             bar = None
             if cfg.progress and rank == 0:
                 from tqdm import tqdm
@@ -412,6 +422,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
                 _check_finite_grads(model, epoch, step)
                 opt.step()
                 run_sum += lval
+                step_losses.append(lval)
                 if bar is not None and (step % 10 == 0 or step == n_steps - 1):
                     el = time.perf_counter() - t0
                     bar.n = (step + 1) * local_bs * world
@@ -431,6 +442,10 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
             history.append({"epoch": epoch, "train_loss": train_loss, "val": v,
                             "seconds": seconds, "jets_per_s": len(idx) * world / seconds})
             stopped = bad >= cfg.patience and epoch < n_epochs
+            if steplog is not None:
+                steplog.epoch(epoch, torch.stack(step_losses).tolist(),
+                              opt.param_groups[0]["lr"],
+                              {"train_loss": train_loss, "val": v["loss"]})
             checkpoint(epoch, improved)
             if rank == 0:
                 print(f"[{cfg.model.name}] epoch {epoch}: train {train_loss:.4f} "
@@ -446,6 +461,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
                 "best_epoch": best_epoch, "last": str(last), "best": str(out / "best.pt"),
                 "n_train": n_train, "world_size": world}
     finally:
+        if steplog is not None:
+            steplog.close()
         if started_dist:
             import torch.distributed as dist
 
