@@ -1,7 +1,8 @@
 """From jet files to model inputs: tensors, track features, normalisation statistics.
 
 A *batch* is a dict of tensors (``B`` jets, ``T`` track slots; all positions in the frame of
-the true primary vertex, i.e. relative to ``pv_x/y/z``):
+the primary vertex the track parameters refer to, :func:`~.data.schema.reference_pv`: the
+reconstructed PV in realistic files, the true PV ``pv_x/y/z`` in clean ones):
 
 ====================  ===============  ===================================================
 key                   shape / dtype    meaning
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from .data import read_attrs, read_jets
-from .data.schema import ORIGIN, TRACK_PARAMS
+from .data.schema import ORIGIN, TRACK_PARAMS, reference_pv
 
 #: Origins counted as "from the heavy-flavour decay chain" (perfect track selection).
 HF_ORIGINS = (ORIGIN["FromB"], ORIGIN["FromBC"], ORIGIN["FromC"])
@@ -62,7 +63,7 @@ def arrays_to_batch(jets: np.ndarray, tracks: np.ndarray) -> dict:
     params = np.stack([tracks[k] for k in TRACK_PARAMS], axis=-1).astype(np.float32)
     params = np.where(valid[..., None], params, np.asarray(SAFE_TRACK, np.float32))
     cov = np.where(valid[..., None, None], tracks["cov"], np.eye(5, dtype=np.float32))
-    pv = np.stack([jets["pv_x"], jets["pv_y"], jets["pv_z"]], -1).astype(np.float32)
+    pv = reference_pv(jets).astype(np.float32)  # the tracks' reference point
     hf = np.stack([jets["hf_vertex_x"], jets["hf_vertex_y"], jets["hf_vertex_z"]], -1)
     flavour = jets["flavour_label"].astype(np.int64)
     # light jets store 0 (not the PV) as their "HF vertex": keep them at the PV
