@@ -232,6 +232,8 @@ class Detector:
     track_selection: bool = False
 
 
+#: Production-radius bins [mm] of the tracking-efficiency histogram stored in every file.
+EFFICIENCY_R_EDGES = (0.0, 1.0, 5.0, 10.0, 20.0, 33.25, 50.5, 88.5, 122.5, 200.0, 300.0)
 #: FTAG (GN2) track selection w.r.t. the PV: |d0| and |z0 sin(theta)| [mm].
 SELECTION_D0_MAX = 3.5
 SELECTION_Z0SIN_MAX = 5.0
@@ -255,6 +257,20 @@ def _concat(a: dict, b: dict) -> dict:
     return {k: np.concatenate([a[k], b[k]]) for k in a}
 
 
+def _efficiency_counts(stats, cand, charge, pt, eta, r_prod, sel, found, jets):
+    """Particles in jets and their tracks per production-radius bin (see ``process_batch``)."""
+    den = (charge != 0) & (pt > _tracker.PT_MIN) & (np.abs(eta) < _tracker.ETA_MAX)
+    den &= np.abs(cand["v"][:, 2]) < _tracker.Z_PROD_MAX
+    phi = np.arctan2(cand["p"][:, 1], cand["p"][:, 0])
+    den &= _nearest(cand["event"], eta, phi, jets, TRACK_DR) >= 0
+    num = np.zeros(len(den), bool)
+    num[sel[found]] = True
+    edges = np.asarray(EFFICIENCY_R_EDGES)
+    stats["efficiency"] = np.stack([
+        np.histogram(r_prod[den], edges)[0], np.histogram(r_prod[den & num], edges)[0]
+    ])  # fmt: skip
+
+
 def process_batch(
     batch,
     charge_of,
@@ -267,6 +283,7 @@ def process_batch(
     det_rng: np.random.Generator | None = None,
     pileup=None,
     n_pileup: np.ndarray | None = None,
+    stats: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Jets and tracks of one batch of events.
 
@@ -283,6 +300,10 @@ def process_batch(
         pileup: awkward batch of minimum-bias events overlaid on the events of ``batch``:
             the first ``n_pileup[0]`` on event 0, the next ``n_pileup[1]`` on event 1, ...
         n_pileup: ``(n_events,)`` pileup interactions per event.
+        stats: if given, ``stats["efficiency"]`` gets ``(particles, tracks)`` counts
+            ``(2, len(EFFICIENCY_R_EDGES) - 1)`` in bins of production radius: charged
+            particles with pT > 0.5 GeV, |eta| < 2.5 within dR < 0.4 of a jet, and those of
+            them that became tracks (before the max-tracks cut and any track selection).
 
     Returns:
         ``(jets (n_jets,) JET_DTYPE, tracks (n_jets, max_tracks) TRACK_DTYPE)``.
@@ -324,7 +345,10 @@ def process_batch(
     eff = _tracker.efficiency(pt[sel], eta[sel])
     if det.radial_tracking:
         eff = eff * _detector.radial_efficiency(r_prod[sel])
-    sel = sel[rng.random(len(sel)) < eff]
+    found = rng.random(len(sel)) < eff
+    if stats is not None:
+        _efficiency_counts(stats, cand, charge, pt, eta, r_prod, sel, found, jets)
+    sel = sel[found]
     cand = {k: a[sel] for k, a in cand.items()}
     charge, pt, eta, v, r_prod = charge[sel], pt[sel], eta[sel], v[sel], r_prod[sel]
     event = cand["event"]

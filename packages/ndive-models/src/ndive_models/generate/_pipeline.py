@@ -22,6 +22,7 @@ from vertexfit import DEFAULT_BZ
 
 from ..data import JetWriter
 from ..data.schema import FLAVOURS
+from ._event import EFFICIENCY_R_EDGES
 from ._workers import WorkerPool
 
 INSTALL_HINT = "pip install 'ndive-models[generate]'"
@@ -292,11 +293,12 @@ def _batches(cfg: GenerationConfig, worker: int):
     for j in itertools.count():
         batch, pu, n_pileup = _next_events(pythia, cfg, pileup, det_rng)
         first_event = (j * cfg.workers + worker) * cfg.batch_events
+        stats: dict = {}
         jets, tracks = process_batch(
             batch, charge_of, rng, max_tracks=cfg.max_tracks, bz=cfg.bz, event_offset=first_event,
-            detector=detector, det_rng=det_rng, pileup=pu, n_pileup=n_pileup,
+            detector=detector, det_rng=det_rng, pileup=pu, n_pileup=n_pileup, stats=stats,
         )  # fmt: skip
-        yield jets, tracks, len(batch)
+        yield jets, tracks, len(batch), stats
 
 
 def _produce(worker: int, cfg: GenerationConfig):
@@ -424,6 +426,7 @@ def generate(cfg: GenerationConfig, out, *, progress: bool = True) -> Generation
     counts = np.zeros_like(quotas)
     per_flavour = np.zeros(len(FLAVOURS), dtype=np.int64)
     n_events = 0
+    efficiency = 0
     t_first, first_jets = None, 0
     source = None
     try:  # an interruption while the workers start ends the ones started (WorkerPool.__init__)
@@ -433,7 +436,8 @@ def generate(cfg: GenerationConfig, out, *, progress: bool = True) -> Generation
             tqdm(total=cfg.n_jets, unit="jets", disable=not progress, smoothing=0.05) as bar,
         ):
             for k in itertools.count():
-                jets, tracks, n_ev = source.get(k % cfg.workers)
+                jets, tracks, n_ev, stats = source.get(k % cfg.workers)
+                efficiency += stats["efficiency"]
                 if t_first is None:
                     t_first = time.perf_counter() - t0
                 n_events += n_ev
@@ -452,6 +456,14 @@ def generate(cfg: GenerationConfig, out, *, progress: bool = True) -> Generation
                 if (counts >= quotas).all():
                     break
             writer.attrs["n_events"] = n_events
+            writer.attrs["tracking_efficiency"] = json.dumps({
+                "r_edges_mm": list(EFFICIENCY_R_EDGES),
+                "particles": efficiency[0].tolist(),
+                "tracks": efficiency[1].tolist(),
+                "definition": "charged particles with pT > 0.5 GeV, |eta| < 2.5 within dR < 0.4 "
+                "of a jet, by production radius, and those that became tracks (before the "
+                "max-tracks cut and any track selection)",
+            })  # fmt: skip
             path = writer.path
     finally:
         if source is not None:
