@@ -17,8 +17,7 @@ from ndive_models import cli
 from ndive_models.data import read_attrs, read_jets
 from ndive_models.data.schema import ORIGIN, TRACK_PARAMS, reference_pv
 from ndive_models.data.validation import pulls
-from ndive_models.generate import GenerationConfig, generate
-from ndive_models.generate import _detector, _vertexing
+from ndive_models.generate import GenerationConfig, _detector, _vertexing, generate
 from ndive_models.generate._pipeline import PRESETS
 
 BZ = vertexfit.DEFAULT_BZ
@@ -191,7 +190,8 @@ def test_soft_lepton_efficiency_and_flags():
     assert abs(np.mean(lid[n:2 * n] == -11) - _detector.ELECTRON["eff"][1]) < 0.01
     misid = np.mean(lid[2 * n:] != 0)
     assert 0 < misid < 0.02
-    assert np.all(lpt[lid == 0] == 0) and abs(np.std(lpt[:n][lid[:n] == 13] / 10 - 1) - 0.03) < 0.005
+    assert np.all(lpt[lid == 0] == 0)
+    assert abs(np.std(lpt[:n][lid[:n] == 13] / 10 - 1) - 0.03) < 0.005
     low, _ = _detector.soft_leptons(pdg[:n], charge[:n], np.full(n, 2.0), np.zeros(n), rng)
     assert not low.any()  # below the muon threshold
 

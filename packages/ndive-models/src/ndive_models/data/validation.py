@@ -101,13 +101,16 @@ def _detector_summary(jets: np.ndarray, flat: np.ndarray) -> dict:
     """The realistic-detector figures: origin fractions, z0 significance tails, pileup, PV."""
     origin = flat["ftagTruthOriginLabel"]
     out: dict = {
-        "origin_fraction": {n: float(np.mean(origin == i)) if len(origin) else float("nan")
-                            for i, n in enumerate(ORIGIN_LABELS)},  # fmt: skip
+        "origin_fraction": {
+            n: float(np.mean(origin == i)) if len(origin) else float("nan")
+            for i, n in enumerate(ORIGIN_LABELS)
+        },
         "frac_z0sig_gt3": {
             n: float(np.mean(np.abs(flat["z0_significance"][origin == i]) > 3))
-            if np.any(origin == i) else float("nan")
+            if np.any(origin == i)
+            else float("nan")
             for i, n in enumerate(ORIGIN_LABELS)
-        },  # fmt: skip
+        },
     }
     if "n_pileup" in jets.dtype.names:
         out["mean_pileup"] = float(_events(jets)["n_pileup"].mean())
@@ -116,7 +119,7 @@ def _detector_summary(jets: np.ndarray, flat: np.ndarray) -> dict:
         res, sig, hs = pv
         ok = hs.astype(bool)
         out["pv"] = {
-            "events": int(len(res)),
+            "events": len(res),
             "hard_scatter_efficiency": float(ok.mean()),
             "resolution_um": dict(zip("xyz", (1e3 * _robust_std(res[ok])).tolist())),
             "rms_um": dict(zip("xyz", (1e3 * res[ok].std(axis=0)).tolist())),
@@ -197,7 +200,7 @@ def format_summary(s: dict, attrs: dict | None = None) -> str:
         e = s["tracking_efficiency"]
         lines.append("tracking efficiency in jets vs production radius [mm]: " + ", ".join(
             f"<{hi:g} {v:.2f}" for hi, v in zip(e["r_edges_mm"][1:], e["efficiency"])
-            if v == v))  # fmt: skip
+            if not np.isnan(v)))  # fmt: skip
     return "\n".join(lines)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 from vertexfit import extrapolate
 
 from ..data.schema import JET_DTYPE, ORIGIN, TRACK_DTYPE
