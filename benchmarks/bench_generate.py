@@ -28,6 +28,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 GOALS = {"all": 1300.0, "balanced": 450.0}  # jets/s, 2 workers, MPI on (issue 4)
 
 
@@ -40,6 +42,11 @@ def _case(name: str, cfg, tmpdir: Path) -> dict:
     # CPU time is far less sensitive to other load than wall time: the rate 2 idle cores
     # would reach if the work packed perfectly (an upper bound on the steady rate).
     cpu_rate = 2 * res.n_jets / (parent + workers) if parent + workers > 0 else float("nan")
+    from ndive_models.data import read_jets
+    from ndive_models.data.schema import ORIGIN
+
+    _, tracks = read_jets(res.path)
+    origin = tracks["ftagTruthOriginLabel"][tracks["valid"]]
     return {
         "case": name,
         "workers": cfg.workers,
@@ -55,6 +62,8 @@ def _case(name: str, cfg, tmpdir: Path) -> dict:
         "cpu_ms_per_jet_workers": round(1e3 * workers / res.n_jets, 3),
         "cpu_bound_2core_jets_per_s": round(cpu_rate, 1),
         "goal_jets_per_s": GOALS.get(name) if cfg.mpi and cfg.workers == 2 else None,
+        "pileup_track_fraction": round(float(np.mean(origin == ORIGIN["Pileup"])), 4),
+        "fake_track_fraction": round(float(np.mean(origin == ORIGIN["Fake"])), 4),
     }
 
 
@@ -92,6 +101,8 @@ def _pythia_only(cfg, jets_per_event: float, name: str = "pythia only") -> dict:
         "cpu_ms_per_jet_workers": round(1e3 * workers / jets, 3),
         "cpu_bound_2core_jets_per_s": round(2 * jets / (parent + workers), 1),
         "goal_jets_per_s": None,
+        "pileup_track_fraction": None,
+        "fake_track_fraction": None,
     }
 
 
