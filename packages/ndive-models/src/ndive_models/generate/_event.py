@@ -260,13 +260,14 @@ def _efficiency_counts(stats, cand, charge, pt, eta, r_prod, sel, found, jets):
     """Particles in jets and their tracks per production-radius bin (see ``process_batch``)."""
     den = (charge != 0) & (pt > _tracker.PT_MIN) & (np.abs(eta) < _tracker.ETA_MAX)
     den &= np.abs(cand["v"][:, 2]) < _tracker.Z_PROD_MAX
-    phi = np.arctan2(cand["p"][:, 1], cand["p"][:, 0])
-    den &= _nearest(cand["event"], eta, phi, jets, TRACK_DR) >= 0
     num = np.zeros(len(den), bool)
     num[sel[found]] = True
+    d = np.flatnonzero(den)
+    phi = np.arctan2(cand["p"][d, 1], cand["p"][d, 0])
+    d = d[_nearest(cand["event"][d], eta[d], phi, jets, TRACK_DR) >= 0]
     edges = np.asarray(EFFICIENCY_R_EDGES)
     stats["efficiency"] = np.stack([
-        np.histogram(r_prod[den], edges)[0], np.histogram(r_prod[den & num], edges)[0]
+        np.histogram(r_prod[d], edges)[0], np.histogram(r_prod[d[num[d]]], edges)[0]
     ])  # fmt: skip
 
 
