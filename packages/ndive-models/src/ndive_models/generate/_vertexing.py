@@ -6,13 +6,15 @@ Vectorised over the events of a batch: each step is one batched :func:`vertexfit
 
 1. **Seeds**: per event, the z0 of the tracks with |d0| < :data:`D0_MAX` are histogrammed
    with weights pT^2 in 0.1 mm bins and smoothed with a Gaussian of :data:`SEED_WIDTH`; the
-   :data:`N_CANDIDATES` highest local maxima are the candidates.
+   :data:`N_CANDIDATES` highest local maxima are the candidates (those below
+   :data:`SEED_MIN_FRACTION` of the event's highest maximum cannot win and are dropped).
 2. **Adaptive fit** of each candidate with the tracks within :data:`WINDOW` in z0:
    ``vertexfit.fit(..., weights=w, constraint=(beam spot centre, beam-spot covariance))``,
    then each track's weight becomes ``w = 1 / (1 + exp((chi2 - CHI2_CUT) / (2 T)))`` with its
    chi2 to the fitted vertex, annealing the temperature T through :data:`TEMPERATURES`
-   (outliers, e.g. tracks of a b-hadron decay or of a nearby pileup vertex, are
-   down-weighted).
+   (each a warm-started fit of :data:`N_ITER` Gauss-Newton iterations; one more fit with the
+   final weights gives the vertex). Outliers, e.g. tracks of a b-hadron decay or of a nearby
+   pileup vertex, are down-weighted.
 3. **Choice**: the candidate with the largest sum pT^2 of its tracks with weight > 0.5.
 """
 
@@ -25,9 +27,11 @@ SEED_BIN = 0.1  # mm
 SEED_WIDTH = 0.3  # mm, Gaussian smoothing of the pT^2-weighted z0 histogram
 SEED_RANGE = 400.0  # mm, |z0| covered by the seed histogram
 N_CANDIDATES = 3
+SEED_MIN_FRACTION = 0.05
 WINDOW = 3.0  # mm, |z0 - z_seed| of the tracks given to a candidate's fit
 CHI2_CUT = 9.0
-TEMPERATURES = (16.0, 4.0, 2.0, 1.0, 1.0)
+TEMPERATURES = (16.0, 4.0, 1.0)
+N_ITER = 3
 MIN_CONSTRAINT_SIGMA = 1e-3  # mm: a beam spot of zero size is constrained to 1 um
 
 
@@ -43,7 +47,8 @@ def _seeds(event, z0, w, n_events):
     peak[:, 1:-1] = (h[:, 1:-1] >= h[:, :-2]) & (h[:, 1:-1] > h[:, 2:]) & (h[:, 1:-1] > 0)
     score = np.where(peak, h, -1.0)
     top = np.argsort(-score, axis=1, kind="stable")[:, :N_CANDIDATES]
-    ok = np.take_along_axis(score, top, axis=1) > 0
+    value = np.take_along_axis(score, top, axis=1)
+    ok = (value > 0) & (value >= SEED_MIN_FRACTION * value[:, :1])
     return (top + 0.5) * SEED_BIN - SEED_RANGE, ok
 
 
@@ -76,13 +81,17 @@ def reconstruct(event, params, cov, pt, n_events: int, beamspot_sigma, hard_scat
     cand = np.repeat(ev * K, K) + np.tile(np.arange(K), len(ev))
     trk = np.repeat(np.arange(len(ev)), K)
     near = (np.abs(z0[trk] - seed_z.reshape(-1)[cand]) < WINDOW) & seed_ok.reshape(-1)[cand]
-    cand, trk = cand[near], trk[near]
+    # only the candidates that can win are fitted: a compact batch of B of them
+    fitted = np.flatnonzero(seed_ok.reshape(-1))
+    compact = np.full(n_events * K, -1)
+    compact[fitted] = np.arange(len(fitted))
+    B = max(len(fitted), 1)
+    cand, trk = compact[cand[near]], trk[near]
     order = np.argsort(cand, kind="stable")
     cand, trk = cand[order], trk[order]
-    count = np.bincount(cand, minlength=n_events * K)
+    count = np.bincount(cand, minlength=B)
     T = max(int(count.max()) if len(count) else 0, 1)
     slot = np.arange(len(cand)) - (np.cumsum(count) - count)[cand]
-    B = n_events * K
     tracks = np.tile(np.array([0.0, 0.0, 0.0, np.pi / 2, 0.0]), (B, T, 1))
     tcov = np.tile(np.eye(5), (B, T, 1, 1))
     mask = np.zeros((B, T), bool)
@@ -91,25 +100,27 @@ def reconstruct(event, params, cov, pt, n_events: int, beamspot_sigma, hard_scat
     mask[cand, slot] = True
     weight = mask.astype(np.float64)
     vtx = np.zeros((B, 3))
-    vtx[:, 2] = seed_z.reshape(-1)
+    vtx[: len(fitted), 2] = seed_z.reshape(-1)[fitted]
     constraint = (np.zeros((B, 3)), np.broadcast_to(bs_cov, (B, 3, 3)).copy())
     for t in TEMPERATURES:
-        fit = vertexfit.fit(tracks, tcov, weight, mask=mask, seed=vtx, n_iter=4,
+        fit = vertexfit.fit(tracks, tcov, weight, mask=mask, seed=vtx, n_iter=N_ITER,
                             constraint=constraint)  # fmt: skip
         vtx = fit.vertex
         arg = np.clip((fit.track_chi2 - CHI2_CUT) / (2.0 * t), -50.0, 50.0)
         weight = np.where(mask, 1.0 / (1.0 + np.exp(arg)), 0.0)
-    final = vertexfit.fit(tracks, tcov, weight, mask=mask, seed=vtx, n_iter=4,
+    final = vertexfit.fit(tracks, tcov, weight, mask=mask, seed=vtx, n_iter=N_ITER,
                           constraint=constraint)  # fmt: skip
     assigned = mask & (weight > 0.5)
     pt2 = np.zeros((B, T))
     pt2[cand, slot] = w2[trk]
     hs = np.zeros((B, T), bool)
     hs[cand, slot] = hard_scatter[use[trk]]
-    sum_pt2 = np.where(assigned, pt2, 0.0).sum(axis=1)
-    sum_pt2 = np.where(seed_ok.reshape(-1), sum_pt2, -1.0).reshape(n_events, K)
-    best = np.arange(n_events) * K + np.argmax(sum_pt2, axis=1)
+    sum_pt2 = np.full(n_events * K, -1.0)
+    sum_pt2[fitted] = np.where(assigned, pt2, 0.0).sum(axis=1)[: len(fitted)]
+    sum_pt2 = sum_pt2.reshape(n_events, K)
+    best = compact[np.arange(n_events) * K + np.argmax(sum_pt2, axis=1)]
     found = sum_pt2.max(axis=1) >= 0
+    best = np.maximum(best, 0)
     vertex = np.where(found[:, None], final.vertex[best], 0.0)
     vcov = np.where(found[:, None, None], final.vertex_cov[best], bs_cov)
     hs_pt2 = np.where(assigned & hs, pt2, 0.0).sum(axis=1)[best]
