@@ -319,3 +319,46 @@ def test_run3_file_labels_and_fields(run3_files):
     opts = attrs["generator_settings"]["options"]
     assert opts["preset"] == "run3" and opts["pileup"] == 10.0 and opts["reco_pv"]
     assert "pileup_pythia" in attrs["generator_settings"]
+
+
+@pytest.mark.slow
+def test_run3_pulls_on_a_larger_file(generate_extra, tmp_path):
+    """Real Pythia tracks of the realistic detector (pileup 5): track pulls 1.00 +- 0.03 after
+    the extrapolation to the reconstructed PV; vertexfit on truth-selected secondary vertices
+    and the reconstructed PV against their fit errors."""
+    cfg = GenerationConfig.from_preset("run3", n_jets=1500, seed=8, workers=1, pileup=5.0)
+    jets, tracks = read_jets(generate(cfg, tmp_path / "r.h5", progress=False).path)
+    flat = tracks[tracks["valid"]]
+    p = pulls(flat[flat["ftagTruthOriginLabel"] == ORIGIN["Primary"]])
+    np.testing.assert_allclose(p.std(axis=0), 1.0, atol=0.03)
+    # truth-selected secondary vertices of the hard scatter, w.r.t. the reconstructed PV
+    hf = (tracks["ftagTruthOriginLabel"] >= ORIGIN["FromB"]) & tracks["valid"]
+    groups = []
+    for j in range(len(jets)):
+        t = tracks[j][hf[j]]
+        for k in np.unique(t["ftagTruthVertexIndex"]):
+            m = t[t["ftagTruthVertexIndex"] == k]
+            if k > 0 and len(m) >= 2:
+                groups.append((j, m))
+    n, T = len(groups), max(len(m) for _, m in groups)
+    q, cov = np.zeros((n, T, 5)), np.tile(np.eye(5), (n, T, 1, 1))
+    mask, true_v = np.zeros((n, T), bool), np.zeros((n, 3))
+    for i, (_, m) in enumerate(groups):
+        q[i, : len(m)] = np.stack([m[x] for x in TRACK_PARAMS], -1)
+        cov[i, : len(m)] = m["cov"]
+        mask[i, : len(m)] = True
+        true_v[i] = [m["truth_vertex_" + c][0] for c in "xyz"]
+    ref = reference_pv(jets)[[j for j, _ in groups]]
+    fit = vertexfit.fit(q, cov, mask=mask, ref=ref)
+    ok = fit.converged
+    pull = ((fit.vertex - true_v) / np.sqrt(np.diagonal(fit.vertex_cov, axis1=1, axis2=2)))[ok]
+    robust = 1.4826 * np.median(np.abs(pull - np.median(pull, axis=0)), axis=0)
+    np.testing.assert_allclose(robust, 1.0, atol=0.1)
+    # the reconstructed PV against its fit error (core), hard scatter found
+    _, first = np.unique(jets["eventNumber"], return_index=True)
+    ev = jets[first]
+    assert ev["reco_pv_is_hs"].mean() > 0.95
+    res = np.stack([ev["reco_pv_" + c] - ev["pv_" + c] for c in "xyz"], -1)
+    sig = np.stack([ev["reco_pv_sigma_" + c] for c in "xyz"], -1)
+    pv_pull = (res / sig)[ev["reco_pv_is_hs"]]
+    np.testing.assert_allclose(1.4826 * np.median(np.abs(pv_pull), axis=0), 1.0, atol=0.2)
