@@ -106,6 +106,49 @@ def _pythia_only(cfg, jets_per_event: float, name: str = "pythia only") -> dict:
     }
 
 
+def _cost_per_event(cfg, batches: int) -> dict:
+    """CPU per event of one worker's work, in this process, after one warm-up batch (so no
+    start-up cost): the ttbar Pythia, the pileup Pythia and everything else (jets, tracks,
+    truth, PV fit, ...). Thread time of this process only, insensitive to other load."""
+    import time
+
+    from ndive_models.generate._event import process_batch
+    from ndive_models.generate._pipeline import _ChargeTable, _generators
+
+    pythia, pileup, rng, det_rng = _generators(cfg, 0)
+    charge_of = _ChargeTable(pythia.particleData)
+    cost = {"pythia": 0.0, "pileup": 0.0, "rest": 0.0}
+    events = jets = 0
+    for k in range(batches + 1):
+        t0 = time.thread_time()
+        batch = pythia.nextBatch(cfg.batch_events)
+        t1 = time.thread_time()
+        pu, n_pu = None, None
+        if pileup is not None:
+            n_pu = det_rng.poisson(cfg.pileup, len(batch))
+            pu = pileup.nextBatch(int(n_pu.sum()))
+        t2 = time.thread_time()
+        out, _ = process_batch(batch, charge_of, rng, max_tracks=cfg.max_tracks, bz=cfg.bz,
+                               event_offset=0, detector=cfg.detector, det_rng=det_rng,
+                               pileup=pu, n_pileup=n_pu)  # fmt: skip
+        t3 = time.thread_time()
+        if k == 0:
+            continue  # warm-up: imports, first calls
+        cost["pythia"] += t1 - t0
+        cost["pileup"] += t2 - t1
+        cost["rest"] += t3 - t2
+        events += len(batch)
+        jets += len(out)
+    total = sum(cost.values())
+    return {
+        "events": events,
+        "jets": jets,
+        **{f"ms_per_event_{k}": round(1e3 * v / events, 2) for k, v in cost.items()},
+        "ms_per_event": round(1e3 * total / events, 2),
+        "jets_per_s_per_core": round(jets / total, 1),
+    }
+
+
 def _cpu() -> tuple[float, float]:
     """(this process, its finished children) user + system CPU seconds."""
     me = resource.getrusage(resource.RUSAGE_SELF)
@@ -147,6 +190,9 @@ def run(
     rows.append(_pythia_only(cases[0][1], rows[0]["jets"] / rows[0]["events"]))
     rows.append(_pythia_only(cases[-1][1], rows[-2]["jets"] / rows[-2]["events"],
                              "pythia only mu=60"))  # fmt: skip
+    per_event = [{"case": "clean", **_cost_per_event(cases[0][1], 4 if quick else 20)}]
+    for name, cfg in cases[2:]:
+        per_event.append({"case": name, **_cost_per_event(cfg, 2 if quick else 10)})
     notes = [
         f"python {sys.version.split()[0]}, {platform.machine()}, {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.1f} at the end",
@@ -157,8 +203,11 @@ def run(
         "'run3 mu=M': --preset run3 with pileup M; 'pythia only mu=60': its ttbar and "
         "minimum-bias Pythia alone (the ceiling of 'run3 mu=60')",
     ]
+    notes.append("per_event: CPU per event of one worker after a warm-up batch (thread time, "
+                 "insensitive to other load): ttbar Pythia, pileup Pythia, the rest (jets, "
+                 "tracks, truth, PV fit); jets_per_s_per_core = the rate of one idle core")
     return {"title": "ndive generate: Pythia 8 ttbar jets per second", "rows": rows,
-            "notes": notes}  # fmt: skip
+            "per_event": per_event, "notes": notes}  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -178,6 +227,11 @@ def main(argv=None) -> int:
     print(result["title"])
     print("  ".join(f"{c:>{max(len(c), 8)}}" for c in cols))
     for r in result["rows"]:
+        print("  ".join(f"{r[c]!s:>{max(len(c), 8)}}" for c in cols))
+    cols = list(result["per_event"][0])
+    print("CPU per event, one core")
+    print("  ".join(f"{c:>{max(len(c), 8)}}" for c in cols))
+    for r in result["per_event"]:
         print("  ".join(f"{r[c]!s:>{max(len(c), 8)}}" for c in cols))
     for n in result["notes"]:
         print("note:", n)
