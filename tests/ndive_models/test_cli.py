@@ -245,8 +245,13 @@ def test_validate_data_cli_prints_summary_and_plots(sample_path, tmp_path, capsy
             "tracks_per_jet.png",
             "decay_length.png",
             "vertex_multiplicity.png",
+            # the realistic-detector plots a clean file has (no pileup, no reconstructed PV)
+            "z0_significance_by_origin.png",
+            "track_origins.png",
+            "efficiency_vs_radius.png",
         ]
     )
+    assert "tracking efficiency in jets" in out and "reconstructed PV" not in out
     assert all(os.path.getsize(tmp_path / "p" / p) > 5000 for p in pngs)
 
 

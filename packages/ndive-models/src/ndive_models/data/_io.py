@@ -164,7 +164,7 @@ def _check_fields(name: str, actual: np.dtype, expected: np.dtype) -> list[str]:
     have = actual.fields or {}
     for field, (dt, _) in expected.fields.items():
         if field not in have:
-            if field not in schema.OPTIONAL_FIELDS:
+            if field not in schema.OPTIONAL_FIELDS and field not in schema.OPTIONAL_FROM:
                 problems.append(f"{name}: missing field {field!r} (expected {dt})")
         elif have[field][0] != dt:
             problems.append(f"{name}: field {field!r} has dtype {have[field][0]}, expected {dt}")
@@ -212,8 +212,9 @@ def upgrade_arrays(jets: np.ndarray, tracks: np.ndarray) -> tuple[np.ndarray, np
 
     The (5, 5) ``cov`` becomes the ``cov_*`` scalars and the ATLAS-named fields are derived.
 
-    Fields added later (:data:`~ndive_models.data.schema.OPTIONAL_FIELDS`) get their
-    "not available" value.
+    Fields added later get their "not available" value
+    (:data:`~ndive_models.data.schema.OPTIONAL_FIELDS`) or the field they stand for in older
+    files (:data:`~ndive_models.data.schema.OPTIONAL_FROM`: the tracks' reference point).
 
     Raises:
         SchemaError: if the current layout has another native field that 1.x files lack (it
@@ -224,15 +225,17 @@ def upgrade_arrays(jets: np.ndarray, tracks: np.ndarray) -> tuple[np.ndarray, np
     out = []
     for old, dtype in ((jets, schema.JET_DTYPE), (tracks, schema.TRACK_DTYPE)):
         absent = [n for n in dtype.names if n not in old.dtype.names and n not in derived]
-        if missing := [n for n in absent if n not in schema.OPTIONAL_FIELDS]:
+        optional = schema.OPTIONAL_FIELDS.keys() | schema.OPTIONAL_FROM.keys()
+        if missing := [n for n in absent if n not in optional]:
             raise SchemaError(f"schema 1 files lack the fields {missing}: regenerate the file "
                               "with `ndive generate`")
         new = np.zeros(old.shape, dtype)
-        for n in absent:  # later additions: "not available"
-            new[n] = schema.OPTIONAL_FIELDS[n]
         for n in old.dtype.names:
             if n in dtype.names:
                 new[n] = old[n]
+        for n in absent:  # later additions: "not available", or what older files meant
+            new[n] = old[schema.OPTIONAL_FROM[n]] if n in schema.OPTIONAL_FROM else (
+                schema.OPTIONAL_FIELDS[n])
         out.append(new)
     schema.set_track_cov(out[1], tracks["cov"])
     add_atlas_fields(*out)

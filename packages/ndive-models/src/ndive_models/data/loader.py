@@ -1,7 +1,8 @@
 """From jet files to model inputs: the batch dict of tensors the models take.
 
 A *batch* is a dict of tensors (``B`` jets, ``T`` track slots; all positions in the frame of
-the true primary vertex, i.e. relative to ``pv_x/y/z``):
+the primary vertex the track parameters refer to, :func:`~.data.schema.reference_pv`: the
+reconstructed PV in realistic files, the true PV ``pv_x/y/z`` in clean ones):
 
 ====================  ===============  ===================================================
 key                   shape / dtype    meaning
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 
 from ._io import read_attrs, read_jets
-from .schema import ORIGIN, TRACK_PARAMS, track_cov
+from .schema import ORIGIN, TRACK_PARAMS, reference_pv, track_cov
 
 __all__ = ["HF_ORIGINS", "N_ORIGINS", "SAFE_TRACK", "arrays_to_batch", "index_batch",
            "load_batch", "to_device"]
@@ -68,7 +69,7 @@ def arrays_to_batch(jets: np.ndarray, tracks: np.ndarray) -> dict:
     params = np.stack([tracks[k] for k in TRACK_PARAMS], axis=-1).astype(np.float32)
     params = np.where(valid[..., None], params, np.asarray(SAFE_TRACK, np.float32))
     cov = np.where(valid[..., None, None], track_cov(tracks), np.eye(5, dtype=np.float32))
-    pv = np.stack([jets["pv_x"], jets["pv_y"], jets["pv_z"]], -1).astype(np.float32)
+    pv = reference_pv(jets).astype(np.float32)  # the tracks' reference point
     hf = np.stack([jets["hf_vertex_x"], jets["hf_vertex_y"], jets["hf_vertex_z"]], -1)
     flavour = jets["flavour_label"].astype(np.int64)
     # light jets store 0 (not the PV) as their "HF vertex": keep them at the PV

@@ -18,10 +18,11 @@ field), generator settings, seed and package versions, plus ``complete = True`` 
 before the file gets its final name.
 
 Conventions (physics.md section 1): units mm, GeV, rad, T; Bz = 2 T along +z; track parameters
-``(d0, z0, phi, theta, rho)`` are perigee parameters w.r.t. the true primary vertex with
+``(d0, z0, phi, theta, rho)`` are perigee parameters w.r.t. the primary vertex
+:func:`reference_pv` (the true one, or the reconstructed one with ``--reco-pv``) with
 ``PCA = PV + d0 * (sin phi, -cos phi)`` (Billoir/Delphes sign; ATLAS/ACTS use ``-d0``) and
 ``rho = -q K Bz / pT`` [1/mm], ``K = 0.299792458e-3`` GeV/(T mm). Positions (vertices) are in
-the detector frame [mm]; with the default settings the primary vertex is the origin.
+the detector frame [mm]; with the default (clean) settings the primary vertex is the origin.
 
 Field names may be added in later schema versions but never renamed: models read them by name.
 """
@@ -142,6 +143,21 @@ JET_FIELDS: tuple[Field, ...] = _table((
     ("pv_x", "f4", (), "mm", "true primary vertex", ""),
     ("pv_y", "f4", (), "mm", "true primary vertex", ""),
     ("pv_z", "f4", (), "mm", "true primary vertex", ""),
+    # realistic detector (docs/generation.md); clean files: reco_pv = pv, sigmas 0, no pileup
+    ("reco_pv_x", "f4", (), "mm",
+     "primary vertex the track parameters refer to (reconstructed)", "PrimaryVertices x"),
+    ("reco_pv_y", "f4", (), "mm",
+     "primary vertex the track parameters refer to (reconstructed)", "PrimaryVertices y"),
+    ("reco_pv_z", "f4", (), "mm",
+     "primary vertex the track parameters refer to (reconstructed)", "PrimaryVertices z"),
+    ("reco_pv_sigma_x", "f4", (), "mm", "uncertainty of reco_pv_x from the vertex fit", ""),
+    ("reco_pv_sigma_y", "f4", (), "mm", "uncertainty of reco_pv_y from the vertex fit", ""),
+    ("reco_pv_sigma_z", "f4", (), "mm", "uncertainty of reco_pv_z from the vertex fit", ""),
+    ("reco_pv_ntracks", "i4", (), "", "tracks with adaptive weight > 0.5 in the PV fit", ""),
+    ("reco_pv_is_hs", "?", (), "", "the chosen PV is the hard scatter (most of its sum pT^2)",
+     ""),
+    ("n_pileup", "i4", (), "", "pileup interactions overlaid on the event",
+     "actualInteractionsPerCrossing - 1"),
 ))  # fmt: skip
 
 #: Jet fields in ATLAS names and units, derived from the native ones by
@@ -163,7 +179,7 @@ TRACK_FIELDS: tuple[Field, ...] = _table((
     ("rho", "f4", (), "1/mm", "measured signed curvature -q K Bz / pT",
      "qOverP * 1000 * K * Bz / sin(theta)"),
     *((name, "f4", (), _cov_unit(TRACK_PARAMS[i], TRACK_PARAMS[j]),
-       f"covariance of ({TRACK_PARAMS[i]}, {TRACK_PARAMS[j]}) (diagonal here: off-diagonal 0)",
+       f"covariance of ({TRACK_PARAMS[i]}, {TRACK_PARAMS[j]}) (diagonal in the clean preset)",
        "definingParametersCovMatrix (ATLAS: q/p instead of rho, d0 sign flipped)")
       for name, (i, j) in zip(COV_FIELDS, _COV_INDEX)),
     ("true_d0", "f4", (), "mm", "unsmeared d0 (exact helix)", ""),
@@ -188,6 +204,9 @@ TRACK_FIELDS: tuple[Field, ...] = _table((
     ("truth_vertex_x", "f4", (), "mm", "true production vertex", ""),
     ("truth_vertex_y", "f4", (), "mm", "true production vertex", ""),
     ("truth_vertex_z", "f4", (), "mm", "true production vertex", ""),
+    ("leptonID", "i1", (), "",
+     "reconstructed soft lepton: signed PDG id 11/-11/13/-13, 0 none", "leptonID"),
+    ("lepton_pt", "f4", (), "GeV", "pT measured by the lepton reconstruction (0 if none)", ""),
 ))  # fmt: skip
 
 #: Track fields in ATLAS names, units and signs (training-dataset-dumper / GN2 inputs), derived
@@ -225,7 +244,15 @@ ATLAS_TRACK_FIELDS: tuple[Field, ...] = _table((
 #: a file without them is still read, and a schema 1.x file upgraded (in memory or by
 #: ``ndive convert``) gets this value (the loader then provides no ``jet_class`` /
 #: ``pt_truth``; models that need them say so).
-OPTIONAL_FIELDS = {"PartonTruthLabelID": -1, "jet_class": -1, "pt_truth_nu_mu": -1.0}
+OPTIONAL_FIELDS = {
+    "PartonTruthLabelID": -1, "jet_class": -1, "pt_truth_nu_mu": -1.0,
+    # what the clean generator (the only one before these fields) writes
+    "reco_pv_sigma_x": 0.0, "reco_pv_sigma_y": 0.0, "reco_pv_sigma_z": 0.0,
+    "reco_pv_ntracks": 0, "reco_pv_is_hs": True, "n_pileup": 0, "leptonID": 0, "lepton_pt": 0.0,
+}
+#: Fields added later whose value in older files is another field's: in clean files the
+#: tracks refer to the true PV.
+OPTIONAL_FROM = {"reco_pv_x": "pv_x", "reco_pv_y": "pv_y", "reco_pv_z": "pv_z"}
 
 
 def _dtype(fields) -> np.dtype:
@@ -291,8 +318,20 @@ CONVENTIONS = {
     "units": "length mm, energy/momentum GeV, angle rad, field T",
     "d0_sign": "PCA = PV + d0*(sin(phi), -cos(phi)) (Billoir/Delphes/NDIVE; ATLAS/ACTS d0 = -d0)",
     "rho_definition": "rho = -q*K*Bz/pT [1/mm], K = 0.299792458e-3 GeV/(T mm)",
-    "reference_point": "track parameters are perigee parameters w.r.t. the true primary vertex",
+    "reference_point": "track parameters are perigee parameters w.r.t. the primary vertex "
+    "reco_pv_x/y/z (the true one, pv_x/y/z, unless the PV is reconstructed)",
     "significance_sign": "d0: sign(d0*sin(phi - phi_jet)); z0: sign(z0*(eta_jet - eta))",
     "flavours": ",".join(FLAVOURS),
     "origin_labels": ",".join(ORIGIN_LABELS),
 }
+
+
+def reference_pv(jets: np.ndarray) -> np.ndarray:
+    """``(N, 3)`` float64: the point the track parameters of each jet refer to [mm].
+
+    ``reco_pv_x/y/z`` where the file has them (the reconstructed PV, or the true PV in clean
+    files), else the true PV ``pv_x/y/z`` (files written before the fields existed). Truth
+    vertices are in the detector frame: subtract this to express them in the tracks' frame.
+    """
+    prefix = "reco_pv_" if "reco_pv_x" in (jets.dtype.names or ()) else "pv_"
+    return np.stack([jets[prefix + c] for c in "xyz"], axis=-1).astype(np.float64)

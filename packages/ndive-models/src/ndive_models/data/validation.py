@@ -76,7 +76,74 @@ def summarize(jets: np.ndarray, tracks: np.ndarray) -> dict:
         f: float(nvtx[flav == i].mean()) if np.any(flav == i) else float("nan")
         for i, f in enumerate(FLAVOURS)
     }
+    out.update(_detector_summary(jets, flat))
     return out
+
+
+def _events(jets: np.ndarray) -> np.ndarray:
+    """One jet per event (the event-level fields are repeated on every jet)."""
+    return jets[np.unique(jets["eventNumber"], return_index=True)[1]]
+
+
+def _pv_residuals(jets: np.ndarray):
+    """Per event: (reconstructed - true PV (E, 3) [mm], fit sigmas (E, 3), is hard scatter (E,))
+    or None when the file has no reconstructed PV."""
+    names = jets.dtype.names
+    if "reco_pv_sigma_z" not in names or not np.any(jets["reco_pv_sigma_z"] > 0):
+        return None
+    ev = _events(jets)
+    res = np.stack([ev["reco_pv_" + c] - ev["pv_" + c] for c in "xyz"], -1).astype(np.float64)
+    sig = np.stack([ev["reco_pv_sigma_" + c] for c in "xyz"], -1).astype(np.float64)
+    return res, sig, ev["reco_pv_is_hs"]
+
+
+def _detector_summary(jets: np.ndarray, flat: np.ndarray) -> dict:
+    """The realistic-detector figures: origin fractions, z0 significance tails, pileup, PV."""
+    origin = flat["ftagTruthOriginLabel"]
+    out: dict = {
+        "origin_fraction": {
+            n: float(np.mean(origin == i)) if len(origin) else float("nan")
+            for i, n in enumerate(ORIGIN_LABELS)
+        },
+        "frac_z0sig_gt3": {
+            n: float(np.mean(np.abs(flat["z0_significance"][origin == i]) > 3))
+            if np.any(origin == i)
+            else float("nan")
+            for i, n in enumerate(ORIGIN_LABELS)
+        },
+    }
+    if "n_pileup" in jets.dtype.names:
+        out["mean_pileup"] = float(_events(jets)["n_pileup"].mean())
+    pv = _pv_residuals(jets)
+    if pv is not None:
+        res, sig, hs = pv
+        ok = hs.astype(bool)
+        out["pv"] = {
+            "events": len(res),
+            "hard_scatter_efficiency": float(ok.mean()),
+            "resolution_um": dict(zip("xyz", (1e3 * _robust_std(res[ok])).tolist())),
+            "rms_um": dict(zip("xyz", (1e3 * res[ok].std(axis=0)).tolist())),
+            "pull_width": dict(zip("xyz", (res[ok] / sig[ok]).std(axis=0).tolist())),
+            "pull_width_robust": dict(zip("xyz", _robust_std(res[ok] / sig[ok]).tolist())),
+        }
+    return out
+
+
+def _robust_std(x: np.ndarray) -> np.ndarray:
+    """1.4826 x median absolute deviation, per column: the Gaussian core width."""
+    return 1.4826 * np.median(np.abs(x - np.median(x, axis=0)), axis=0)
+
+
+def tracking_efficiency(attrs: dict) -> dict | None:
+    """Tracking efficiency per production-radius bin from the file attribute, or None."""
+    eff = (attrs or {}).get("tracking_efficiency")
+    if not isinstance(eff, dict):
+        return None
+    den, num = np.asarray(eff["particles"], float), np.asarray(eff["tracks"], float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.where(den > 0, num / den, np.nan)
+    return {"r_edges_mm": eff["r_edges_mm"], "efficiency": value.tolist(),
+            "particles": den.astype(int).tolist()}  # fmt: skip
 
 
 def _displaced_vertices(tracks: np.ndarray) -> np.ndarray:
@@ -115,11 +182,33 @@ def format_summary(s: dict, attrs: dict | None = None) -> str:
         )
     lines.append("displaced truth vertices per jet: " + ", ".join(
         f"{k} {v:.2f}" for k, v in s["displaced_vertices_per_jet"].items()))  # fmt: skip
+    lines.append("track origins (fraction of stored tracks; |z0/sigma| > 3): " + ", ".join(
+        f"{k} {v:.4f} ({s['frac_z0sig_gt3'][k]:.3f})" for k, v in s["origin_fraction"].items()
+        if v > 0))  # fmt: skip
+    if "mean_pileup" in s:
+        lines.append(f"pileup interactions per event: {s['mean_pileup']:.1f}")
+    if "pv" in s:
+        pv = s["pv"]
+        lines.append(
+            f"reconstructed PV ({pv['events']} events): hard scatter chosen in "
+            f"{pv['hard_scatter_efficiency']:.3f}; resolution x/y/z "
+            + "/".join(f"{pv['resolution_um'][c]:.1f}" for c in "xyz")
+            + " um (rms " + "/".join(f"{pv['rms_um'][c]:.1f}" for c in "xyz")
+            + "), pulls " + "/".join(f"{pv['pull_width'][c]:.2f}" for c in "xyz")
+        )
+    if s.get("tracking_efficiency"):
+        e = s["tracking_efficiency"]
+        lines.append("tracking efficiency in jets vs production radius [mm]: " + ", ".join(
+            f"<{hi:g} {v:.2f}" for hi, v in zip(e["r_edges_mm"][1:], e["efficiency"])
+            if not np.isnan(v)))  # fmt: skip
     return "\n".join(lines)
 
 
-def plot(jets: np.ndarray, tracks: np.ndarray, outdir) -> list[Path]:
-    """Write the validation PNGs into ``outdir``; returns their paths. Needs matplotlib."""
+def plot(jets: np.ndarray, tracks: np.ndarray, outdir, attrs: dict | None = None) -> list[Path]:
+    """Write the validation PNGs into ``outdir``; returns their paths. Needs matplotlib.
+
+    ``attrs`` (the file attributes) adds the efficiency against production radius.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -165,6 +254,75 @@ def plot(jets: np.ndarray, tracks: np.ndarray, outdir) -> list[Path]:
     ax.set_xlabel("signed d0 / sigma(d0)")
     ax.legend(fontsize=7)
     save(fig, "d0_significance_by_origin.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, name in enumerate(ORIGIN_LABELS):
+        sel = origin == i
+        if sel.any():
+            ax.hist(np.clip(flat["z0_significance"][sel], -20, 40), bins=bins, density=True,
+                    histtype="step", label=f"{name} ({sel.sum()})")  # fmt: skip
+    ax.set_yscale("log")
+    ax.set_xlabel("signed z0 / sigma(z0)")
+    ax.legend(fontsize=7)
+    save(fig, "z0_significance_by_origin.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    frac = np.array([np.mean(origin == i) for i in range(len(ORIGIN_LABELS))])
+    ax.bar(ORIGIN_LABELS, np.maximum(frac, 1e-5))
+    for i, f in enumerate(frac):
+        ax.text(i, max(f, 1e-5) * 1.2, f"{f:.2%}", ha="center", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("fraction of stored tracks")
+    ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+    save(fig, "track_origins.png")
+
+    if "n_pileup" in jets.dtype.names and jets["n_pileup"].any():
+        fig, ax = plt.subplots(figsize=(6, 4))
+        n_pu = np.broadcast_to(jets["n_pileup"][:, None], tracks.shape)[tracks["valid"]]
+        edges = np.unique(np.quantile(n_pu, np.linspace(0, 1, 9)).round())
+        idx = np.clip(np.searchsorted(edges, n_pu, side="right") - 1, 0, max(len(edges) - 2, 0))
+        is_pu = origin == ORIGIN["Pileup"]
+        for lab, sel in (("all", np.ones_like(is_pu)), ("pT < 2 GeV", flat["pt"] < 2)):
+            x = [n_pu[sel & (idx == k)].mean() for k in range(len(edges) - 1) if
+                 np.any(sel & (idx == k))]  # fmt: skip
+            y = [is_pu[sel & (idx == k)].mean() for k in range(len(edges) - 1) if
+                 np.any(sel & (idx == k))]  # fmt: skip
+            ax.plot(x, y, "o-", label=lab)
+        ax.set_xlabel("pileup interactions in the event")
+        ax.set_ylabel("pileup fraction of stored tracks in jets")
+        ax.legend()
+        save(fig, "pileup_fraction_vs_mu.png")
+
+    pv = _pv_residuals(jets)
+    if pv is not None:
+        res, sig, hs = pv
+        fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
+        for k, c in enumerate("xyz"):
+            r = 1e3 * res[:, k]
+            lim = 6 * max(np.median(np.abs(r)), 1e-3) * 1.4826
+            axes[k].hist(np.clip(r, -lim, lim), bins=50, histtype="step")
+            axes[k].set_xlabel(f"reco - true PV {c} [um]")
+            axes[k].set_title(f"core {1.4826 * np.median(np.abs(r)):.1f} um, "
+                              f"hard scatter {hs.mean():.1%}", fontsize=8)  # fmt: skip
+            p = res[hs.astype(bool), k] / sig[hs.astype(bool), k]
+            axes[3].hist(np.clip(p, -6, 6), bins=np.linspace(-6, 6, 49), density=True,
+                         histtype="step", label=f"{c}: width {p.std():.2f}")  # fmt: skip
+        xg = np.linspace(-6, 6, 121)
+        axes[3].plot(xg, np.exp(-0.5 * xg**2) / np.sqrt(2 * np.pi), "k:", lw=1)
+        axes[3].set_xlabel("PV pull (reco - true) / sigma")
+        axes[3].legend(fontsize=7)
+        save(fig, "pv_residuals.png")
+
+    eff = tracking_efficiency(attrs)
+    if eff is not None:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        e = np.asarray(eff["r_edges_mm"])
+        ax.stairs(np.nan_to_num(np.asarray(eff["efficiency"], float)), e)
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlabel("production radius [mm]")
+        ax.set_ylabel("tracking efficiency (particles in jets)")
+        ax.set_ylim(0, 1.05)
+        save(fig, "efficiency_vs_radius.png")
 
     fig, ax = plt.subplots(figsize=(4, 3.5))
     frac = [np.mean(flav == i) for i in range(3)]
@@ -221,8 +379,9 @@ def validate_file(path, plots_dir=None) -> tuple[dict, str]:
     attrs = read_attrs(path)
     jets, tracks = read_jets(path)
     s = summarize(jets, tracks)
+    s["tracking_efficiency"] = tracking_efficiency(attrs)
     text = format_summary(s, attrs)
     if plots_dir is not None:
-        paths = plot(jets, tracks, plots_dir)
+        paths = plot(jets, tracks, plots_dir, attrs)
         text += f"\nplots: {len(paths)} PNG files in {plots_dir}"
     return s, text

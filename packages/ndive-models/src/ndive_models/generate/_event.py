@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from vertexfit import extrapolate
 
-from ..data.schema import JET_DTYPE, TRACK_DTYPE, set_track_cov
-from . import _tracker, _truth
+from ..data.schema import JET_DTYPE, ORIGIN, TRACK_DTYPE, set_track_cov
+from . import _detector, _tracker, _truth, _vertexing
 
 #: Jet selection (anti-kT R = 0.4).
 JET_R = 0.4
@@ -179,7 +180,9 @@ def _label_jets(parts: Particles, jets: dict, weak_b: np.ndarray, weak_c: np.nda
     return flavour, cone, hadron
 
 
-def _vertex_index(jet: np.ndarray, rel_vertex: np.ndarray, at_pv: np.ndarray) -> np.ndarray:
+def _vertex_index(
+    jet: np.ndarray, rel_vertex: np.ndarray, at_pv: np.ndarray, alone: np.ndarray | None = None
+) -> np.ndarray:
     """ftagTruthVertexIndex of stored tracks: 0 = PV, then 1, 2, ... per jet in pT order.
 
     ``jet`` (k,) jet index of each track (tracks of a jet contiguous, jets ascending, tracks in
@@ -187,13 +190,17 @@ def _vertex_index(jet: np.ndarray, rel_vertex: np.ndarray, at_pv: np.ndarray) ->
     (daughters of one decay share their production point exactly; the grid also merges decays
     of strongly decaying resonances, which travel far less than 1 um). ``at_pv`` (k,) marks
     tracks within 1 um of the PV (3D), the same definition as for the origin labels; any
-    other point has a nonzero grid coordinate.
+    other point has a nonzero grid coordinate. ``alone`` (k,) marks tracks that share their
+    vertex with no other track (fakes): each gets an index of its own.
     """
     if len(jet) == 0:
         return np.zeros(0, dtype=np.int32)
     grid = np.round(rel_vertex / VERTEX_GRID).astype(np.int64)
     grid[at_pv] = 0
-    key = np.concatenate([jet[:, None], grid], axis=1)
+    own = np.zeros((len(jet), 1), dtype=np.int64)
+    if alone is not None:
+        own[alone, 0] = np.arange(1, int(alone.sum()) + 1)
+    key = np.concatenate([jet[:, None], grid, own], axis=1)
     uniq, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
     # displaced groups in order of their highest-pT track: grouped by jet since jets ascend
     disp = np.flatnonzero(uniq[:, 1:].any(axis=1))
@@ -206,6 +213,64 @@ def _vertex_index(jet: np.ndarray, rel_vertex: np.ndarray, at_pv: np.ndarray) ->
     return index[inverse.reshape(-1)]
 
 
+@dataclass(frozen=True)
+class Detector:
+    """The realistic-detector options of :func:`process_batch` (all off: the clean sample).
+
+    See :class:`~._pipeline.GenerationConfig` for their meaning; ``rng`` draws everything
+    these options add (beam spot, pileup multiplicities, radial efficiency is folded into the
+    main draw, fakes, leptons), so the clean sample's random stream is untouched.
+    """
+
+    beamspot_sigma: tuple = (0.0, 0.0, 0.0)
+    reco_pv: bool = False
+    fake_rate: float = 0.0
+    radial_tracking: bool = False
+    correlated: bool = False
+    soft_leptons: bool = False
+    track_selection: bool = False
+
+
+#: Production-radius bins [mm] of the tracking-efficiency histogram stored in every file.
+EFFICIENCY_R_EDGES = (0.0, 1.0, 5.0, 10.0, 20.0, 33.25, 50.5, 88.5, 122.5, 200.0, 300.0)
+#: FTAG (GN2) track selection w.r.t. the PV: |d0| and |z0 sin(theta)| [mm].
+SELECTION_D0_MAX = 3.5
+SELECTION_Z0SIN_MAX = 5.0
+_HARD, _PILEUP, _FAKE = 0, 1, 2  # source of a track
+
+
+def _candidates(parts: Particles, event_of, kind: int) -> dict:
+    """Final-state particles of ``parts`` as track candidates (event = ``event_of[event]``)."""
+    final = np.flatnonzero(parts.status > 0)
+    return {
+        "idx": final if kind == _HARD else np.full(len(final), -1),
+        "event": event_of[parts.event[final]],
+        "pdgid": parts.pdgid[final],
+        "p": parts.p[final, :3],
+        "v": parts.vprod[final],
+        "kind": np.full(len(final), kind, dtype=np.int8),
+    }
+
+
+def _concat(a: dict, b: dict) -> dict:
+    return {k: np.concatenate([a[k], b[k]]) for k in a}
+
+
+def _efficiency_counts(stats, cand, charge, pt, eta, r_prod, sel, found, jets):
+    """Particles in jets and their tracks per production-radius bin (see ``process_batch``)."""
+    den = (charge != 0) & (pt > _tracker.PT_MIN) & (np.abs(eta) < _tracker.ETA_MAX)
+    den &= np.abs(cand["v"][:, 2]) < _tracker.Z_PROD_MAX
+    num = np.zeros(len(den), bool)
+    num[sel[found]] = True
+    d = np.flatnonzero(den)
+    phi = np.arctan2(cand["p"][d, 1], cand["p"][d, 0])
+    d = d[_nearest(cand["event"][d], eta[d], phi, jets, TRACK_DR) >= 0]
+    edges = np.asarray(EFFICIENCY_R_EDGES)
+    stats["efficiency"] = np.stack([
+        np.histogram(r_prod[d], edges)[0], np.histogram(r_prod[d[num[d]]], edges)[0]
+    ])  # fmt: skip
+
+
 def process_batch(
     batch,
     charge_of,
@@ -214,22 +279,42 @@ def process_batch(
     max_tracks: int,
     bz: float,
     event_offset: int,
+    detector: Detector | None = None,
+    det_rng: np.random.Generator | None = None,
+    pileup=None,
+    n_pileup: np.ndarray | None = None,
+    stats: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Jets and tracks of one batch of events.
 
     Args:
         batch: awkward array from ``Pythia.nextBatch``.
         charge_of: callable mapping a PDG id array (n,) to charges (n,) [e].
-        rng: generator for efficiency and smearing (the only randomness outside Pythia).
+        rng: generator for efficiency and smearing (the only randomness of the clean sample
+            outside Pythia).
         max_tracks: track slots per jet; the highest-pT tracks are kept.
         bz: field [T].
         event_offset: eventNumber of the batch's first event.
+        detector: realistic-detector options (default: the clean sample).
+        det_rng: generator for what ``detector`` and the pileup add.
+        pileup: awkward batch of minimum-bias events overlaid on the events of ``batch``:
+            the first ``n_pileup[0]`` on event 0, the next ``n_pileup[1]`` on event 1, ...
+        n_pileup: ``(n_events,)`` pileup interactions per event.
+        stats: if given, ``stats["efficiency"]`` gets ``(particles, tracks)`` counts
+            ``(2, len(EFFICIENCY_R_EDGES) - 1)`` in bins of production radius: charged
+            particles with pT > 0.5 GeV, |eta| < 2.5 within dR < 0.4 of a jet, and those of
+            them that became tracks (before the max-tracks cut and any track selection).
 
     Returns:
         ``(jets (n_jets,) JET_DTYPE, tracks (n_jets, max_tracks) TRACK_DTYPE)``.
     """
+    det = detector or Detector()
     parts = flatten(batch)
     n_events = len(parts.start)
+    n_pileup = np.zeros(n_events, np.int64) if n_pileup is None else np.asarray(n_pileup)
+    sigma_bs = np.asarray(det.beamspot_sigma, dtype=np.float64)
+    if sigma_bs.any():  # the hard scatter (and everything it makes) moves to its beam-spot point
+        parts.vprod = parts.vprod + (sigma_bs * det_rng.standard_normal((n_events, 3)))[parts.event]
     pv_event = parts.vprod[parts.start + _HARD_PARTON]  # (n_events, 3)
     jets = cluster_jets(parts, n_events)
     n_jets = len(jets["pt"])
@@ -238,29 +323,88 @@ def process_batch(
     flavour, cone, hadron = _label_jets(parts, jets, weak_b, weak_c)
 
     # --- tracks: charged stable particles in the acceptance, then the efficiency ---
-    final = np.flatnonzero(parts.status > 0)
-    charge = charge_of(parts.pdgid[final])
-    pt, eta, _ = _pt_eta_phi(parts.p[final])
-    v = parts.vprod[final]
-    pv = pv_event[parts.event[final]]
+    cand = _candidates(parts, np.arange(n_events), _HARD)
+    if pileup is not None and n_pileup.sum() > 0:
+        pu = flatten(pileup)
+        n_pu = len(pu.start)
+        pu.vprod = pu.vprod + (sigma_bs * det_rng.standard_normal((n_pu, 3)))[pu.event]
+        cand = _concat(cand, _candidates(pu, np.repeat(np.arange(n_events), n_pileup), _PILEUP))
+    charge = charge_of(cand["pdgid"])
+    pt, eta, _ = _pt_eta_phi(cand["p"])
+    v = cand["v"]
+    r_prod = np.hypot(v[:, 0], v[:, 1])
+    r_max = _detector.R_PROD_MAX_STANDARD if det.radial_tracking else _tracker.R_PROD_MAX
     acc = (
         (charge != 0)
         & (pt > _tracker.PT_MIN)
         & (np.abs(eta) < _tracker.ETA_MAX)
-        & (np.hypot(v[:, 0], v[:, 1]) < _tracker.R_PROD_MAX)
+        & (r_prod < r_max)
         & (np.abs(v[:, 2]) < _tracker.Z_PROD_MAX)
     )
     sel = np.flatnonzero(acc)
-    sel = sel[rng.random(len(sel)) < _tracker.efficiency(pt[sel], eta[sel])]
-    idx, charge, pt, eta, v, pv = final[sel], charge[sel], pt[sel], eta[sel], v[sel], pv[sel]
-    truth = _tracker.true_perigee(v, parts.p[idx, :3], charge, pv, bz)
-    meas, cov = _tracker.measure(truth, pt, eta, rng, bz)
+    eff = _tracker.efficiency(pt[sel], eta[sel])
+    if det.radial_tracking:
+        eff = eff * _detector.radial_efficiency(r_prod[sel])
+    found = rng.random(len(sel)) < eff
+    if stats is not None:
+        _efficiency_counts(stats, cand, charge, pt, eta, r_prod, sel, found, jets)
+    sel = sel[found]
+    cand = {k: a[sel] for k, a in cand.items()}
+    charge, pt, eta, v, r_prod = charge[sel], pt[sel], eta[sel], v[sel], r_prod[sel]
+    event = cand["event"]
+    # Without a reconstructed PV the parameters are w.r.t. the true PV (the clean sample);
+    # with one, first w.r.t. the nominal beam line, where ATLAS tracking expresses them.
+    ref = np.zeros((len(event), 3)) if det.reco_pv else pv_event[event]
+    truth = _tracker.true_perigee(v, cand["p"], charge, ref, bz)
+    if det.correlated or det.radial_tracking:
+        cov = _detector.covariance(pt, eta, r_prod if det.radial_tracking else 0.0 * pt, bz,
+                                   correlated=det.correlated)  # fmt: skip
+        meas = _detector.smear(truth, cov, rng)
+        meas[:, 2] = _tracker.wrap_phi(meas[:, 2])
+    else:
+        meas, cov = _tracker.measure(truth, pt, eta, rng, bz)
     m_pt = _tracker.pt_from_rho(meas[:, 4], bz)
     m_eta = -np.log(np.tan(0.5 * meas[:, 3]))
 
+    if det.fake_rate > 0:
+        fev, fpar, fpt, feta, fq = _detector.fake_tracks(
+            event, m_eta, meas[:, 2], meas[:, 1], n_events, det.fake_rate, _tracker.PT_MIN,
+            bz, det_rng,
+        )
+        fcov = _detector.covariance(fpt, feta, np.zeros(len(fev)), bz, correlated=det.correlated)
+        n = len(fev)
+        cand = _concat(cand, {"idx": np.full(n, -1), "event": fev, "pdgid": np.zeros(n, np.int64),
+                              "p": np.zeros((n, 3)), "v": np.zeros((n, 3)),
+                              "kind": np.full(n, _FAKE, np.int8)})  # fmt: skip
+        event = cand["event"]
+        charge, pt, eta = np.r_[charge, fq], np.r_[pt, fpt], np.r_[eta, feta]
+        v, truth, meas, cov = cand["v"], np.r_[truth, fpar], np.r_[meas, fpar], np.r_[cov, fcov]
+        m_pt = np.r_[m_pt, _tracker.pt_from_rho(fpar[:, 4], bz)]
+        m_eta = np.r_[m_eta, feta]
+    kind = cand["kind"]
+
+    ref_event = pv_event
+    reco = None
+    if det.reco_pv:
+        reco = _vertexing.reconstruct(event, meas, cov, m_pt, n_events, det.beamspot_sigma,
+                                      hard_scatter=kind == _HARD)  # fmt: skip
+        ref_event = reco["vertex"]
+        new_ref = ref_event[event]
+        meas, cov = extrapolate(meas[:, None], cov[:, None], new_ref)
+        meas, cov = meas[:, 0], cov[:, 0]
+        truth = extrapolate(truth[:, None], None, new_ref)[0][:, 0]
+    keep_trk = np.ones(len(event), bool)
+    if det.track_selection:
+        keep_trk = (np.abs(meas[:, 0]) < SELECTION_D0_MAX) & (
+            np.abs(meas[:, 1] * np.sin(meas[:, 3])) < SELECTION_Z0SIN_MAX
+        )
+    if det.soft_leptons:
+        lepton_id, lepton_pt = _detector.soft_leptons(cand["pdgid"], charge, pt, eta, det_rng)
+    idx = cand["idx"]
+
     # --- association to the nearest jet axis, highest-pT tracks first ---
-    jet_of = _nearest(parts.event[idx], m_eta, meas[:, 2], jets, TRACK_DR)
-    a = np.flatnonzero(jet_of >= 0)
+    jet_of = _nearest(event, m_eta, meas[:, 2], jets, TRACK_DR)
+    a = np.flatnonzero((jet_of >= 0) & keep_trk)
     a = a[np.lexsort((-m_pt[a], jet_of[a]))]
     ja = jet_of[a]
     n_all = np.bincount(ja, minlength=n_jets)
@@ -269,10 +413,12 @@ def process_batch(
     keep = slot < max_tracks
     a, ja, slot = a[keep], ja[keep], slot[keep]
 
-    rel_v = v[a] - pv[a]
-    displaced = np.sqrt((rel_v**2).sum(axis=1)) > VERTEX_GRID
-    origin = _truth.origin_labels(
-        idx[a], weak_b, weak_c, parts.pdgid, parts.status, parts.mother, displaced
+    rel_v = v[a] - pv_event[event[a]]
+    hard = kind[a] == _HARD
+    displaced = ~hard | (np.sqrt((rel_v**2).sum(axis=1)) > VERTEX_GRID)
+    origin = np.where(kind[a] == _PILEUP, ORIGIN["Pileup"], ORIGIN["Fake"]).astype(np.int8)
+    origin[hard] = _truth.origin_labels(
+        idx[a][hard], weak_b, weak_c, parts.pdgid, parts.status, parts.mother, displaced[hard]
     )
 
     tracks = np.zeros((n_jets, max_tracks), dtype=TRACK_DTYPE)
@@ -296,8 +442,11 @@ def process_batch(
     t["d0_significance"] = np.abs(d0) / sd0 * np.where(d0 * np.sin(dphi) >= 0, 1.0, -1.0)
     t["z0_significance"] = np.abs(z0) / sz0 * np.where(z0 * (-t["deta"]) >= 0, 1.0, -1.0)
     t["ftagTruthOriginLabel"] = origin
-    t["ftagTruthVertexIndex"] = _vertex_index(ja, rel_v, ~displaced)
+    t["ftagTruthVertexIndex"] = _vertex_index(ja, rel_v, ~displaced, kind[a] == _FAKE)
     t["truth_vertex_x"], t["truth_vertex_y"], t["truth_vertex_z"] = v[a].T
+    if det.soft_leptons:
+        t["leptonID"] = lepton_id[a]
+        t["lepton_pt"] = lepton_pt[a]
     tracks[ja, slot] = t
 
     # --- jets ---
@@ -311,6 +460,15 @@ def process_batch(
     out["eventNumber"] = event_offset + jets["event"]
     jpv = pv_event[jets["event"]]
     out["pv_x"], out["pv_y"], out["pv_z"] = jpv.T
+    out["reco_pv_x"], out["reco_pv_y"], out["reco_pv_z"] = ref_event[jets["event"]].T
+    out["reco_pv_is_hs"] = True
+    if reco is not None:
+        je = jets["event"]
+        sig = np.sqrt(np.diagonal(reco["cov"], axis1=1, axis2=2))[je]
+        out["reco_pv_sigma_x"], out["reco_pv_sigma_y"], out["reco_pv_sigma_z"] = sig.T
+        out["reco_pv_ntracks"] = reco["n_tracks"][je]
+        out["reco_pv_is_hs"] = reco["is_hard_scatter"][je]
+    out["n_pileup"] = n_pileup[jets["event"]]
     hf = hadron >= 0
     h = hadron[hf]
     # The weakly decaying hadron decays where its daughters are produced.

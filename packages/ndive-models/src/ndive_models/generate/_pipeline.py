@@ -22,6 +22,7 @@ from vertexfit import DEFAULT_BZ
 
 from ..data import JetWriter
 from ..data.schema import FLAVOURS
+from ._event import EFFICIENCY_R_EDGES
 from ._workers import WorkerPool
 
 INSTALL_HINT = "pip install 'ndive-models[generate]'"
@@ -60,6 +61,24 @@ def _interrupted(err: BaseException) -> bool:
     return False
 
 
+#: Option values of each ``--preset`` (docs/generation.md); any option given explicitly wins.
+#: ``clean`` is the NDIVE paper's sample; ``run3`` an ATLAS-like Run 3 detector.
+PRESETS: dict[str, dict] = {
+    "clean": {},
+    "run3": {
+        "beamspot": (0.012, 0.012, 35.0),
+        "pileup": 50.0,
+        "reco_pv": True,
+        "fake_rate": 0.005,
+        "radial_tracking": True,
+        "covariance": "correlated",
+        "soft_leptons": True,
+        "track_selection": True,
+    },
+}
+COVARIANCES = ("diagonal", "correlated")
+
+
 @dataclass(frozen=True)
 class GenerationConfig:
     """Options of one generation run (all of them are stored in the file's attributes).
@@ -75,6 +94,21 @@ class GenerationConfig:
         batch_events: events per Pythia ``nextBatch`` call and per work unit.
         bz: solenoid field [T].
         ecm: centre-of-mass energy [GeV].
+        preset: the preset the options started from (:meth:`from_preset`; a record only).
+        beamspot: Gaussian beam-spot widths ``(sigma_x, sigma_y, sigma_z)`` [mm] from which the
+            hard scatter and every pileup vertex are drawn (0: the origin).
+        pileup: mean number mu of minimum-bias interactions (Pythia soft QCD) overlaid on each
+            event; their number is Poisson(mu).
+        reco_pv: reconstruct the primary vertex (``vertexfit``, beam-spot constraint, adaptive
+            weights, largest sum pT^2) and express the tracks w.r.t. it.
+        fake_rate: expected fake (random-combination) tracks per real track, in [0, 1].
+        radial_tracking: efficiency and resolution depend on the production radius; nothing
+            produced beyond the last pixel layer becomes a track.
+        covariance: ``"diagonal"`` or ``"correlated"`` (full 5x5 of the detector model, with
+            the smearing drawn from it).
+        soft_leptons: reconstruct soft electrons and muons (``leptonID``, ``lepton_pt``).
+        track_selection: keep only tracks with |d0| < 3.5 mm and |z0 sin(theta)| < 5 mm
+            w.r.t. the PV (the FTAG/GN2 selection).
     """
 
     n_jets: int
@@ -87,8 +121,23 @@ class GenerationConfig:
     batch_events: int = 50
     bz: float = DEFAULT_BZ
     ecm: float = 14000.0
+    preset: str = "clean"
+    beamspot: tuple = (0.0, 0.0, 0.0)
+    pileup: float = 0.0
+    reco_pv: bool = False
+    fake_rate: float = 0.0
+    radial_tracking: bool = False
+    covariance: str = "diagonal"
+    soft_leptons: bool = False
+    track_selection: bool = False
 
     def __post_init__(self):
+        try:
+            beamspot = tuple(float(x) for x in self.beamspot)
+        except (TypeError, ValueError):
+            beamspot = ()
+        if len(beamspot) == 3:
+            object.__setattr__(self, "beamspot", beamspot)
         checks = {
             "n_jets": self.n_jets >= 1,
             "workers": self.workers >= 1,
@@ -100,6 +149,40 @@ class GenerationConfig:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"invalid generation option(s): {', '.join(bad)} ({self})")
+        # the realistic options, one message each, before any event is generated
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if len(beamspot) != 3 or not all(np.isfinite(x) and x >= 0 for x in beamspot):
+            raise ValueError(f"beamspot must be three widths >= 0 [mm], got {self.beamspot!r}")
+        if not (np.isfinite(self.pileup) and self.pileup >= 0):
+            raise ValueError(f"pileup (mu) must be >= 0, got {self.pileup}")
+        if not (0.0 <= self.fake_rate <= 1.0):
+            raise ValueError(f"fake_rate must be in [0, 1], got {self.fake_rate}")
+        if self.covariance not in COVARIANCES:
+            raise ValueError(f"covariance must be one of {', '.join(COVARIANCES)}, "
+                             f"got {self.covariance!r}")  # fmt: skip
+
+    @classmethod
+    def from_preset(cls, preset: str = "clean", **options) -> GenerationConfig:
+        """The options of ``preset`` (:data:`PRESETS`), overridden by ``options``."""
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        return cls(preset=preset, **{**PRESETS[preset], **options})
+
+    @property
+    def detector(self):
+        """The realistic-detector options as :class:`~._event.Detector`."""
+        from ._event import Detector
+
+        return Detector(
+            beamspot_sigma=self.beamspot,
+            reco_pv=self.reco_pv,
+            fake_rate=self.fake_rate,
+            radial_tracking=self.radial_tracking,
+            correlated=self.covariance == "correlated",
+            soft_leptons=self.soft_leptons,
+            track_selection=self.track_selection,
+        )
 
     def pythia_settings(self) -> list[str]:
         """Pythia ``readString`` lines, except the seed (set per worker)."""
@@ -114,6 +197,15 @@ class GenerationConfig:
         if self.hadronic_w:
             settings += ["24:onMode = off", "24:onIfAny = 1 2 3 4 5"]
         return settings
+
+    def pileup_pythia_settings(self) -> list[str]:
+        """Pythia lines of the minimum-bias (pileup) generator, except the seed."""
+        return [
+            f"Beams:eCM = {self.ecm:g}",
+            "SoftQCD:inelastic = on",
+            "Print:quiet = on",
+            "Next:numberCount = 0",
+        ]
 
 
 def worker_seeds(seed: int, workers: int) -> list[tuple[int, np.random.SeedSequence]]:
@@ -141,13 +233,20 @@ class _ChargeTable:
         return np.rint(values[inverse.reshape(-1)]).astype(np.int64)
 
 
-def _pythia(cfg: GenerationConfig, worker: int):
-    """Initialised Pythia of one worker."""
+def _extra_streams(seq: np.random.SeedSequence) -> tuple[int, np.random.Generator]:
+    """(Pythia seed of the pileup generator, NumPy generator of the realistic detector) of a
+    worker: streams of their own, so the clean sample's streams stay as they were."""
+    pileup_seq, detector_seq = seq.spawn(2)
+    pythia_seed = int(pileup_seq.generate_state(1, np.uint64)[0] % _PYTHIA_SEED_MAX) + 1
+    return pythia_seed, np.random.default_rng(detector_seq)
+
+
+def _pythia(settings: list[str], pythia_seed: int):
+    """Initialised Pythia with ``settings`` and a seed."""
     import pythia8mc
 
-    pythia_seed, _ = worker_seeds(cfg.seed, cfg.workers)[worker]
     pythia = pythia8mc.Pythia("", False)
-    for line in cfg.pythia_settings() + ["Random:setSeed = on", f"Random:seed = {pythia_seed}"]:
+    for line in settings + ["Random:setSeed = on", f"Random:seed = {pythia_seed}"]:
         if not pythia.readString(line):
             raise RuntimeError(f"Pythia rejected setting {line!r}")
     if not pythia.init():
@@ -155,28 +254,51 @@ def _pythia(cfg: GenerationConfig, worker: int):
     return pythia
 
 
+def _generators(cfg: GenerationConfig, worker: int):
+    """(hard-process Pythia, pileup Pythia or None, NumPy rng, detector rng) of a worker."""
+    pythia_seed, seq = worker_seeds(cfg.seed, cfg.workers)[worker]
+    pileup_seed, det_rng = _extra_streams(seq)
+    pythia = _pythia(cfg.pythia_settings(), pythia_seed)
+    pileup = _pythia(cfg.pileup_pythia_settings(), pileup_seed) if cfg.pileup > 0 else None
+    return pythia, pileup, np.random.default_rng(seq), det_rng
+
+
+def _next_events(pythia, cfg: GenerationConfig, pileup, det_rng):
+    """One batch of hard events and, with pileup, (minimum-bias batch, interactions per event)."""
+    batch = pythia.nextBatch(cfg.batch_events)
+    if pileup is None:
+        return batch, None, None
+    n_pileup = det_rng.poisson(cfg.pileup, len(batch))
+    total = int(n_pileup.sum())
+    pu = pileup.nextBatch(total) if total else None
+    if pu is not None and len(pu) != total:
+        raise RuntimeError(f"the pileup generator returned {len(pu)} of {total} events")
+    return batch, pu, n_pileup
+
+
 def _pythia_only(worker: int, cfg: GenerationConfig):
     """Worker entry point for benchmarks: events per batch of Pythia alone (no jets, tracks)."""
-    pythia = _pythia(cfg, worker)
+    pythia, pileup, _, det_rng = _generators(cfg, worker)
     while True:
-        yield len(pythia.nextBatch(cfg.batch_events))
+        yield len(_next_events(pythia, cfg, pileup, det_rng)[0])
 
 
 def _batches(cfg: GenerationConfig, worker: int):
     """Endless (jets, tracks) batches of one worker (runs in the worker process)."""
     from ._event import process_batch
 
-    _, seq = worker_seeds(cfg.seed, cfg.workers)[worker]
-    pythia = _pythia(cfg, worker)
-    rng = np.random.default_rng(seq)
+    pythia, pileup, rng, det_rng = _generators(cfg, worker)
     charge_of = _ChargeTable(pythia.particleData)
+    detector = cfg.detector
     for j in itertools.count():
-        batch = pythia.nextBatch(cfg.batch_events)
+        batch, pu, n_pileup = _next_events(pythia, cfg, pileup, det_rng)
         first_event = (j * cfg.workers + worker) * cfg.batch_events
+        stats: dict = {}
         jets, tracks = process_batch(
-            batch, charge_of, rng, max_tracks=cfg.max_tracks, bz=cfg.bz, event_offset=first_event
-        )
-        yield jets, tracks, len(batch)
+            batch, charge_of, rng, max_tracks=cfg.max_tracks, bz=cfg.bz, event_offset=first_event,
+            detector=detector, det_rng=det_rng, pileup=pu, n_pileup=n_pileup, stats=stats,
+        )  # fmt: skip
+        yield jets, tracks, len(batch), stats
 
 
 def _produce(worker: int, cfg: GenerationConfig):
@@ -225,9 +347,38 @@ def file_attributes(cfg: GenerationConfig) -> dict:
             "flavour": "weakly decaying b/c hadron pT > 5 GeV, dR < 0.3, nearest jet",
             "tracks": "charged, pT > 0.5 GeV, |eta| < 2.5, r_prod < 300 mm, |z_prod| < 1 m, "
             "eff 0.95/0.85 (pT > 1) 0.70/0.60 (|eta| <=/> 1.5), nearest jet dR < 0.4",
+            **_detector_settings(cfg),
         },
         "package_versions": _package_versions(),
     }
+
+
+def _detector_settings(cfg: GenerationConfig) -> dict:
+    """The realistic-detector part of ``generator_settings`` (empty for the clean sample)."""
+    out = {}
+    if cfg.pileup > 0:
+        out["pileup_pythia"] = cfg.pileup_pythia_settings()
+        out["pileup"] = (
+            "Poisson(mu) minimum-bias events per event, each at its own beam-spot point; their "
+            "tracks (origin Pileup) join the jets by the same association; jets are clustered "
+            "from the hard scatter only (pileup-subtracted jets)"
+        )
+    if cfg.radial_tracking or cfg.covariance == "correlated" or cfg.fake_rate > 0:
+        from ._detector import LAYERS, RADIAL_EFFICIENCY
+
+        out["layers"] = [list(row) for row in LAYERS]
+        if cfg.radial_tracking:
+            out["radial_efficiency"] = list(RADIAL_EFFICIENCY)
+    if cfg.reco_pv:
+        out["primary_vertex"] = (
+            "vertexfit adaptive fit with beam-spot constraint, largest sum pT^2; tracks w.r.t. "
+            "it (vertexfit.extrapolate)"
+        )
+    if cfg.soft_leptons:
+        from ._detector import ELECTRON, MUON
+
+        out["soft_leptons"] = {"muon": MUON, "electron": ELECTRON}
+    return out
 
 
 @dataclass
@@ -275,6 +426,7 @@ def generate(cfg: GenerationConfig, out, *, progress: bool = True) -> Generation
     counts = np.zeros_like(quotas)
     per_flavour = np.zeros(len(FLAVOURS), dtype=np.int64)
     n_events = 0
+    efficiency = 0
     t_first, first_jets = None, 0
     source = None
     try:  # an interruption while the workers start ends the ones started (WorkerPool.__init__)
@@ -284,7 +436,8 @@ def generate(cfg: GenerationConfig, out, *, progress: bool = True) -> Generation
             tqdm(total=cfg.n_jets, unit="jets", disable=not progress, smoothing=0.05) as bar,
         ):
             for k in itertools.count():
-                jets, tracks, n_ev = source.get(k % cfg.workers)
+                jets, tracks, n_ev, stats = source.get(k % cfg.workers)
+                efficiency += stats["efficiency"]
                 if t_first is None:
                     t_first = time.perf_counter() - t0
                 n_events += n_ev
@@ -303,6 +456,14 @@ def generate(cfg: GenerationConfig, out, *, progress: bool = True) -> Generation
                 if (counts >= quotas).all():
                     break
             writer.attrs["n_events"] = n_events
+            writer.attrs["tracking_efficiency"] = json.dumps({
+                "r_edges_mm": list(EFFICIENCY_R_EDGES),
+                "particles": efficiency[0].tolist(),
+                "tracks": efficiency[1].tolist(),
+                "definition": "charged particles with pT > 0.5 GeV, |eta| < 2.5 within dR < 0.4 "
+                "of a jet, by production radius, and those that became tracks (before the "
+                "max-tracks cut and any track selection)",
+            })  # fmt: skip
             path = writer.path
     finally:
         if source is not None:
