@@ -15,6 +15,7 @@ import pytest
 import vertexfit
 from ndive_models import cli
 from ndive_models.data import read_attrs, read_jets
+from ndive_models.data import schema
 from ndive_models.data.schema import ORIGIN, TRACK_PARAMS, reference_pv
 from ndive_models.data.validation import pulls
 from ndive_models.generate import GenerationConfig, _detector, _vertexing, generate
@@ -241,7 +242,16 @@ def test_cli_rejects_bad_input_before_generating(tmp_path, capsys):
 #: sha256 of the jets and tracks fields of the start commit's (dc4190e) clean file
 #: GenerationConfig(n_jets=100, seed=11, workers=1, batch_events=20) (pythia8mc 8.317.2).
 CLEAN_FINGERPRINT = "8f07135682310cba06337df37c9d9be46dcd1604f5d2a6eaac1975b56a5b8bbd"
-_START_FIELDS = 19, 24  # jet and track fields at the start commit
+#: The jet and track fields of the start commit (schema 1: ``cov`` a (5, 5) sub-array).
+_START_FIELDS = (
+    ("pt", "eta", "phi", "mass", "HadronConeExclTruthLabelID", "flavour_label", "n_tracks",
+     "n_tracks_all", "eventNumber", "hf_vertex_x", "hf_vertex_y", "hf_vertex_z", "Lxy", "L3D",
+     "hadron_pt", "hadron_pdgid", "pv_x", "pv_y", "pv_z"),
+    ("valid", "d0", "z0", "phi", "theta", "rho", "cov", "true_d0", "true_z0", "true_phi",
+     "true_theta", "true_rho", "charge", "pt", "eta", "deta", "dphi", "d0_significance",
+     "z0_significance", "ftagTruthOriginLabel", "ftagTruthVertexIndex", "truth_vertex_x",
+     "truth_vertex_y", "truth_vertex_z"),
+)
 
 
 def test_clean_preset_is_unchanged(generate_extra, tmp_path):
@@ -253,11 +263,11 @@ def test_clean_preset_is_unchanged(generate_extra, tmp_path):
                     tmp_path / "c.h5", progress=False).path  # fmt: skip
     jets, tracks = read_jets(path)
     h = hashlib.sha256()
-    for a, n_start in ((jets, _START_FIELDS[0]), (tracks, _START_FIELDS[1])):
-        names = a.dtype.names[:n_start]  # the fields of the start commit; new ones appended
+    for a, names in ((jets, _START_FIELDS[0]), (tracks, _START_FIELDS[1])):
         for name in sorted(names):
             h.update(name.encode())
-            h.update(np.ascontiguousarray(a[name]).tobytes())
+            value = schema.track_cov(a) if name == "cov" else a[name]
+            h.update(np.ascontiguousarray(value).tobytes())
     assert h.hexdigest() == CLEAN_FINGERPRINT
     # the new fields of a clean file: the reference PV is the true one, nothing else is on
     np.testing.assert_array_equal(reference_pv(jets)[:, 2], jets["pv_z"])
@@ -308,7 +318,7 @@ def test_run3_file_labels_and_fields(run3_files):
     assert np.median(np.abs(res[:, 2])) < 0.05 and np.all(jets["reco_pv_sigma_z"] > 0)
     assert jets["n_pileup"].mean() == pytest.approx(cfg.pileup, rel=0.5)
     # correlated covariance stored; track pulls after the extrapolation to the reconstructed PV
-    assert np.abs(flat["cov"][:, 0, 2]).max() > 0
+    assert np.abs(schema.track_cov(flat)[:, 0, 2]).max() > 0
     p = pulls(flat[origin == ORIGIN["Primary"]])
     assert np.all(np.abs(p.std(axis=0) - 1.0) < 0.15), dict(zip(TRACK_PARAMS, p.std(axis=0)))
     # leptons only on tracks, flags are signed lepton ids
@@ -345,7 +355,7 @@ def test_run3_pulls_on_a_larger_file(generate_extra, tmp_path):
     mask, true_v = np.zeros((n, T), bool), np.zeros((n, 3))
     for i, (_, m) in enumerate(groups):
         q[i, : len(m)] = np.stack([m[x] for x in TRACK_PARAMS], -1)
-        cov[i, : len(m)] = m["cov"]
+        cov[i, : len(m)] = schema.track_cov(m)
         mask[i, : len(m)] = True
         true_v[i] = [m["truth_vertex_" + c][0] for c in "xyz"]
     ref = reference_pv(jets)[[j for j, _ in groups]]

@@ -57,7 +57,7 @@ def brute_force_perigee(v, phi, theta, rho, n_grid=4001, n_newton=8):
 
 
 def centre_form(v, phi, theta, rho):
-    """physics.md section 2 (circle-centre form), in whatever float type the inputs have."""
+    """docs/conventions.md, the exact helix (circle-centre form), in whatever float type the inputs have."""
     x, y, z = v[..., 0], v[..., 1], v[..., 2]
     cx, cy = x - np.sin(phi) / rho, y + np.cos(phi) / rho
     s = np.sign(rho)
@@ -117,7 +117,7 @@ def test_helix_matches_brute_force_hypothesis(x, y, z, phi, theta, log_rho, sign
 
 
 def test_straight_line_limit_exact(backend, rng):
-    """rho = 0 exactly is the straight line of physics.md section 2 (no NaN, no division)."""
+    """rho = 0 exactly is the straight line of docs/conventions.md (the exact helix) (no NaN, no division)."""
     n = 100
     v, phi, theta, _ = random_helices(rng, n)
     x, y, z = v.T
@@ -145,7 +145,7 @@ def test_continuous_at_rho_zero(rng):
 
 
 def test_worked_sign_checks(backend):
-    """physics.md section 1: a pi+ of 1 GeV made at (+-1, 0, 0) moving along +y."""
+    """docs/conventions.md (definitions): a pi+ of 1 GeV made at (+-1, 0, 0) moving along +y."""
     rho_pip = vf.curvature(1.0, 1.0)
     assert rho_pip < 0  # positive particle in Bz > 0 turns clockwise
     assert abs(abs(vf.curvature(1.0, 3.0)) - 2e-4) < 1e-6
@@ -211,7 +211,7 @@ def test_billoir_differs_from_helix_at_order_rho_squared(backend, rng):
 
 
 def test_billoir_sign_convention_matches_helix():
-    """physics.md section 3: with this package's signs the first-order model is second-order
+    """docs/conventions.md (the first-order model): with this package's signs the first-order model is second-order
     close to the helix at the paper's kinematics (|rho| ~ 2e-4 /mm, mm displacements); with
     the curvature sign flipped it would be wrong at first order."""
     rng = np.random.default_rng(7)
@@ -288,7 +288,7 @@ def test_extrapolation_jacobian_matches_finite_differences(rng):
 
 
 def test_extrapolation_z0_is_smooth_and_d0_keeps_its_sign():
-    # the pi+ of physics.md made at (1, 0, 0) along +y has d0 = +1 w.r.t. the origin
+    # the pi+ of docs/conventions.md made at (1, 0, 0) along +y has d0 = +1 w.r.t. the origin
     rho = vf.curvature(1.0, 1.0)
     q = vf.perigee(np.array([1.0, 0, 0]), np.array([[np.pi / 2, 1.1, rho]]))
     np.testing.assert_allclose(q[0, 0], 1.0, atol=1e-12)

@@ -17,7 +17,7 @@ and file attributes (:data:`REQUIRED_ATTRS`): the conventions (units, d0 sign, r
 field), generator settings, seed and package versions, plus ``complete = True`` written just
 before the file gets its final name.
 
-Conventions (physics.md section 1): units mm, GeV, rad, T; Bz = 2 T along +z; track parameters
+Conventions (docs/conventions.md): units mm, GeV, rad, T; Bz = 2 T along +z; track parameters
 ``(d0, z0, phi, theta, rho)`` are perigee parameters w.r.t. the primary vertex
 :func:`reference_pv` (the true one, or the reconstructed one with ``--reco-pv``) with
 ``PCA = PV + d0 * (sin phi, -cos phi)`` (Billoir/Delphes sign; ATLAS/ACTS use ``-d0``) and
@@ -37,7 +37,7 @@ import numpy as np
 #: when the layout changes. 2.0: the (5, 5) ``cov`` sub-array became the scalar
 #: :data:`COV_FIELDS`, and the ATLAS-named fields were added; 1.x files are still read
 #: (converted in memory) and ``ndive convert`` rewrites them.
-SCHEMA_VERSION = "2.0"
+SCHEMA_VERSION = "2.1"
 
 #: ``flavour_label`` indexes this tuple.
 FLAVOURS = ("bjets", "cjets", "ujets")

@@ -1,6 +1,6 @@
 """Physics summary and validation plots of a jet file (``ndive validate-data``).
 
-The numbers to expect (physics.md section 5, 4000 ttbar events, MPI on): pulls of all five
+The numbers to expect (docs/generation.md, Validation; 4000 ttbar events, MPI on): pulls of all five
 parameters of primary tracks with mean 0 and width 1; |d0/sigma| > 3 for 0.3% of primary,
 63% of FromB, 75% of FromBC and 40% of FromC tracks; 7.6 / 6.7 / 5.8 tracks per b / c / light
 jet; median b-hadron L3D 5.3 mm.

@@ -9,7 +9,7 @@ section "Realistic detector". All math in float64, vectorised over tracks.
 crosses (barrel layers at the radii of :data:`LAYERS`), with multiple scattering
 (Highland formula, ``13.6 MeV / p * sqrt(x/X0) (1 + 0.038 ln(x/X0))``) in every layer and in
 the beam pipe. Linearised about the track (it moves along +x at the perigee), the transverse
-measurements are ``u_k = -d0 + r_k phi + r_k^2 rho / 2`` (physics.md section 1 d0 sign) and the
+measurements are ``u_k = -d0 + r_k phi + r_k^2 rho / 2`` (docs/conventions.md, the d0 sign) and the
 longitudinal ones ``z_k = z0 - r_k theta / sin^2(theta)``; the scattering in layer j shifts
 every later hit k by ``(r_k - r_j) alpha_j / sin(theta)`` (transverse) and
 ``(r_k - r_j) alpha_j / sin^2(theta)`` (z), correlating the hits. The parameter covariance
@@ -30,7 +30,7 @@ try:  # the public name once vertexfit exposes its resolution tables
 except ImportError:  # pragma: no cover -- vertexfit before the tables went public
     from vertexfit._resolution import sigmas as resolution_sigmas
 
-#: The one table of the silicon detector (ATLAS Run 3 barrel, physics.md section 5b):
+#: The one table of the silicon detector (ATLAS Run 3 barrel, docs/generation.md, Realistic detector):
 #: (name, radius [mm], x/X0 at normal incidence, sigma r-phi [mm], sigma z [mm], silicon hits).
 #: The beam pipe is material only; an SCT layer is a stereo pair: one space point, two hits.
 LAYERS = (
@@ -186,7 +186,7 @@ def fake_tracks(event, eta, phi, z0, n_events: int, rate: float, pt_min: float, 
 
 
 # --- soft leptons ----------------------------------------------------------------------------
-#: Reconstructed soft leptons in jets (model values, physics.md section 5b): minimum pT [GeV],
+#: Reconstructed soft leptons in jets (model values, docs/generation.md, Realistic detector): minimum pT [GeV],
 #: |eta| acceptance, efficiency below / above ``*_PT_PLATEAU``, relative pT resolution of the
 #: lepton measurement (muon spectrometer combined with the ID / calorimeter cluster:
 #: sigma/E = a/sqrt(E) (+) b), and the probability that a charged hadron is reconstructed as

@@ -437,7 +437,7 @@ def process_batch(
     sd0 = np.sqrt(cov[a, 0, 0])
     sz0 = np.sqrt(cov[a, 1, 1])
     d0, z0 = meas[a, 0], meas[a, 1]
-    # Lifetime sign: + when the PCA lies on the jet side of the PV (physics.md d0 convention:
+    # Lifetime sign: + when the PCA lies on the jet side of the PV (docs/conventions.md d0 convention:
     # PCA - PV = d0 (sin phi, -cos phi), so PCA . jet_T = d0 sin(phi - phi_jet)).
     t["d0_significance"] = np.abs(d0) / sd0 * np.where(d0 * np.sin(dphi) >= 0, 1.0, -1.0)
     t["z0_significance"] = np.abs(z0) / sz0 * np.where(z0 * (-t["deta"]) >= 0, 1.0, -1.0)

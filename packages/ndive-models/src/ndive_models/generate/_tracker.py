@@ -1,6 +1,6 @@
 """Parametric ATLAS-like tracker: acceptance, efficiency and Gaussian smearing.
 
-Numbers from physics.md section 5 (the Delphes ATLAS card). The track model (exact helix,
+Numbers from docs/generation.md (the Delphes ATLAS card). The track model (exact helix,
 ``vertexfit.perigee``) and the resolution tables (Delphes ``trackResolutionATLAS.tcl``,
 ``vertexfit``'s single copy) live in vertexfit: no formula or table is repeated here.
 All math in float64.
