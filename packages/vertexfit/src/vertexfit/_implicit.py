@@ -157,7 +157,7 @@ def _at_solution(xp, model, tracks, cov, weights, cpos, ccov, u, momenta, C, hes
         tol = 1e3 * _xp.eps(xp, scale.dtype) * scale
         bad = ~(xp.abs(Dn[0]) > tol) | ~(xp.abs(Dn[1]) > tol) | ~(xp.abs(Dn[2]) > tol)
         N = _speed.barrier(xp, {key: xp.where(bad, F[key], N[key]) for key in F})
-    WN, EN, SN, _, _ = _speed.barrier(xp, lin.schur(xp, N, b)[:5])
+    WN, EN, SN, _, _ = _speed.barrier(xp, lin.schur(xp, N, b, check=False)[:5])
     WN = {key: xp.where(tok, v, 0.0) for key, v in WN.items()}
     EN = [[xp.where(tok, e, 0.0) for e in row] for row in EN]
     Mk = {key: _tsum(xp, w * xp.where(tok, SN[key], 0.0), w) for key in SN}

@@ -86,7 +86,7 @@ def normal_blocks(G, jets, Gr, nvar=6):
     return F, b, J
 
 
-def schur(xp, F, b):
+def schur(xp, F, b, *, check=True):
     """Per-track Schur pieces of the normal blocks and the flag that they are usable.
 
     Returns ``(W, E, S, rv, Wbp, ok)``: ``W = Fpp^-1``, ``E = W Fpv`` (``E[i][a]``),
@@ -94,13 +94,14 @@ def schur(xp, F, b):
     Fpp is numerically positive definite (every LDL pivot > 64 eps x its diagonal entry).
     A track that is not ok (in float32 an almost degenerate helix, or a padding slot whose
     free momenta drifted far) must not enter the vertex sums nor move its momenta: callers
-    mask it with ``ok`` (``xp.where``, so that inf/NaN cannot leak as 0 * NaN).
+    mask it with ``ok`` (``xp.where``, so that inf/NaN cannot leak as 0 * NaN). With
+    ``check=False`` the flag is not computed (``ok`` is ``None``).
     """
     Fpp = {(i, j): F[(3 + i, 3 + j)] for i in range(3) for j in range(i, 3)}
     W, D = sym_inverse(Fpp, 3)
     tol = 64.0 * _xp.eps(xp, D[0].dtype)
     ok = None
-    for k in range(3):
+    for k in range(3 if check else 0):
         dk = D[k] > tol * Fpp[(k, k)]
         ok = dk if ok is None else ok & dk
     E = [[sum_terms([sym_get(W, i, k) * F[(a, 3 + k)] for k in range(3)]) for a in range(3)]
