@@ -52,6 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from .data import FileBusyError
     from .generate import GenerationConfig, MissingExtraError, WorkerError, generate
 
     try:
@@ -66,7 +67,7 @@ def run(args) -> int:
             batch_events=args.batch_events,
         )
         result = generate(cfg, args.out, progress=not args.no_progress)
-    except (MissingExtraError, ValueError) as err:
+    except (MissingExtraError, ValueError, FileBusyError) as err:
         print(f"ndive generate: error: {err}", file=sys.stderr)
         return 2
     except WorkerError as err:  # no file was written (the partial file is deleted)

@@ -9,6 +9,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock (two writers of one file are then not detected)
+    fcntl = None
+
 from .._files import partial_path
 from .._signals import signals_deferred
 from . import schema
@@ -19,13 +24,21 @@ class SchemaError(ValueError):
     """A file does not have the layout of :mod:`ndive_models.data.schema`."""
 
 
+class FileBusyError(OSError):
+    """Another process is writing the same output file (its ``.partial`` file is locked)."""
+
+
 class JetWriter:
     """Append jets and tracks to a new file, which gets its final name only on success.
 
     :meth:`append` fills the ATLAS-named fields (:func:`add_atlas_fields`) from the native
     ones, so they always agree. The data go to ``<path>.partial``; :meth:`close` writes
     ``complete = True`` and renames it with :func:`os.replace` (atomic on one file system), so
-    an interrupted run never leaves a file that looks complete. A stale ``.partial`` from a killed run is overwritten.
+    an interrupted run never leaves a file that looks complete. The writer holds an exclusive
+    lock on the ``.partial`` file from before it writes anything until after the rename: a
+    second writer of the same ``path`` fails at once with :class:`FileBusyError` and touches
+    nothing, while a stale ``.partial`` from a killed run (whose lock the system released) is
+    overwritten.
     Use as a context manager: on an exception the partial file is deleted.
 
     Args:
@@ -42,8 +55,11 @@ class JetWriter:
         self.n = 0
         self.tmp.parent.mkdir(parents=True, exist_ok=True)
         self._file = None
+        self._lock = None
+        self._lock = _lock_partial(self.tmp)  # nothing to clean up if this fails: not ours
         try:  # an interruption (Ctrl-C, SIGTERM) while setting up leaves no file either
-            self._file = h5py.File(self.tmp, "w", track_order=True)
+            # HDF5's own lock is off: it would be a second lock on the file we hold locked
+            self._file = h5py.File(self.tmp, "w", track_order=True, locking=False)
             for key, value in {**schema.CONVENTIONS, **(attrs or {})}.items():
                 self._file.attrs[key] = _attr(value)
             self._file.attrs["max_tracks"] = self.max_tracks
@@ -98,16 +114,26 @@ class JetWriter:
         except BaseException:
             self.abort()
             raise
+        self._unlock()
         return self.path
 
     def abort(self) -> None:
-        """Close and delete the partial file (a Ctrl-C meanwhile is delivered afterwards)."""
+        """Close and delete the partial file (a Ctrl-C meanwhile is delivered afterwards).
+
+        Only a file this writer holds locked is deleted, never another process's."""
         with signals_deferred():
             try:
                 if self._file is not None:
                     self._file.close()
             finally:
-                self.tmp.unlink(missing_ok=True)
+                if self._lock is not None:
+                    self.tmp.unlink(missing_ok=True)
+                self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # releases the lock
+            self._lock = None
 
     def __enter__(self):
         return self
@@ -118,6 +144,36 @@ class JetWriter:
         else:
             self.abort()
         return False
+
+
+def _lock_partial(tmp: Path) -> int:
+    """Create or open ``tmp`` and take an exclusive lock on it; returns the descriptor.
+
+    Raises :class:`FileBusyError` if another process holds the lock. A holder may rename or
+    delete the file between our open and our lock: then the lock is on a file that no
+    longer has the name ``tmp`` and we try again.
+    """
+    while True:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o666)
+        if fcntl is None:
+            return fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise FileBusyError(
+                f"{tmp}: another process is writing this file (the same output name); "
+                "wait for it to finish or choose another name"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            if os.stat(tmp).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def _attr(value):
