@@ -49,12 +49,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--batch-events", type=int, default=50, help="events per work unit (part of the options)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
+
+def check_output(path, overwrite: bool, option: str = "--out") -> None:
+    """Refuse (ValueError) an output file name that is a directory, or an existing file
+    without ``overwrite``: before any work, so that nothing is lost or computed in vain."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {path}: is a directory; give a file name")
+    if path.exists() and not overwrite:
+        raise ValueError(f"{option} {path}: exists; pass --overwrite to replace it")
 
 
 def run(args) -> int:
-    from .data import FileBusyError
-    from .generate import GenerationConfig, MissingExtraError, WorkerError, generate
+    from .generate import GenerationConfig, WorkerError, generate
 
+    check_output(args.out, args.overwrite)  # errors (here and below): one line from cli.main
     try:
         cfg = GenerationConfig(
             n_jets=args.jets,
@@ -67,9 +80,6 @@ def run(args) -> int:
             batch_events=args.batch_events,
         )
         result = generate(cfg, args.out, progress=not args.no_progress)
-    except (MissingExtraError, ValueError, FileBusyError) as err:
-        print(f"ndive generate: error: {err}", file=sys.stderr)
-        return 2
     except WorkerError as err:  # no file was written (the partial file is deleted)
         print(f"ndive generate: error: {err}", file=sys.stderr)
         return 1
