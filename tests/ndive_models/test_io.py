@@ -118,7 +118,7 @@ def test_second_writer_of_the_same_file_fails_at_once_and_spares_the_first(tmp_p
     jets, tracks = np.zeros(2, schema.JET_DTYPE), np.zeros((2, 4), schema.TRACK_DTYPE)
     first = JetWriter(path, 4)
     first.append(jets, tracks)
-    with pytest.raises(FileBusyError, match="e.h5.partial: another process is writing"):
+    with pytest.raises(FileBusyError, match=r"e.h5.partial: another process is writing"):
         JetWriter(path, 4)
     assert partial_path(path).exists()
     first.append(jets, tracks)

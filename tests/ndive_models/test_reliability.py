@@ -117,7 +117,7 @@ def test_config_errors_name_the_key_or_file(sample_path, tmp_path, capsys):
 
 
 def test_debug_shows_the_traceback(sample_path, tmp_path):
-    with pytest.raises(ValueError, match="model.dim"):
+    with pytest.raises(ValueError, match=r"model.dim"):
         cli.main(["--debug", *map(str, _train_argv(sample_path, tmp_path, "--set",
                                                    "model.dim=abc"))])
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -91,7 +92,7 @@ class TrainConfig:
                              f"{sorted(known)}")
         model = d.pop("model", {}) or {}
         if not isinstance(model, (ModelConfig, dict)):
-            raise ValueError(f"model: expected a table of model options, got {model!r}")
+            raise ValueError(f"model: expected a table of model options, got {model!r}")  # noqa: TRY004 (config errors are ValueErrors)
         if not isinstance(model, ModelConfig):
             model = ModelConfig.from_dict(model)
         return cls(**check_types(cls, d), model=model)
@@ -125,7 +126,7 @@ def _read_file(path) -> dict:
     else:
         raise ValueError(f"config {path}: use a .yaml, .yml or .toml file")
     if not isinstance(d, dict):
-        raise ValueError(f"config {path}: expected a table of options at the top level")
+        raise ValueError(f"config {path}: expected a table of options at the top level")  # noqa: TRY004
     return d
 
 
@@ -248,7 +249,8 @@ def _read_checkpoint(path, device="cpu") -> dict:
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     try:
         ck = torch.load(path, map_location=device, weights_only=False)
-    except Exception as err:  # truncated zip, pickle garbage, a file of another kind
+    except (RuntimeError, ValueError, OSError, EOFError, AttributeError, ImportError,
+            pickle.UnpicklingError) as err:  # truncated zip, pickle garbage, another file kind
         raise ValueError(f"{path}: not a readable checkpoint (truncated or not a .pt file: "
                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__})"
                          ) from None

@@ -22,8 +22,8 @@ from ._io import (
 )
 
 __all__ = [
-    "FileBusyError",
     "HF_ORIGINS",
+    "FileBusyError",
     "JetWriter",
     "SchemaError",
     "add_atlas_fields",
