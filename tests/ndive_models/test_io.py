@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import h5py
 import numpy as np
 import pytest
 
 from ndive_models.data import (
+    FileBusyError,
     JetWriter,
     SchemaError,
     convert,
@@ -100,10 +105,43 @@ def test_stale_partial_is_overwritten_and_refused(tmp_path):
     w = JetWriter(path, 4)  # a killed run: the partial file stays, never renamed
     w.append(np.zeros(2, schema.JET_DTYPE), np.zeros((2, 4), schema.TRACK_DTYPE))
     w._file.close()
+    os.close(w._lock)  # as the system does when the process dies
     with pytest.raises(SchemaError, match="not marked complete"):
         read_jets(partial_path(path))
     _write(path)  # re-running starts cleanly
     assert path.exists() and not partial_path(path).exists()
+
+
+def test_second_writer_of_the_same_file_fails_at_once_and_spares_the_first(tmp_path):
+    # issue 14.1: the second `ndive generate --out` of one name unlinked the first's partial
+    path = tmp_path / "e.h5"
+    jets, tracks = np.zeros(2, schema.JET_DTYPE), np.zeros((2, 4), schema.TRACK_DTYPE)
+    first = JetWriter(path, 4)
+    first.append(jets, tracks)
+    with pytest.raises(FileBusyError, match=r"e.h5.partial: another process is writing"):
+        JetWriter(path, 4)
+    assert partial_path(path).exists()
+    first.append(jets, tracks)
+    first.close()
+    with h5py.File(path, "r") as f:
+        assert f.attrs["complete"] and len(f["jets"]) == 4
+    _write(path)  # once the first is done, the name is free again
+    assert not partial_path(path).exists()
+
+
+def test_second_writer_in_another_process_is_refused(tmp_path):
+    path = tmp_path / "f.h5"
+    code = ("import sys; from ndive_models.data import JetWriter, FileBusyError\n"
+            "try:\n    JetWriter(sys.argv[1], 4)\n"
+            "except FileBusyError as e:\n    print(e); sys.exit(3)\n")
+    with JetWriter(path, 4) as w:
+        w.append(np.zeros(1, schema.JET_DTYPE), np.zeros((1, 4), schema.TRACK_DTYPE))
+        res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                             text=True, timeout=60)
+        assert res.returncode == 3, res.stderr
+        assert "another process is writing" in res.stdout
+    with h5py.File(path, "r") as f:
+        assert f.attrs["complete"] and len(f["jets"]) == 1
 
 
 def test_reader_names_missing_and_mistyped_fields(tmp_path):

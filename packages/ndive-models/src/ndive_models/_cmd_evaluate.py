@@ -14,7 +14,6 @@ draws puma's ROC and discriminant plots (ATLAS style) into OUT/puma.
 from __future__ import annotations
 
 import argparse
-import sys
 
 NAME = "evaluate"
 HELP = "evaluate checkpoints: predictions HDF5, metrics JSON, ROC and vertexing plots"
@@ -25,25 +24,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test", required=True, metavar="FILE.h5", help="test jets")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--fc", type=float, default=0.05, help="c fraction f_c in D_b")
-    p.add_argument("--reference", default="baseline", help="label of the ratio-panel reference")
+    p.add_argument("--reference", default=None,
+                   help="label of the ratio-panel reference (default: baseline, if evaluated)")
     p.add_argument("--max-jets", type=int, default=None, help="use the first N test jets")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--no-plots", action="store_true", help="metrics and predictions only")
     p.add_argument("--puma", action="store_true",
                    help="also draw ROC and discriminant plots with puma into OUT/puma "
                         "(pip install 'ndive-models[ftag]')")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of a previous evaluation in --out")
+
+
+def check_args(args) -> None:
+    """Refuse (ValueError, naming the option) what would give wrong results silently."""
+    from pathlib import Path
+
+    if args.max_jets is not None and args.max_jets < 1:
+        raise ValueError(f"--max-jets must be a positive number of jets, got {args.max_jets}")
+    if not 0.0 <= args.fc <= 1.0:
+        raise ValueError(f"--fc is the c fraction in D_b and must be in [0, 1], got {args.fc}")
+    metrics = Path(args.out) / "metrics.json"
+    if metrics.exists() and not args.overwrite:
+        raise ValueError(f"--out {args.out}: holds a previous evaluation ({metrics}); pass "
+                         "--overwrite to replace it")
 
 
 def run(args) -> int:
     from .evaluate import evaluate
 
-    try:
-        m = evaluate(args.checkpoints, args.test, args.out, f_c=args.fc,
-                     reference=args.reference, max_jets=args.max_jets, device=args.device,
-                     plots=not args.no_plots, puma=args.puma)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"ndive evaluate: error: {err}", file=sys.stderr)
-        return 2
+    check_args(args)  # errors: one line from cli.main
+    m = evaluate(args.checkpoints, args.test, args.out, f_c=args.fc, reference=args.reference,
+                 max_jets=args.max_jets, device=args.device, plots=not args.no_plots,
+                 puma=args.puma)
     for mm in m["models"].values():
         if "rejection" in mm:
             r = mm["rejection"]

@@ -51,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--batch-events", type=int, default=50, help="events per work unit (part of the options)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     g = p.add_argument_group(
         "realistic detector (docs/generation.md); --preset sets all of them, any option given "
         "explicitly wins"
@@ -85,9 +86,22 @@ _DETECTOR_OPTIONS = ("beamspot", "pileup", "reco_pv", "fake_rate", "radial_track
                      "covariance", "soft_leptons", "track_selection")  # fmt: skip
 
 
-def run(args) -> int:
-    from .generate import GenerationConfig, MissingExtraError, WorkerError, generate
+def check_output(path, overwrite: bool, option: str = "--out") -> None:
+    """Refuse (ValueError) an output file name that is a directory, or an existing file
+    without ``overwrite``: before any work, so that nothing is lost or computed in vain."""
+    from pathlib import Path
 
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {path}: is a directory; give a file name")
+    if path.exists() and not overwrite:
+        raise ValueError(f"{option} {path}: exists; pass --overwrite to replace it")
+
+
+def run(args) -> int:
+    from .generate import GenerationConfig, WorkerError, generate
+
+    check_output(args.out, args.overwrite)  # errors (here and below): one line from cli.main
     try:
         explicit = {k: getattr(args, k) for k in _DETECTOR_OPTIONS if getattr(args, k) is not None}
         cfg = GenerationConfig.from_preset(
@@ -103,9 +117,6 @@ def run(args) -> int:
             batch_events=args.batch_events,
         )
         result = generate(cfg, args.out, progress=not args.no_progress)
-    except (MissingExtraError, ValueError) as err:
-        print(f"ndive generate: error: {err}", file=sys.stderr)
-        return 2
     except WorkerError as err:  # no file was written (the partial file is deleted)
         print(f"ndive generate: error: {err}", file=sys.stderr)
         return 1

@@ -47,6 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set model.dim=64 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an OUT that holds a previous run's checkpoints")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -59,7 +61,10 @@ def config_from_args(args):
         if "=" not in item:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        over[k.strip()] = yaml.safe_load(v)
+        try:
+            over[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError:
+            over[k.strip()] = v  # a plain string; the config's type check names the key
     for _, key, _, _ in _FLAGS:
         v = getattr(args, key.replace(".", "__"))
         if v is not None:
@@ -73,16 +78,16 @@ def config_from_args(args):
 
 def run(args) -> int:
     """Train as the parsed command line says; returns the exit status."""
-    import sys
+    from pathlib import Path
 
     from .train import _dist_info, train
 
-    try:
-        cfg = config_from_args(args)
-        summary = train(cfg, resume=args.resume)
-    except (ValueError, FileNotFoundError, FloatingPointError) as err:
-        print(f"ndive train: error: {err}", file=sys.stderr)
-        return 2
+    cfg = config_from_args(args)
+    last = Path(cfg.out) / "last.pt"
+    if last.exists() and not (args.resume or args.overwrite):
+        raise ValueError(f"--out {cfg.out}: holds a previous run ({last}); pass --resume to "
+                         "continue it or --overwrite to start afresh")
+    summary = train(cfg, resume=args.resume)  # errors: one line from cli.main
     if _dist_info()[0] == 0:
         print(f"best validation loss {summary['best_val']:.4f} at epoch "
               f"{summary['best_epoch']}; checkpoints in {summary['out']}")

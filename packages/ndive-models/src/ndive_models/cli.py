@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="NDIVE: jet data generation, training, evaluation, the demo and the "
                     "paper study.",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error (default: one line)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for path in SUBCOMMANDS:
         mod = importlib.import_module(path)
@@ -132,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         rc = int(args._run(args) or 0)
     except KeyboardInterrupt:
         interrupted = True
+    except Exception as err:  # a user's mistake must not end in a traceback (--debug: it does)
+        if args.debug:
+            raise
+        print(f"ndive {args.command}: error: {error_line(err)}", file=sys.stderr)
+        rc = 2 if isinstance(err, _CLEAR) else 1
     finally:
         handler.finish()
         if not (handler.received and _WATCHDOG_UNTIL_EXIT):  # else: later signals wait, too
@@ -144,6 +151,20 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return rc
+
+
+#: Errors whose message is written for the user (bad input, a missing file or extra):
+#: exit status 2 and the message alone.
+_CLEAR = (ValueError, OSError, KeyError, ImportError, FloatingPointError)
+
+
+def error_line(err: BaseException) -> str:
+    """One line for an error: its message with the lines joined (a library's
+    exception without context gets its type and the hint to rerun with ``--debug``)."""
+    text = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    if isinstance(err, _CLEAR) and text:
+        return text
+    return f"{type(err).__name__}: {text or 'no message'} (ndive --debug ... shows the traceback)"
 
 
 def run_as_program(argv: list[str] | None = None) -> int:

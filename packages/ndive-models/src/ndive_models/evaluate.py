@@ -267,12 +267,20 @@ def _vertex_quality(pred, batch):
     return summary, res, res / sig
 
 
-def evaluate(checkpoints, test, out, *, f_c: float = 0.05, reference: str = "baseline",
+def evaluate(checkpoints, test, out, *, f_c: float = 0.05, reference: str | None = None,
              working_points=_metrics.WORKING_POINTS, max_jets: int | None = None,
              device: str = "cpu", plots: bool = True, puma: bool = False) -> dict:
     """Evaluate checkpoints on ``test``; writes predictions, ``metrics.json`` and plots to
     ``out`` and returns the metrics dict. ``puma``: also draw puma's ROC and discriminant
-    plots into ``out/puma`` (needs the ``ftag`` extra)."""
+    plots into ``out/puma`` (needs the ``ftag`` extra).
+
+    ``reference``: label of the ratio-panel reference (default ``baseline``, if evaluated);
+    a given label must be one of the checkpoints'.
+
+    Raises:
+        ValueError: ``f_c`` outside [0, 1], ``max_jets`` < 1, an unknown ``reference``, a
+            checkpoint or test file that cannot be read (naming it).
+    """
     if puma:
         from . import _puma
 
@@ -280,15 +288,24 @@ def evaluate(checkpoints, test, out, *, f_c: float = 0.05, reference: str = "bas
             raise ValueError(_puma.INSTALL_HINT)
     from .train import load_checkpoint
 
+    if not 0.0 <= f_c <= 1.0:
+        raise ValueError(f"f_c must be in [0, 1], got {f_c}")
+    if max_jets is not None and max_jets < 1:
+        raise ValueError(f"max_jets must be positive, got {max_jets}")
+    loaded = [(p, *load_checkpoint(p, device)) for p in checkpoints]
+    known = sorted({_label(ck["config"]) for _, _, ck in loaded})
+    if reference is not None and reference not in known:
+        raise ValueError(f"reference {reference!r} is not the label of an evaluated "
+                         f"checkpoint; labels: {', '.join(known)}")
+    reference = "baseline" if reference is None else reference
     out = Path(out)
-    (out / "predictions").mkdir(parents=True, exist_ok=True)
     batch, bz = load_batch(test, 0, max_jets)
+    (out / "predictions").mkdir(parents=True, exist_ok=True)
     jets, _ = read_jets(test, 0, max_jets)
     valid = batch["valid"].numpy()
     labels = batch["flavour"].numpy()
     preds: dict[str, list] = {}
-    for ck_path in checkpoints:
-        model, ck = load_checkpoint(ck_path, device)
+    for _, model, ck in loaded:
         label = _label(ck["config"])
         pred = predict(model, batch, device=device)
         k = len(preds.setdefault(label, []))

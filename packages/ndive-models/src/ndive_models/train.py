@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -36,6 +37,7 @@ import torch
 from . import _runlog
 from ._files import atomic_write
 from .models import ModelConfig, build_model, combine, total_loss
+from .models.config import check_types
 
 __all__ = ["TrainConfig", "load_checkpoint", "load_config", "main", "split_indices", "train"]
 
@@ -89,9 +91,11 @@ class TrainConfig:
             raise ValueError(f"unknown training options {sorted(unknown)}; known: "
                              f"{sorted(known)}")
         model = d.pop("model", {}) or {}
+        if not isinstance(model, (ModelConfig, dict)):
+            raise ValueError(f"model: expected a table of model options, got {model!r}")  # noqa: TRY004 (config errors are ValueErrors)
         if not isinstance(model, ModelConfig):
             model = ModelConfig.from_dict(model)
-        return cls(**d, model=model)
+        return cls(**check_types(cls, d), model=model)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,12 +109,25 @@ def _read_file(path) -> dict:
     if path.suffix == ".toml":
         import tomllib
 
-        return tomllib.loads(text)
-    if path.suffix in (".yaml", ".yml"):
+        try:
+            d = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"config {path}: invalid TOML: {err}") from None
+    elif path.suffix in (".yaml", ".yml"):
         import yaml
 
-        return yaml.safe_load(text) or {}
-    raise ValueError(f"config {path}: use a .yaml, .yml or .toml file")
+        try:
+            d = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ValueError(f"config {path}: invalid YAML{where}: {problem}") from None
+    else:
+        raise ValueError(f"config {path}: use a .yaml, .yml or .toml file")
+    if not isinstance(d, dict):
+        raise ValueError(f"config {path}: expected a table of options at the top level")  # noqa: TRY004
+    return d
 
 
 def load_config(path=None, overrides: dict | None = None) -> TrainConfig:
@@ -157,10 +174,15 @@ def _all_reduce(t: torch.Tensor) -> torch.Tensor:
 def _pick_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r} (--device / config key 'device'): not a device; "
+                         "use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' requested but torch.cuda.is_available() is False")
+            raise ValueError(f"device {name!r} (--device / config key 'device'): CUDA is not "
+                             "available on this machine (torch.cuda.is_available() is False)")
         if dev.index is None:
             dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(dev)
@@ -207,14 +229,34 @@ def load_checkpoint(path, device="cpu"):
         ``(model, checkpoint_dict)``: the model (eval mode, on ``device``) and the raw dict
         (``config``, ``epoch``, ``history``, ``best_val``...).
     """
-    ck = torch.load(path, map_location=device, weights_only=False)
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an ndive-models checkpoint")
+    ck = _read_checkpoint(path, device)
     mcfg = ModelConfig.from_dict(ck["config"]["model"])
     model = build_model(mcfg, ck["stats"], ck["bz"]).to(device)
-    model.load_state_dict(upgrade_state_dict(ck["model"]))
+    try:
+        model.load_state_dict(upgrade_state_dict(ck["model"]))
+    except RuntimeError as err:
+        raise ValueError(f"{path}: its weights do not fit the model it names "
+                         f"({mcfg.name}, dim {mcfg.dim}): {str(err).splitlines()[0]}") from None
     model.eval()
     return model, ck
+
+
+def _read_checkpoint(path, device="cpu") -> dict:
+    """The dict of a checkpoint file; ValueError naming the file if it is none."""
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        ck = torch.load(path, map_location=device, weights_only=False)
+    except (RuntimeError, ValueError, OSError, EOFError, AttributeError, ImportError,
+            pickle.UnpicklingError) as err:  # truncated zip, pickle garbage, another file kind
+        raise ValueError(f"{path}: not a readable checkpoint (truncated or not a .pt file: "
+                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__})"
+                         ) from None
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an ndive-models checkpoint")
+    return ck
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,6 +325,30 @@ def split_indices(n: int, val_fraction: float, split_seed: int = 0):
     return perm[n_val:], perm[:n_val]
 
 
+#: Options a resumed run may change: they do not alter what was trained so far.
+RESUME_MAY_CHANGE = ("epochs", "patience", "progress", "device")
+
+
+def _check_resume(cfg: TrainConfig, saved: dict, last) -> None:
+    """Refuse to resume with options that differ from the checkpoint's (the run would
+    silently continue with the saved optimiser state, e.g. the old learning rate)."""
+    now = cfg.to_dict()
+    diff = []
+    for key in sorted(set(now) | set(saved)):
+        if key in RESUME_MAY_CHANGE:
+            continue
+        if key == "model":
+            m_now, m_old = now["model"], saved.get("model", {})
+            diff += [f"model.{k}: {m_old.get(k)!r} -> {m_now.get(k)!r}"
+                     for k in sorted(set(m_now) | set(m_old)) if m_now.get(k) != m_old.get(k)]
+        elif now.get(key) != saved.get(key):
+            diff.append(f"{key}: {saved.get(key)!r} -> {now.get(key)!r}")
+    if diff:
+        raise ValueError(f"--resume: {last} was trained with other options ({'; '.join(diff)}); "
+                         f"a resumed run keeps its options (only {', '.join(RESUME_MAY_CHANGE)} "
+                         "may change): drop the others or train into a new --out")
+
+
 def _load_data(cfg: TrainConfig):
     from .data.loader import index_batch, load_batch
 
@@ -335,9 +401,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
         if resume:
             if not last.exists():
                 raise FileNotFoundError(f"--resume: no checkpoint {last}")
-            ck = torch.load(last, map_location="cpu", weights_only=False)
-            if ck.get("format") != CHECKPOINT_FORMAT:
-                raise ValueError(f"{last} is not an ndive-models checkpoint")
+            ck = _read_checkpoint(last)
+            _check_resume(cfg, ck["config"], last)
             stats = ck["stats"]
         else:
             stats = feature_stats(data, bz)

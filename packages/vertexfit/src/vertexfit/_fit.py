@@ -22,11 +22,12 @@ At the solution, ``vertex_cov = M^-1``.
 Data path: :func:`fit` -> :func:`vertexfit._validate.prepare` -> the core on a flat jet axis
 (chunked by :mod:`vertexfit._batching`, wrapped for autodiff by :mod:`vertexfit._adjoint`)
 -> :func:`_finish`. The core packs the inputs track-major and runs :func:`_step`, one
-Gauss-Newton step on fixed shapes, ``n_iter`` times.
+Gauss-Newton step on fixed shapes with step control, ``n_iter`` times.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 from . import _adjoint, _batching, _speed, _xp
@@ -61,10 +62,12 @@ class VertexFit(NamedTuple):
         ndf: ``(...)`` degrees of freedom ``2 sum(w) - 3`` (+3 with a vertex constraint):
             each track adds 5 measurements and 3 momentum parameters; with weights the sum
             of weights counts the tracks, as in adaptive vertex fitting.
-        converged: ``(...)`` bool; False if the last step moved the vertex by more than
-            1e-3 of its error, fewer than two tracks have positive weight (and no
-            constraint), the vertex system was singular, or (under ``jax.jit`` / vmap) the
-            jet's input was invalid.
+        converged: ``(...)`` bool; True where the Gauss-Newton step from the result would
+            move the vertex by less than 1e-3 of its error and the last step did not
+            increase the objective. False otherwise (``n_iter=0`` from a seed that is not
+            the solution, a fit still moving or oscillating), where fewer than two tracks
+            have positive weight (and no constraint), the vertex system was singular, or
+            (under ``jax.jit`` / vmap) the jet's input was invalid.
     """
 
     vertex: object
@@ -94,7 +97,9 @@ def fit(tracks, cov, weights=None, *, mask=None, seed=None, n_iter=10, model="he
             the primary vertex in the paper's setup). Momenta start at the measured
             ``(phi, theta, rho)``. The result does not depend on the seed once converged.
         n_iter: number of Gauss-Newton iterations (fixed, no early exit: jit-friendly; the
-            fit converges in 2-4 for vertices within tens of mm of the seed).
+            fit converges in 2-4 for vertices within tens of mm of the seed). A step that
+            increases the objective is taken back and retried shorter (docs/fit.md);
+            fits that never do so take exactly the plain Gauss-Newton steps.
         model: ``"helix"`` (exact, default) or ``"billoir"`` (first order, paper App. A).
         constraint: optional ``(position (..., 3), covariance (..., 3, 3))`` Gaussian prior
             on the vertex (beam spot or primary vertex).
@@ -166,8 +171,10 @@ def _finish(xp, prep, out):
     track_chi2 = xp.where(good, xp.reshape(tchi2, batch + (T,)), 0.0)
     ndf = degrees_of_freedom(xp, prep.weights, prep.ccov is not None)
     converged = xp.reshape(ok, batch) & ~prep.bad
-    return VertexFit(vertex, xp.reshape(C, batch + (3, 3)), momenta,
-                     xp.reshape(total, batch), track_chi2, ndf, converged)
+    C, total = xp.reshape(C, batch + (3, 3)), xp.reshape(total, batch)
+    if prep.wscale is not None:  # the core ran on weights / wscale (_validate._weight_scale)
+        C, total = C / prep.wscale[..., None, None], total * prep.wscale
+    return VertexFit(vertex, C, momenta, total, track_chi2, ndf, converged)
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,13 +198,25 @@ class _Problem(NamedTuple):
 
 
 class _State(NamedTuple):
-    """The loop state: vertex ``u`` (3 x (B,)), momenta ``p`` (3 x (T, B)), the last vertex
-    step ``du`` and ``(sin, cos)`` of the momenta's phi."""
+    """The loop state: vertex ``u`` (3 x (B,)), momenta ``p`` (3 x (T, B)) and ``(sin, cos)``
+    of the momenta's phi; for the step control the last point whose step was kept (``base_u``,
+    ``base_p`` and its objective ``base_s`` (B,)), the step taken from it (``su``, ``sp``)
+    and the step length factor ``alpha`` (B,), 1 for a plain Gauss-Newton step."""
 
     u: list
     p: list
-    du: list
     phi_sincos: tuple
+    base_u: list
+    base_p: list
+    base_s: object
+    su: list
+    sp: list
+    alpha: object
+
+
+# A step that increased the objective is taken back and retried this much shorter; each kept
+# step lets the length grow back by 2 (up to the full Gauss-Newton step).
+_SHRINK = 0.25
 
 
 def _core(xp, tracks, cov, weights, seed, cpos, ccov, *, n_iter, model):
@@ -209,22 +228,36 @@ def _core(xp, tracks, cov, weights, seed, cpos, ccov, *, n_iter, model):
     """
     prob, state = _setup(xp, tracks, cov, weights, seed, cpos, ccov)
     state = _speed.fori_loop(xp, n_iter, lambda _, s: _step(xp, model, prob, s), state)
-    u, p, du = state.u, state.p, state.du
-    # final pass: covariance and chi2 at the solution, no step
-    Minv, bad, _, _, track_chi2 = _normal_equations(xp, model, prob, state)
-    total = xp.sum(prob.w * track_chi2, axis=0)
-    if prob.P is not None:
-        _, prior = weighted_norm(prob.P, [u[a] - c for a, c in enumerate(prob.cpos)], 3)
-        total = total + prior
+    u, p = state.u, state.p
+    # final pass: covariance and chi2 at the solution, and the step that would come next
+    Minv, bad, rhs, _, track_chi2 = _normal_equations(xp, model, prob, state)
+    total = _objective(xp, prob, u, track_chi2)
+    du = sym_matvec(Minv, rhs, 3)
     sig = [xp.sqrt(Minv[(k, k)]) for k in range(3)]
     scale = xp.abs(u[0]) + xp.abs(u[1]) + xp.abs(u[2]) + 1.0
     tiny = 16.0 * _xp.eps(xp, scale.dtype) * scale
-    moved = [xp.abs(du[k]) > 1e-3 * sig[k] + tiny for k in range(3)]
-    ok = ~bad & ~(moved[0] | moved[1] | moved[2]) & xp.isfinite(total)
+    still = [~(xp.abs(du[k]) <= 1e-3 * sig[k] + tiny) for k in range(3)]
+    ok = (~bad & ~(still[0] | still[1] | still[2]) & _not_worse(xp, total, state.base_s)
+          & xp.isfinite(total))
     momenta = xp.stack(xp.broadcast_arrays(wrap_phi(p[0]), p[1], p[2]), axis=-1)
     return (xp.stack(u, axis=-1), sym_to_array(xp, Minv, 3),
             xp.permute_dims(momenta, (1, 0, 2)), total, xp.permute_dims(track_chi2, (1, 0)),
             ok)
+
+
+def _objective(xp, prob, u, track_chi2):
+    """S at the vertex ``u``: the weighted track chi2 sum plus the prior term (B,)."""
+    total = xp.sum(prob.w * track_chi2, axis=0)
+    if prob.P is not None:
+        _, prior = weighted_norm(prob.P, [u[a] - c for a, c in enumerate(prob.cpos)], 3)
+        total = total + prior
+    return total
+
+
+def _not_worse(xp, s_new, s_old):
+    """``s_new`` is not above ``s_old`` beyond rounding (sqrt(eps) relative); False for NaN."""
+    tol = _xp.eps(xp, s_new.dtype) ** 0.5
+    return s_new <= s_old + tol * (1.0 + xp.abs(s_old))
 
 
 _UPPER5 = [(i, j) for i in range(5) for j in range(i, 5)]
@@ -251,21 +284,40 @@ def _setup(xp, tracks, cov, weights, seed, cpos, ccov):
     cpos = None if cpos is None else list(_xp.unstack(xp, cpos, axis=-1))
     u0 = list(_xp.unstack(xp, seed, axis=-1))
     p0 = list(X[2:5])
-    state = _State(u0, p0, [xp.zeros_like(u0[0]) for _ in range(3)],
-                   _speed.sincos(xp, p0[0]))
+    state = _State(u0, p0, _speed.sincos(xp, p0[0]), u0, p0, xp.full_like(u0[0], math.inf),
+                   [xp.zeros_like(u0[0]) for _ in range(3)],
+                   [xp.zeros_like(p0[0]) for _ in range(3)], xp.ones_like(u0[0]))
     return _Problem(list(X[:5]), G, w, P, cpos, singular), state
 
 
 def _step(xp, model, prob, state):
-    """One Gauss-Newton step: the next :class:`_State` (same shapes, no data-dependent
-    control flow, so a compiler can build it once and reuse it for every iteration)."""
-    Minv, _, rhs, (E, Wbp, tok), _ = _normal_equations(xp, model, prob, state)
+    """One Gauss-Newton step with step control: the next :class:`_State` (same shapes, no
+    data-dependent control flow, so a compiler can build it once and reuse it).
+
+    The linearisation at the current point also gives the objective S there. If S did not
+    rise (beyond rounding), the point is kept and the next step is the Gauss-Newton step from
+    it, times ``alpha`` (which doubles back towards 1 after a shortened step). If S rose, the
+    step that led here is taken back and retried :data:`_SHRINK` as long from the last kept
+    point. A fit whose S never rises takes the plain Gauss-Newton steps, bit for bit
+    (``alpha`` stays exactly 1). Low-momentum tracks need this (docs/fit.md).
+    """
+    Minv, _, rhs, (E, Wbp, tok), tchi2 = _normal_equations(xp, model, prob, state)
+    s_here = _objective(xp, prob, state.u, tchi2)
+    keep = _not_worse(xp, s_here, state.base_s)
     du = sym_matvec(Minv, rhs, 3)
-    dp = back_substitute(Wbp, E, du)
-    p = [state.p[i] + xp.where(tok, dp[i], 0.0) for i in range(3)]
+    dp = [xp.where(tok, d, 0.0) for d in back_substitute(Wbp, E, du)]
+    alpha = xp.where(keep, xp.minimum(2.0 * state.alpha, 1.0), _SHRINK * state.alpha)
+    f = xp.where(keep, alpha, _SHRINK)
+    su = [xp.where(keep, du[a], state.su[a]) * f for a in range(3)]
+    sp = [xp.where(keep, dp[i], state.sp[i]) * f for i in range(3)]
+    base_u = [xp.where(keep, state.u[a], state.base_u[a]) for a in range(3)]
+    base_p = [xp.where(keep, state.p[i], state.base_p[i]) for i in range(3)]
+    base_s = xp.where(keep, s_here, state.base_s)
+    u = [base_u[a] + su[a] for a in range(3)]
+    p = [base_p[i] + sp[i] for i in range(3)]
     # sin/cos of the new phi travel in the state: computed once here, so that XLA cannot
     # re-fuse (duplicate) them into the many consumers of the next linearisation
-    return _State([state.u[a] + du[a] for a in range(3)], p, du, _speed.sincos(xp, p[0]))
+    return _State(u, p, _speed.sincos(xp, p[0]), base_u, base_p, base_s, su, sp, alpha)
 
 
 def _normal_equations(xp, model, prob, state):

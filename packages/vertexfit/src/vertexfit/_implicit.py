@@ -507,7 +507,7 @@ def fit_vjp(tracks, cov, weights=None, *, mask=None, seed=None, n_iter=10, model
     _check_hessian(hessian)
     xp, prep, args, out, res = fit_with_core(tracks, cov, weights, mask, seed, constraint,
                                              ref, n_iter, model)
-    batch, good = prep.batch, prep.mask
+    batch, good, s = prep.batch, prep.mask, prep.wscale
     T = args[0].shape[-2]
     okb = ~prep.bad[..., None]
 
@@ -521,6 +521,9 @@ def fit_vjp(tracks, cov, weights=None, *, mask=None, seed=None, n_iter=10, model
             cb[2] = xp.where(good[..., None], cb[2], 0.0)
         if cb[4] is not None:
             cb[4] = xp.where(good, cb[4], 0.0)
+        if s is not None:  # the core ran on weights / s: vertex_cov = C / s, chi2 = s S
+            cb[1] = None if cb[1] is None else cb[1] / s[..., None, None]
+            cb[3] = None if cb[3] is None else cb[3] * s
         tails = ((3,), (3, 3), (T, 3), (), (T,))
         cots = [flat(xp, x, batch, t) for x, t in zip(cb, tails)]
         tb, Vb, wb, cpb, ccb = core_vjp(xp, args[0], args[1], args[2], args[4], args[5], out,
@@ -528,6 +531,8 @@ def fit_vjp(tracks, cov, weights=None, *, mask=None, seed=None, n_iter=10, model
         tb = xp.where(good[..., None], xp.reshape(tb, batch + (T, 5)), 0.0)
         Vb = xp.where(good[..., None, None], _sym(xp, xp.reshape(Vb, batch + (T, 5, 5))), 0.0)
         wb = xp.where(good, xp.reshape(wb, batch + (T,)), 0.0)
+        if s is not None:
+            wb = wb / s[..., None]
         dtype = args[0].dtype
         ref_bar = (xp.zeros(batch + (3,), dtype=dtype, device=_xp.device(tb))
                    if cb[0] is None else cb[0])
@@ -591,6 +596,11 @@ def fit_jvp(tracks, cov, weights=None, *, tangents, mask=None, seed=None, n_iter
             dcpos = xp.where(okb, dcp if dref is None else dcp - dref, 0.0)
         if dcc is not None:
             dccov = xp.where(okb[..., None], _sym(xp, dcc), 0.0)
+    dndf = (xp.zeros(batch, dtype=dtype, device=_xp.device(good))
+            if dw is None else 2.0 * xp.sum(dw, axis=-1))  # d ndf = 2 sum(dw)
+    s = prep.wscale
+    if s is not None and dw is not None:  # the core ran on weights / s
+        dw = dw / s[..., None]
     tans = (flat(xp, dq, batch, (T, 5)), flat(xp, dV, batch, (T, 5, 5)),
             flat(xp, dw, batch, (T,)), flat(xp, dcpos, batch, (3,)),
             flat(xp, dccov, batch, (3, 3)))
@@ -599,11 +609,11 @@ def fit_jvp(tracks, cov, weights=None, *, tangents, mask=None, seed=None, n_iter
     dvertex = xp.reshape(du, batch + (3,))
     if dref is not None:
         dvertex = dvertex + dref
-    dndf = (xp.zeros(batch, dtype=dtype, device=_xp.device(dvertex))
-            if dw is None else 2.0 * xp.sum(dw, axis=-1))  # d ndf = 2 sum(dw)
-    dot = VertexFit(dvertex, xp.reshape(dC, batch + (3, 3)),
+    dC, dchi2 = xp.reshape(dC, batch + (3, 3)), xp.reshape(dchi2, batch)
+    if s is not None:
+        dC, dchi2 = dC / s[..., None, None], dchi2 * s
+    dot = VertexFit(dvertex, dC,
                     xp.where(good[..., None], xp.reshape(dmom, batch + (T, 3)), 0.0),
-                    xp.reshape(dchi2, batch),
-                    xp.where(good, xp.reshape(dts, batch + (T,)), 0.0), dndf, None)
+                    dchi2, xp.where(good, xp.reshape(dts, batch + (T,)), 0.0), dndf, None)
     return res, dot
 

@@ -22,6 +22,9 @@ __all__ = ["SAFE_TRACK", "Prepared", "broadcast_batch", "flat", "prepare"]
 # A slot that is masked out (or a jet whose input is invalid under jit) is replaced by this
 # harmless track (d0, z0, phi, theta, rho) with unit covariance before any arithmetic.
 SAFE_TRACK = (0.0, 0.0, 0.0, math.pi / 2, 0.0)
+# Largest |d0|, |z0| accepted [mm]: 1 km, far beyond any detector (and far below the values
+# whose squared residuals would overflow).
+MAX_IMPACT = 1e6
 
 
 class Prepared(NamedTuple):
@@ -37,14 +40,16 @@ class Prepared(NamedTuple):
     ref: object      # (..., 3) reference point
     bad: object      # (...) bool: the jet's input was invalid (only possible under tracing)
     batch: tuple     # the batch shape ``...``
+    wscale: object = None  # (...) the weight scale the core divides out, or None
 
     def flat(self, xp):
         """The fit core's arguments ``(tracks, cov, weights, seed, cpos, ccov)`` with the
-        batch dimensions flattened to one jet axis."""
+        batch dimensions flattened to one jet axis; the weights divided by ``wscale``."""
         T = self.tracks.shape[-2]
+        w = self.weights if self.wscale is None else self.weights / self.wscale[..., None]
         return (flat(xp, self.tracks, self.batch, (T, 5)),
                 flat(xp, self.cov, self.batch, (T, 5, 5)),
-                flat(xp, self.weights, self.batch, (T,)),
+                flat(xp, w, self.batch, (T,)),
                 flat(xp, self.seed, self.batch, (3,)),
                 flat(xp, self.cpos, self.batch, (3,)),
                 flat(xp, self.ccov, self.batch, (3, 3)))
@@ -74,7 +79,8 @@ def prepare(tracks, cov, weights, mask, seed, constraint, ref, n_iter, model):
         except (TypeError, ValueError):
             raise ValueError("constraint must be a (position (..., 3), covariance (..., 3, 3)) "
                              "pair") from None
-    xp = _xp.namespace(tracks, cov, weights, seed, ref, cpos, ccov)
+    xp = _namespace(tracks=tracks, cov=cov, weights=weights, mask=mask, seed=seed, ref=ref,
+                    **{"constraint position": cpos, "constraint covariance": ccov})
     if tracks.ndim < 2 or tracks.shape[-1] != 5:
         raise ValueError(f"tracks must have shape (..., T, 5), got {tuple(tracks.shape)}")
     tshape = tuple(tracks.shape[:-1])
@@ -82,9 +88,12 @@ def prepare(tracks, cov, weights, mask, seed, constraint, ref, n_iter, model):
     if tuple(cov.shape) != tshape + (5, 5):
         raise ValueError(f"cov must have shape {tshape + (5, 5)} to match tracks "
                          f"{tuple(tracks.shape)}, got {tuple(cov.shape)}")
-    dtype = _xp.float_dtype(xp, tracks, cov, weights)
-    if not xp.isdtype(tracks.dtype, "real floating"):
-        raise ValueError(f"tracks must be floating point, got {tracks.dtype}")
+    for name, a in (("tracks", tracks), ("cov", cov), ("weights", weights)):
+        # float16/bfloat16 are too coarse for a vertex; integer weights are fine
+        if a is not None and a.dtype not in (xp.float32, xp.float64) and not (
+                name == "weights" and xp.isdtype(a.dtype, ("integral", "bool"))):
+            raise ValueError(f"{name} must be float32 or float64, got {a.dtype}")
+    dtype = _xp.float_dtype(xp, tracks, cov)
     tracks = xp.astype(tracks, dtype, copy=False)
     cov = xp.astype(cov, dtype, copy=False)
     dev = _xp.device(tracks)
@@ -102,6 +111,7 @@ def prepare(tracks, cov, weights, mask, seed, constraint, ref, n_iter, model):
         raise ValueError(f"mask must be boolean, got {mask.dtype}")
     zeros3 = xp.zeros(batch + (3,), dtype=dtype, device=dev)
     ref = zeros3 if ref is None else broadcast_batch(xp, ref, batch, "ref", dtype)
+    seed_given = seed is not None
     seed = ref if seed is None else broadcast_batch(xp, seed, batch, "seed", dtype)
     if cpos is not None:
         cpos = broadcast_batch(xp, cpos, batch, "constraint position", dtype)
@@ -118,6 +128,9 @@ def prepare(tracks, cov, weights, mask, seed, constraint, ref, n_iter, model):
     th = tracks[..., 3]
     bad_th = ~((th > 0) & (th < math.pi)) & m & ~bad_t
     problems.append(("tracks", "theta outside (0, pi)", xp.any(bad_th, axis=-1)))
+    big = (xp.abs(tracks[..., 0]) > MAX_IMPACT) | (xp.abs(tracks[..., 1]) > MAX_IMPACT)
+    problems.append(("tracks", f"|d0| or |z0| above {MAX_IMPACT:g} mm",
+                     xp.any(big & m & ~bad_t, axis=-1)))
     comps, bad_spd, fin_c = _spd_check(xp, cov, 5, m)
     bad_c = ~fin_c & m
     problems.append(("cov", "NaN or inf in an unmasked covariance", xp.any(bad_c, axis=-1)))
@@ -125,7 +138,8 @@ def prepare(tracks, cov, weights, mask, seed, constraint, ref, n_iter, model):
     if not default_weights:  # checking the default ones made XLA constant-fold for seconds
         bad_w = ~(xp.isfinite(weights) & (weights >= 0)) & m
         problems.append(("weights", "negative, NaN or inf weight", xp.any(bad_w, axis=-1)))
-    for name, a in (("seed", seed), ("ref", ref), ("constraint position", cpos)):
+    for name, a in (("ref", ref), ("seed", seed if seed_given else None),
+                    ("constraint position", cpos)):
         if a is not None:
             problems.append((name, "NaN or inf", ~xp.all(xp.isfinite(a), axis=-1)))
     if ccov is not None:
@@ -153,7 +167,40 @@ def prepare(tracks, cov, weights, mask, seed, constraint, ref, n_iter, model):
         cpos = xp.where(okb, cpos - ref, zeros3)
         ccov = xp.where(okb[..., None], (ccov + xp.matrix_transpose(ccov)) / 2,
                         xp.eye(3, dtype=dtype, device=dev))
-    return xp, Prepared(tracks_s, cov_s, w_s, good, seed_l, cpos, ccov, ref, bad_jet, batch)
+    return xp, Prepared(tracks_s, cov_s, w_s, good, seed_l, cpos, ccov, ref, bad_jet, batch,
+                        _weight_scale(xp, w_s, ccov))
+
+
+def _weight_scale(xp, w, ccov):
+    """Per-jet weight scale ``s`` (batch shape) that the core divides out: the largest
+    weight, 1 where all are zero; None with a constraint (the prior fixes the scale).
+
+    The fit is invariant under a common weight scale (S / s has the same minimum), so the
+    core runs on ``weights / s`` and no scale, subnormal or 1e300, can produce a NaN;
+    ``vertex_cov`` and ``chi2`` are scaled back by ``1 / s`` and ``s``. ``s`` is a constant
+    for autodiff: the identity holds for every ``s``, so gradients stay exact.
+    """
+    if ccov is not None or w.shape[-1] == 0:
+        return None
+    s = _xp.stop_gradient(xp, xp.max(w, axis=-1))
+    return xp.where(s > 0, s, xp.ones_like(s))
+
+
+def _namespace(**arrays):
+    """The array namespace of the named ``arrays`` (``None`` skipped), or a ValueError naming
+    an argument that is no array, or the libraries of arrays that come from different ones."""
+    given = {k: a for k, a in arrays.items() if a is not None}
+    for k, a in given.items():
+        if not _xp.array_api_compat.is_array_api_obj(a):
+            raise ValueError(f"{k} must be an array (NumPy, JAX, PyTorch, ...), got "
+                             f"{type(a).__name__}")
+    try:
+        return _xp.namespace(*given.values())
+    except TypeError:
+        kinds = ", ".join(f"{k} is {_xp.backend_name(_xp.namespace(a))}"
+                          for k, a in given.items())
+        raise ValueError(f"arrays from different libraries ({kinds}); pass all of them "
+                         "from one") from None
 
 
 def broadcast_batch(xp, a, batch, name, dtype):

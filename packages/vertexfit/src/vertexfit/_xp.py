@@ -20,6 +20,7 @@ __all__ = [
     "is_lazy",
     "namespace",
     "quiet",
+    "stop_gradient",
     "to_numpy",
     "unstack",
 ]
@@ -47,8 +48,29 @@ def device(a):
 
 
 def is_lazy(x) -> bool:
-    """True if ``x``'s values cannot be read (a JAX tracer under ``jit``, ...)."""
+    """True if ``x``'s values cannot be read (a JAX tracer under ``jit``, ``grad`` or
+    ``vmap``; a tensor inside ``torch.func`` transforms, ...).
+
+    ``array_api_compat.is_lazy_array`` answers True for every JAX array; a concrete (eager)
+    JAX array is no tracer, and its values can be read.
+    """
+    if array_api_compat.is_jax_array(x):
+        import jax
+
+        return isinstance(x, jax.core.Tracer)
     return bool(array_api_compat.is_lazy_array(x))
+
+
+def stop_gradient(xp, x):
+    """``x`` as a constant for autodiff (``jax.lax.stop_gradient``, ``Tensor.detach``)."""
+    name = backend_name(xp)
+    if name == "jax":
+        import jax
+
+        return jax.lax.stop_gradient(x)
+    if name == "torch":
+        return x.detach()
+    return x
 
 
 def can_inspect(xp, flag) -> bool | None:

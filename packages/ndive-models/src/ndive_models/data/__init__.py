@@ -11,6 +11,7 @@ import importlib
 from . import schema
 from ._atlas import add_atlas_fields
 from ._io import (
+    FileBusyError,
     JetWriter,
     SchemaError,
     check_layout,
@@ -22,6 +23,7 @@ from ._io import (
 
 __all__ = [
     "HF_ORIGINS",
+    "FileBusyError",
     "JetWriter",
     "SchemaError",
     "add_atlas_fields",

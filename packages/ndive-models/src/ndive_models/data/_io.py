@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock (two writers of one file are then not detected)
+    fcntl = None
 
 from .._files import partial_path
 from .._signals import signals_deferred
@@ -19,13 +25,21 @@ class SchemaError(ValueError):
     """A file does not have the layout of :mod:`ndive_models.data.schema`."""
 
 
+class FileBusyError(OSError):
+    """Another process is writing the same output file (its ``.partial`` file is locked)."""
+
+
 class JetWriter:
     """Append jets and tracks to a new file, which gets its final name only on success.
 
     :meth:`append` fills the ATLAS-named fields (:func:`add_atlas_fields`) from the native
     ones, so they always agree. The data go to ``<path>.partial``; :meth:`close` writes
     ``complete = True`` and renames it with :func:`os.replace` (atomic on one file system), so
-    an interrupted run never leaves a file that looks complete. A stale ``.partial`` from a killed run is overwritten.
+    an interrupted run never leaves a file that looks complete. The writer holds an exclusive
+    lock on the ``.partial`` file from before it writes anything until after the rename: a
+    second writer of the same ``path`` fails at once with :class:`FileBusyError` and touches
+    nothing, while a stale ``.partial`` from a killed run (whose lock the system released) is
+    overwritten.
     Use as a context manager: on an exception the partial file is deleted.
 
     Args:
@@ -42,8 +56,11 @@ class JetWriter:
         self.n = 0
         self.tmp.parent.mkdir(parents=True, exist_ok=True)
         self._file = None
+        self._lock = None
+        self._lock = _lock_partial(self.tmp)  # nothing to clean up if this fails: not ours
         try:  # an interruption (Ctrl-C, SIGTERM) while setting up leaves no file either
-            self._file = h5py.File(self.tmp, "w", track_order=True)
+            # HDF5's own lock is off: it would be a second lock on the file we hold locked
+            self._file = h5py.File(self.tmp, "w", track_order=True, locking=False)
             for key, value in {**schema.CONVENTIONS, **(attrs or {})}.items():
                 self._file.attrs[key] = _attr(value)
             self._file.attrs["max_tracks"] = self.max_tracks
@@ -98,16 +115,26 @@ class JetWriter:
         except BaseException:
             self.abort()
             raise
+        self._unlock()
         return self.path
 
     def abort(self) -> None:
-        """Close and delete the partial file (a Ctrl-C meanwhile is delivered afterwards)."""
+        """Close and delete the partial file (a Ctrl-C meanwhile is delivered afterwards).
+
+        Only a file this writer holds locked is deleted, never another process's."""
         with signals_deferred():
             try:
                 if self._file is not None:
                     self._file.close()
             finally:
-                self.tmp.unlink(missing_ok=True)
+                if self._lock is not None:
+                    self.tmp.unlink(missing_ok=True)
+                self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # releases the lock
+            self._lock = None
 
     def __enter__(self):
         return self
@@ -118,6 +145,36 @@ class JetWriter:
         else:
             self.abort()
         return False
+
+
+def _lock_partial(tmp: Path) -> int:
+    """Create or open ``tmp`` and take an exclusive lock on it; returns the descriptor.
+
+    Raises :class:`FileBusyError` if another process holds the lock. A holder may rename or
+    delete the file between our open and our lock: then the lock is on a file that no
+    longer has the name ``tmp`` and we try again.
+    """
+    while True:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o666)
+        if fcntl is None:
+            return fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise FileBusyError(
+                f"{tmp}: another process is writing this file (the same output name); "
+                "wait for it to finish or choose another name"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            if os.stat(tmp).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def _attr(value):
@@ -242,9 +299,86 @@ def upgrade_arrays(jets: np.ndarray, tracks: np.ndarray) -> tuple[np.ndarray, np
     return out[0], out[1]
 
 
+@contextlib.contextmanager
+def _open(path):
+    """``h5py.File(path, "r")`` whose failures name the file in one line.
+
+    A missing file raises FileNotFoundError; an unreadable one (not HDF5, truncated,
+    corrupted bytes, the ``.partial`` of an interrupted run) and a read error inside it raise
+    :class:`SchemaError`.
+    """
+    path = Path(path)
+    hint = (" (the partial file of an interrupted or running write: it is refused)"
+            if path.name.endswith(".partial") else "")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, RuntimeError, ValueError) as err:
+        raise SchemaError(f"{path}: not a readable HDF5 file{hint} ({_first_line(err)})") from err
+    try:
+        with f:
+            yield f
+    except (OSError, RuntimeError, KeyError) as err:
+        raise SchemaError(f"{path}: corrupted or truncated file{hint} "
+                          f"({_first_line(err)})") from err
+
+
+def _first_line(err) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def check_values(jets: np.ndarray, tracks: np.ndarray, path="file", start: int = 0) -> None:
+    """Raise :class:`SchemaError` at the first invalid value of ``(jets, tracks)`` (read from
+    ``path`` starting at jet ``start``), naming the field and the jet index in the file.
+
+    Checked: the jet kinematics and primary vertex are finite; every valid track has finite
+    parameters, theta in (0, pi), a finite covariance with a positive diagonal that is
+    positive definite (Cholesky). Padding slots are not looked at.
+    """
+    for name in ("pt", "eta", "phi", "pv_x", "pv_y", "pv_z"):
+        _first_bad(~np.isfinite(jets[name]), path, start, f"jets field {name!r} is NaN or inf")
+    valid = tracks["valid"]
+    for name in schema.TRACK_PARAMS:
+        _first_bad(valid & ~np.isfinite(tracks[name]), path, start,
+                   f"tracks field {name!r} is NaN or inf")
+    theta = tracks["theta"]
+    _first_bad(valid & ~((theta > 0) & (theta < np.pi)), path, start,
+               "tracks field 'theta' is outside (0, pi)")
+    cov = schema.track_cov(tracks)  # (the cov_* fields)
+    _first_bad(valid & ~np.isfinite(cov).all(axis=(-2, -1)), path, start,
+               "tracks fields 'cov_*' hold NaN or inf")
+    for k, name in enumerate(schema.TRACK_PARAMS):
+        _first_bad(valid & ~(cov[..., k, k] > 0), path, start,
+                   f"tracks field 'cov_{name}_{name}' (a variance) is not positive")
+    # positive definite: in chunks of jets, so the float64 copies stay small
+    step = 16384
+    for lo in range(0, len(tracks), step):
+        v = valid[lo:lo + step]
+        jet_idx, slot = np.nonzero(v)
+        if not len(jet_idx):
+            continue
+        c = cov[lo:lo + step][jet_idx, slot].astype(np.float64)
+        s = np.sqrt(np.diagonal(c, axis1=-2, axis2=-1))
+        c = (c + np.swapaxes(c, -1, -2)) / (2 * s[:, :, None] * s[:, None, :])
+        bad = np.zeros(v.shape, bool)
+        bad[jet_idx, slot] = ~(np.linalg.eigvalsh(c)[:, 0] > 0)
+        _first_bad(bad, path, start + lo, "tracks fields 'cov_*' are not a positive definite covariance")
+
+
+def _first_bad(bad: np.ndarray, path, start: int, problem: str) -> None:
+    """Raise naming the first jet (and track) where ``bad`` (jets, or jets x tracks) is set."""
+    if bad.any():
+        idx = np.argwhere(bad)[0]
+        where = f"jet {start + int(idx[0])}" + (f", track {int(idx[1])}" if len(idx) > 1 else "")
+        n = int(bad.reshape(len(bad), -1).any(axis=1).sum())
+        raise SchemaError(f"{path}: {problem} (first at {where}; {n} jets affected)")
+
+
 def read_attrs(path) -> dict:
     """File attributes of a checked file; JSON-encoded values are decoded."""
-    with h5py.File(path, "r") as f:
+    with _open(path) as f:
         check_layout(f)
         out = {}
         for key, value in f.attrs.items():
@@ -262,7 +396,8 @@ def read_attrs(path) -> dict:
 
 
 def read_jets(path, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Read jets ``[start, stop)`` after checking the layout.
+    """Read jets ``[start, stop)`` after checking the layout and the values
+    (:func:`check_values`).
 
     Files of schema 1.x are converted in memory (:func:`upgrade_arrays`); ``ndive convert``
     rewrites them once, for tools that read the file directly (ftag, salt, puma).
@@ -270,13 +405,20 @@ def read_jets(path, start: int = 0, stop: int | None = None) -> tuple[np.ndarray
     Returns:
         ``(jets, tracks)``: structured arrays of shape ``(n,)`` (JET_DTYPE) and
         ``(n, max_tracks)`` (TRACK_DTYPE).
+
+    Raises:
+        FileNotFoundError: no such file.
+        SchemaError: not a readable jet file (wrong layout, corrupted, truncated, an
+            unfinished ``.partial``) or an invalid value; the message names the file, the
+            field and the jet index in the file.
     """
-    with h5py.File(path, "r") as f:
+    with _open(path) as f:
         check_layout(f)
         jets, tracks = f["jets"][start:stop], f["tracks"][start:stop]
         if schema_major(f) == 1:
-            return upgrade_arrays(jets, tracks)
-        return jets, tracks
+            jets, tracks = upgrade_arrays(jets, tracks)
+    check_values(jets, tracks, path, int(start))
+    return jets, tracks
 
 
 #: File attributes :func:`convert` does not copy (the writer sets them anew).
@@ -298,7 +440,7 @@ def convert(src, dst, *, chunk_jets: int = 20_000, progress: bool = True) -> Pat
     from tqdm.auto import tqdm
 
     src, dst = Path(src), Path(dst)
-    with h5py.File(src, "r") as f:
+    with _open(src) as f:
         check_layout(f)
         if schema_major(f) == _CURRENT_MAJOR:
             raise SchemaError(f"{src} is already schema {f.attrs['schema_version']}: "

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 __all__ = [
     "ACTIVATION_NAMES", "ATTENTIONS", "BACKBONES", "CLASS_SETS", "FEED_FORWARDS", "INPUT_TYPES",
     "LOSS_BALANCES", "MODEL_NAMES", "POOLINGS", "TASKS", "WEIGHT_MODES", "ModelConfig",
+    "check_types",
 ]  # fmt: skip
 
 MODEL_NAMES = ("baseline", "ndive", "ftag_ndive")
@@ -149,7 +150,7 @@ class ModelConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown model options {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**d)
+        return cls(**check_types(cls, d, "model."))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -168,3 +169,31 @@ class ModelConfig:
     def class_names(self) -> tuple:
         """Names of the flavour outputs, in order."""
         return CLASS_SETS[self.classes]
+
+_SIMPLE = {"int": int, "float": float, "str": str, "bool": bool, "None": type(None)}
+
+
+def check_types(cls, d: dict, prefix: str = "") -> dict:
+    """``d`` with every value of a plainly typed field of dataclass ``cls`` (``int``,
+    ``float``, ``str``, ``bool``, ``... | None``) checked; ints are accepted for floats.
+
+    Raises:
+        ValueError: naming the key, e.g. ``model.dim: expected int, got 'abc'``.
+    """
+    out = dict(d)
+    for f in fields(cls):
+        if f.name not in d:
+            continue
+        names = [n.strip() for n in str(f.type).split("|")]
+        if not all(n in _SIMPLE for n in names):
+            continue  # nested configs, dicts: checked where they are built
+        v = d[f.name]
+        ok = any(isinstance(v, _SIMPLE[n]) and not (n in ("int", "float")
+                                                     and isinstance(v, bool))
+                 for n in names)
+        if not ok and "float" in names and isinstance(v, int) and not isinstance(v, bool):
+            ok, v = True, float(v)
+        if not ok:
+            raise ValueError(f"{prefix}{f.name}: expected {' or '.join(names)}, got {v!r}")
+        out[f.name] = v
+    return out
