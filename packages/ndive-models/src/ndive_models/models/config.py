@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 __all__ = ["MODEL_NAMES", "WEIGHT_MODES", "ModelConfig"]
 
 MODEL_NAMES = ("baseline", "ndive", "ftag_ndive")
-WEIGHT_MODES = ("predicted", "truth", "all")
+WEIGHT_MODES = ("predicted", "truth", "secondary", "all")
 
 
 @dataclass
@@ -20,7 +20,11 @@ class ModelConfig:
         dim: embedding size (reference code: 32). layers / heads: transformer layers and
             attention heads (paper: 1 / 1). ff_mult: feed-forward width / dim.
         weights: track weights of the NDIVE fit: ``"predicted"`` (the network), ``"truth"``
-            (perfect selection: 1 for tracks from the b/c decay chain) or ``"all"`` (1).
+            (the paper's perfect selection: 1 for tracks from the b/c decay chain; it encodes
+            the label, as a light jet rarely has two such tracks), ``"secondary"`` (perfect
+            selection of every displaced track, light jets included: 1 for tracks from b, c,
+            tau decays and other secondaries such as K0s, Lambda, conversions; the rule does
+            not depend on the jet's flavour) or ``"all"`` (1).
         loss_flavour / loss_origin / loss_pair: GN2 task weights (1 / 0.5 / 1.5).
         loss_ndive: weight of the NDIVE vertex MAE inside FtagNdive (reference code: 0.1).
         fit_iter: Gauss-Newton iterations of the fit (paper: 10). fit_model: ``"helix"`` or
@@ -29,6 +33,10 @@ class ModelConfig:
             failed (``fit_ok`` False; FtagNdive then uses the PV).
         vertex_loss_cap: [mm] per-component cap of the absolute vertex error in the loss
             (a lost fit costs a constant, not an unbounded gradient).
+        fit_features: FTAG+NDIVE also gives the tagger the fit's quality (an idea beyond the
+            paper): per track, its chi2 to the fitted vertex; per jet, the fit's chi2/ndf,
+            the vertex errors and the flight significance (not differentiated: the gradient
+            into the weights flows through the vertex position only).
     """
 
     name: str = "baseline"
@@ -46,6 +54,7 @@ class ModelConfig:
     fit_dtype: str = "float64"
     max_displacement: float = 500.0
     vertex_loss_cap: float = 50.0
+    fit_features: bool = False
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
