@@ -80,6 +80,12 @@ def reference_fits(batch: dict, bz: float, n_iter: int = 10) -> dict:
     return out
 
 
+#: Bin edges of the binned track selection: jet pT [GeV], tracks per jet, hadron Lxy [mm].
+SELECTION_EDGES = {"pt": np.array([20, 40, 60, 100, 150, 250, 500.0]),
+                   "n_tracks": np.arange(1.5, 16.5, 2.0),
+                   "Lxy": np.array([0, 0.5, 1, 2, 4, 8, 16, 40.0])}
+
+
 def _label(cfg: dict) -> str:
     m = cfg["model"]
     return m["name"] + ("" if m.get("weights", "predicted") == "predicted" else
@@ -179,9 +185,7 @@ def evaluate(checkpoints, test, out, *, f_c: float = 0.05, reference: str = "bas
         _write_predictions(out / "predictions" / f"{label}_{k}.h5", pred, batch, f_c)
     refs = reference_fits(batch, bz) if any("vertex" in p[0] for p in preds.values()) else {}
 
-    edges = {"pt": np.array([20, 40, 60, 100, 150, 250, 500.0]),
-             "n_tracks": np.arange(1.5, 16.5, 2.0),
-             "Lxy": np.array([0, 0.5, 1, 2, 4, 8, 16, 40.0])}
+    edges = SELECTION_EDGES
     metrics = {"test_file": str(test), "n_test_jets": len(labels),
                "n_per_flavour": {n: int((labels == i).sum()) for i, n in
                                  enumerate(("b", "c", "light"))},
