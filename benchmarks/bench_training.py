@@ -40,8 +40,8 @@ def _toy_batch(n_jets: int, seed: int = 0) -> dict:
 def run(quick: bool = False) -> dict:
     import torch
 
-    from ndive_models.data import feature_stats
     from ndive_models._optim import NovoGrad
+    from ndive_models.data import feature_stats
     from ndive_models.models import ModelConfig, build_model, total_loss
 
     batch_size = 100

@@ -61,7 +61,8 @@ def test_model_config_builds_and_runs(sample_path, name):
 
 
 def test_train_cli_accepts_a_shipped_config_name(tmp_path, capsys):
-    rc = cli.main(["train", "--config", "ndive", "--train", str(tmp_path / "missing.h5")])
+    rc = cli.main(["train", "--config", "ndive", "--train", str(tmp_path / "missing.h5"),
+                   "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert rc == 2 and "missing.h5" in err and "config" not in err.split(":", 2)[-1][:20]
 
@@ -241,3 +242,13 @@ def test_no_import_cycles_in_ndive_models():
         if m not in state:
             visit(m, [m])
     assert not cycles
+
+
+def test_building_the_cli_imports_nothing_heavy():
+    """``ndive --help`` stays fast: the subcommand modules import their work lazily."""
+    code = ("import sys; from ndive_models import cli; cli.build_parser(); "
+            "print([m for m in ('torch', 'numpy', 'h5py', 'vertexfit', 'yaml') "
+            "if m in sys.modules])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert res.stdout.strip() == "[]"

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from ndive_models import cli, paper
+from ndive_models import _metrics, cli, paper
 
 # the session sample of conftest.py (its seed and size: the shard spec that reuses it)
 N_JETS, SEED = 2000, 20231019
@@ -19,12 +19,12 @@ N_JETS, SEED = 2000, 20231019
 # uncertainties
 # --------------------------------------------------------------------------------------------
 def test_ratio_seed_term_is_the_propagated_standard_errors():
-    r = paper.ratio_uncertainty([1.0, 3.0], [2.0, 2.0])
+    r = _metrics.ratio_uncertainty([1.0, 3.0], [2.0, 2.0])
     # ratio 1; sd(num) = sqrt(2), standard error sqrt(2)/sqrt(2) = 1 on a mean of 2
     assert r["ratio"] == pytest.approx(1.0)
     assert r["seed"] == pytest.approx(0.5)
     assert np.isnan(r["stat"]) and r["per_seed"] == [0.5, 1.5]
-    one = paper.ratio_uncertainty([2.0], [1.0, 1.2])
+    one = _metrics.ratio_uncertainty([2.0], [1.0, 1.2])
     assert np.isnan(one["seed"]) and np.isnan(one["total"])
 
 
@@ -33,21 +33,21 @@ def test_ratio_stat_term_keeps_the_correlation_of_the_shared_test_set():
     eps = rng.normal(0, 0.1, 500)
     den_b = np.tile(100 * (1 + eps), (3, 1))
     # fully correlated with the baseline on every replicate: no statistical error of the ratio
-    same = paper.ratio_uncertainty([150.0] * 3, [100.0] * 3, 1.5 * den_b, den_b)
+    same = _metrics.ratio_uncertainty([150.0] * 3, [100.0] * 3, 1.5 * den_b, den_b)
     assert same["stat"] == pytest.approx(0.0, abs=1e-12) and same["seed"] == 0.0
     # independent fluctuations: the relative errors add
     other = np.tile(150 * (1 + rng.normal(0, 0.1, 500)), (3, 1))
-    ind = paper.ratio_uncertainty([150.0] * 3, [100.0] * 3, other, den_b)
+    ind = _metrics.ratio_uncertainty([150.0] * 3, [100.0] * 3, other, den_b)
     assert ind["stat"] == pytest.approx(1.5 * np.hypot(0.1, 0.1), rel=0.15)
     # total: seed and stat in quadrature
-    mixed = paper.ratio_uncertainty([140.0, 150.0, 160.0], [100.0] * 3, other, den_b)
+    mixed = _metrics.ratio_uncertainty([140.0, 150.0, 160.0], [100.0] * 3, other, den_b)
     assert mixed["total"] == pytest.approx(np.hypot(mixed["seed"], mixed["stat"]))
     assert mixed["seed"] == pytest.approx(1.5 * 10 / np.sqrt(3) / 150)
 
 
 def test_seed_mean_uncertainty():
     boot = np.array([[1.0, 2.0, 3.0], [3.0, 4.0, 5.0]])
-    u = paper.seed_mean_uncertainty([2.0, 4.0], boot)
+    u = _metrics.seed_mean_uncertainty([2.0, 4.0], boot)
     assert u["mean"] == 3.0 and u["seed_sd"] == pytest.approx(np.sqrt(2))
     assert u["seed"] == pytest.approx(1.0)
     assert u["stat"] == pytest.approx(np.std([2.0, 3.0, 4.0], ddof=1))

@@ -5,7 +5,7 @@ per-training results alone (``<report>/<condition>/<name>/metrics.json``, ``hist
 Uncertainties (docs/paper.md, "The study"): a model's number is the mean over its seeds;
 ``seed`` is the standard error of that mean from the seed-to-seed spread, ``stat`` the
 spread of the seed mean over bootstrap replicates of the test jets (the same replicates for
-every training), ``total`` both in quadrature (:func:`ndive_models.paper.ratio_uncertainty`).
+every training), ``total`` both in quadrature (:func:`ndive_models._metrics.ratio_uncertainty`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import math
 from pathlib import Path
 
 import numpy as np
+
+from ._metrics import ratio_uncertainty, seed_mean_uncertainty
 
 #: Display names of the study's runs (the run name is shown for others).
 DISPLAY = {
@@ -80,9 +82,7 @@ def _ratio_cell(r: dict) -> str:
     return s
 
 
-def _condition(study, trainings, cond, report: Path) -> list[str]:
-    from .paper import PAPER, ratio_uncertainty, seed_mean_uncertainty
-
+def _condition(study, trainings, cond, report: Path, paper: dict) -> list[str]:
     models = _models(trainings, cond)
     tag = cond or "study"
     L = [f"## Condition: {cond or '(default)'}", ""]
@@ -157,8 +157,8 @@ def _condition(study, trainings, cond, report: Path) -> list[str]:
                     f"- {bkg}: {r['ratio']:.3f} ± {sig:.3f} (seed {_num(r['seed'], 2)}, "
                     f"stat {_num(r['stat'], 2)}; {len(tagged['ftag_ndive'])} vs "
                     f"{len(tagged['baseline'])} seeds): {(r['ratio'] - 1) / sig:+.1f} sigma "
-                    f"from 1, {(r['ratio'] - PAPER['gain_at_70'][bkg]) / sig:+.1f} sigma from "
-                    f"the paper's {PAPER['gain_at_70'][bkg]}"
+                    f"from 1, {(r['ratio'] - paper['gain_at_70'][bkg]) / sig:+.1f} sigma from "
+                    f"the paper's {paper['gain_at_70'][bkg]}"
                     + (f"; the target sigma <= {TARGET_SIGMA} is "
                        f"{'met' if sig <= TARGET_SIGMA else 'not met'}" if bkg == "light"
                        else "") + ".")
@@ -169,7 +169,7 @@ def _condition(study, trainings, cond, report: Path) -> list[str]:
           "|---|---|---|---|---|---|"]
     for run in ("baseline", "ftag_ndive", "ftag_ndive_truth"):
         for wp in ("0.70", "0.60"):
-            p = PAPER.get(run, {})
+            p = paper.get(run, {})
             if run not in tagged or wp not in p.get("light", {}):
                 continue
             L.append(f"| {DISPLAY.get(run, run)} | {float(wp):.0%} | "
@@ -178,8 +178,8 @@ def _condition(study, trainings, cond, report: Path) -> list[str]:
     if ("ftag_ndive", "light", "0.70") in ratios:
         for wp in ("0.70", "0.60"):
             # the paper quotes the 70% gains; at 60% the ratio of its read-off rejections
-            g = PAPER["gain_at_70"] if wp == "0.70" else {
-                bkg: PAPER["ftag_ndive"][bkg][wp] / PAPER["baseline"][bkg][wp]
+            g = paper["gain_at_70"] if wp == "0.70" else {
+                bkg: paper["ftag_ndive"][bkg][wp] / paper["baseline"][bkg][wp]
                 for bkg in ("light", "c")}
             pl, pc = g["light"], g["c"]
             L.append(f"| FTAG+NDIVE / baseline | {float(wp):.0%} | "
@@ -189,7 +189,7 @@ def _condition(study, trainings, cond, report: Path) -> list[str]:
     # track selection and vertex
     fitted = {r: ms for r, ms in models.items() if ms and "vertex" in ms[0][1]}
     if fitted:
-        pe = PAPER["track_selection_efficiency"]
+        pe = paper["track_selection_efficiency"]
         L += ["### NDIVE track selection and the fit", "",
               "Selection: weight > 0.5 x the jet's largest weight, against the tracks from "
               f"the b/c decay chain (paper: efficiency {pe['b']} b, {pe['c']} c). Mean over "
@@ -339,10 +339,11 @@ def _roc(plt, curves: dict, reference: str, bkg: str, path: Path) -> None:
     plt.close(fig)
 
 
-def write(study: dict, trainings: list) -> str:
-    """Write ``<report>/report.md`` and the plots; returns the text."""
-    from .paper import plan
-
+def write(study: dict, trainings: list, paper: dict, remaining: str) -> str:
+    """Write ``<report>/report.md`` and the plots for the study's ``trainings``
+    (:class:`ndive_models.paper.Training`), beside the ``paper``'s numbers
+    (:data:`ndive_models.paper.PAPER`), with the table ``remaining``
+    (:func:`ndive_models.paper.plan`); returns the text."""
     report = Path(study["report"])
     report.mkdir(parents=True, exist_ok=True)
     done = [t for t in trainings if (t.result / "metrics.json").exists()]
@@ -359,9 +360,8 @@ def write(study: dict, trainings: list) -> str:
           f"- data: {study['data']['train']} (training), {study['data']['test']} (test)",
           f"- {study['jobs']} trainings at a time, {study['threads']} thread(s) each", ""]
     for cond in dict.fromkeys(t.condition for t in trainings):
-        L += _condition(study, trainings, cond, report)
-    text_plan, left = plan(study, trainings)
-    L += ["## What remains", "", text_plan, "",
+        L += _condition(study, trainings, cond, report, paper)
+    L += ["## What remains", "", remaining, "",
           "## How the uncertainties are combined", "",
           "Every training is evaluated on the same test jets. Its rejections are computed on "
           "the full test set and on 200 bootstrap replicates (test jets drawn with "

@@ -68,8 +68,8 @@ def reference_fits(batch: dict, bz: float, n_iter: int = 10) -> dict:
     Returns ``{"all tracks": pred, "perfect selection": pred}`` with ``pred`` as from
     :func:`predict` (vertex keys only).
     """
-    from .models.features import FEATURE_NAMES
     from .models import ModelConfig, build_model
+    from .models.features import FEATURE_NAMES
 
     nf = len(FEATURE_NAMES)  # no network in these modes: the normalisation is unused
     stats = {"mean": torch.zeros(nf), "std": torch.ones(nf), "pos_scale": torch.ones(3)}

@@ -42,8 +42,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PAPER", "Training", "load_study", "main", "plan", "ratio_uncertainty",
-           "run_study", "study_runs", "study_trainings", "write_report"]
+from ._metrics import ratio_uncertainty, seed_mean_uncertainty
+
+__all__ = ["PAPER", "StudyError", "Training", "load_study", "main", "plan",
+           "ratio_uncertainty", "run_study", "study_runs", "study_trainings", "write_report"]
 
 #: The paper's numbers (read off its figures; f_c = 0.05; 60k test jets per flavour).
 PAPER = {
@@ -53,6 +55,10 @@ PAPER = {
     "track_selection_efficiency": {"b": 0.52, "c": 0.57},
     "gain_at_70": {"light": 1.27, "c": 1.13},
 }
+
+
+class StudyError(ValueError):
+    """A study file is not a valid study (the message names the file and the key)."""
 
 
 #: Keys of a study file (see ``configs/paper/default.yaml`` and ``paper/study.yaml``).
@@ -73,10 +79,10 @@ def _check_sample(d: dict, part: str, where: str) -> None:
         ok = isinstance(sh, dict) and set(sh) == {"first", "count", "jets"} and all(
             isinstance(sh[k], int) and sh[k] >= (0 if k == "first" else 1) for k in sh)
         if not ok:
-            raise ValueError(f"{where}: data.{part}.shards needs integer 'first' (seed of the "
+            raise StudyError(f"{where}: data.{part}.shards needs integer 'first' (seed of the "
                              f"first shard), 'count' and 'jets' (per shard), got {sh!r}")
     elif not (isinstance(s, dict) and {"jets", "seed"} <= set(s)):
-        raise ValueError(f"{where}: data.{part} needs 'jets' and 'seed' (one file) or "
+        raise StudyError(f"{where}: data.{part} needs 'jets' and 'seed' (one file) or "
                          "'shards: {first, count, jets}'")
 
 
@@ -85,7 +91,7 @@ def load_study(study="paper/default", overrides: dict | None = None) -> dict:
     ({dotted key: value}) applied, checked.
 
     Raises:
-        ValueError: an unknown or missing key, or a run without ``name`` or ``config``.
+        StudyError: an unknown or missing key, or a run without ``name`` or ``config``.
         FileNotFoundError: no such file or shipped study.
     """
     import yaml
@@ -96,31 +102,31 @@ def load_study(study="paper/default", overrides: dict | None = None) -> dict:
     where = f"study {path}"
     d = yaml.safe_load(path.read_text()) or {}
     if not isinstance(d, dict):
-        raise ValueError(f"{where}: expected a mapping of study keys")
+        raise StudyError(f"{where}: expected a mapping of study keys")
     for k, v in (overrides or {}).items():
         set_key(d, k, v)
     unknown = set(d) - set(STUDY_KEYS) - set(OPTIONAL_STUDY_KEYS)
     if unknown:
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; known: "
+        raise StudyError(f"{where}: unknown keys {sorted(unknown)}; known: "
                          f"{list(STUDY_KEYS + OPTIONAL_STUDY_KEYS)}")
     missing = [k for k in STUDY_KEYS if k not in d]
     if missing:
-        raise ValueError(f"{where}: missing keys {missing}")
+        raise StudyError(f"{where}: missing keys {missing}")
     for part in ("train", "test"):
         _check_sample(d, part, where)
     conds = d.get("conditions")
     if conds is not None and not (isinstance(conds, dict) and conds and all(
             isinstance(c, dict) and set(c) <= {"generate", "note"} for c in conds.values())):
-        raise ValueError(f"{where}: conditions must map names to {{generate: {{...}}, "
+        raise StudyError(f"{where}: conditions must map names to {{generate: {{...}}, "
                          f"note: ...}}, got {conds!r}")
     if not isinstance(d["seeds"], int) or d["seeds"] < 1:
-        raise ValueError(f"{where}: seeds must be a positive integer, got {d['seeds']!r}")
+        raise StudyError(f"{where}: seeds must be a positive integer, got {d['seeds']!r}")
     if not isinstance(d["training"], dict) or not isinstance(d["runs"], list):
-        raise ValueError(f"{where}: 'training' must be a mapping and 'runs' a list")
+        raise StudyError(f"{where}: 'training' must be a mapping and 'runs' a list")
     for k, run in enumerate(d["runs"]):
         ok = isinstance(run, dict) and {"name", "config"} <= set(run) <= set(RUN_KEYS)
         if not ok:
-            raise ValueError(f"{where}: run {k} must be a mapping with 'name' and 'config' "
+            raise StudyError(f"{where}: run {k} must be a mapping with 'name' and 'config' "
                              f"(keys {list(RUN_KEYS)}), got {run!r}")
     d["source"] = str(path)
     return d
@@ -574,77 +580,6 @@ def finish_training(out, result, test_files) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# uncertainties
-# --------------------------------------------------------------------------------------------
-def seed_mean_uncertainty(values, boot=None) -> dict:
-    """Mean over seeds of a per-training quantity with its uncertainties.
-
-    Args:
-        values: ``(k,)`` one value per training (seed) on the full test set.
-        boot: ``(k, n_boot)`` the same on the common bootstrap replicates (optional).
-
-    Returns:
-        ``{"mean", "seed_sd"`` (sd over seeds), ``"seed"`` (sd / sqrt(k): the training-to-
-        training error of the mean), ``"stat"`` (sd over replicates of the mean over seeds:
-        the test-statistics error), ``"total"`` (both in quadrature), ``"n"``}; ``nan``
-        where not defined (one seed: ``seed`` and ``total``).
-    """
-    import numpy as np
-
-    v = np.asarray(values, np.float64)
-    k = len(v)
-    out = {"mean": float(np.mean(v)), "n": k,
-           "seed_sd": float(np.std(v, ddof=1)) if k > 1 else float("nan")}
-    out["seed"] = out["seed_sd"] / np.sqrt(k)
-    out["stat"] = float("nan")
-    if boot is not None:
-        bm = np.mean(np.asarray(boot, np.float64), 0)
-        bm = bm[np.isfinite(bm)]
-        if len(bm) > 1:
-            out["stat"] = float(np.std(bm, ddof=1))
-    out["total"] = float(np.hypot(out["seed"], out["stat"]))
-    return out
-
-
-def ratio_uncertainty(num, den, num_boot=None, den_boot=None) -> dict:
-    """The ratio of the seed means of two models, ``mean(num) / mean(den)``, with its
-    uncertainty.
-
-    Args:
-        num, den: ``(k_a,)`` and ``(k_b,)`` per-training values (e.g. light rejection at
-            70%) of the two models on the same test set.
-        num_boot, den_boot: ``(k_a, n)`` and ``(k_b, n)`` the same on the *same* ``n``
-            bootstrap replicates of the test set (optional).
-
-    Returns:
-        ``{"ratio", "seed", "stat", "total", "per_seed"}``: ``seed`` propagates the
-        standard errors of the two seed means (``ratio * sqrt(sd_a^2 / (k_a m_a^2) +
-        sd_b^2 / (k_b m_b^2))``); ``stat`` is the sd over replicates of the ratio of the
-        replicate's seed means (the replicate resamples the test jets once for both models,
-        so their correlation through the shared test set is kept); ``total`` adds the two
-        in quadrature (conservative: the seed spread on a fixed test set also contains part
-        of the test fluctuation). ``per_seed``: ``num[k] / den[k]`` for the seeds both have.
-        ``nan`` where undefined (one seed: ``seed`` and ``total``).
-    """
-    import numpy as np
-
-    a, b = np.asarray(num, np.float64), np.asarray(den, np.float64)
-    r = float(np.mean(a) / np.mean(b))
-    if len(a) > 1 and len(b) > 1:
-        seed = r * float(np.sqrt(np.var(a, ddof=1) / (len(a) * np.mean(a) ** 2)
-                                 + np.var(b, ddof=1) / (len(b) * np.mean(b) ** 2)))
-    else:
-        seed = float("nan")
-    stat = float("nan")
-    if num_boot is not None and den_boot is not None:
-        rb = np.mean(np.asarray(num_boot, np.float64), 0) / np.mean(
-            np.asarray(den_boot, np.float64), 0)
-        rb = rb[np.isfinite(rb)]
-        if len(rb) > 1:
-            stat = float(np.std(rb, ddof=1))
-    return {"ratio": r, "seed": seed, "stat": stat, "total": float(np.hypot(seed, stat)),
-            "per_seed": [float(x / y) for x, y in zip(a, b)]}
-# --------------------------------------------------------------------------------------------
 # plan
 # --------------------------------------------------------------------------------------------
 #: Training throughput [jets/s, one thread] assumed before a run of the model has finished
@@ -773,7 +708,7 @@ def write_report(study: dict, trainings: list[Training]) -> str:
     returns the text."""
     from . import _study_report
 
-    return _study_report.write(study, trainings)
+    return _study_report.write(study, trainings, PAPER, plan(study, trainings)[0])
 
 
 def main(argv=None) -> int:

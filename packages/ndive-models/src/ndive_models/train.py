@@ -269,9 +269,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
     checkpoint paths). Works as one process or under ``torchrun`` (DDP)."""
     from torch.utils.data import DistributedSampler
 
+    from ._optim import make_optimizer
     from .data.loader import index_batch, to_device
     from .data.normalisation import feature_stats
-    from ._optim import make_optimizer
 
     if cfg.batch_size < 1 or cfg.epochs < 0:
         raise ValueError("batch_size must be >= 1 and epochs >= 0")

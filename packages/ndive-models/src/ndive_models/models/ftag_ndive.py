@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from .config import ModelConfig
 from .baseline import GN2Heads
+from .config import ModelConfig
 from .features import FEATURE_NAMES, FeatureModel
 from .layers import track_encoder
 from .losses import gn2_loss_terms, vertex_mae
