@@ -183,6 +183,10 @@ def test_study_skips_finished_and_resumes_unfinished(tmp_path, sample_path, caps
     out = capsys.readouterr().out
     assert "training clean/baseline_s1" not in out and not (tmp_path / "work").exists()
     assert "| clean | baseline_s1 | done | 1 / 1 |" in out
+    # a study changed afterwards: the finished training is kept and flagged, not retrained
+    capsys.readouterr()
+    assert cli.main(["paper", "--study", str(path), "--lr", "0.5", "--plan"]) == 0
+    assert "done (with other settings: lr: 0.001 -> 0.5)" in capsys.readouterr().out
 
     # an unfinished training (a last.pt from 1 of 2 epochs) resumes and keeps epoch 1
     shutil.rmtree(res)

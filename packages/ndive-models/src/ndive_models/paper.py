@@ -332,6 +332,10 @@ def ensure_data(study: dict, condition: str, jobs: int = 1, *, wait: float = 0.0
 # --------------------------------------------------------------------------------------------
 # trainings
 # --------------------------------------------------------------------------------------------
+#: Config keys that do not change what a training computes (paths, output, speed options).
+_CONFIG_IGNORED = {"train", "val", "out", "progress", "threads", "compile", "device"}
+
+
 @dataclass
 class Training:
     """One training of a study: ``run_s<seed>`` in one condition.
@@ -356,6 +360,31 @@ class Training:
     @property
     def key(self) -> str:
         return f"{self.condition}/{self.name}" if self.condition else self.name
+
+    def config_differences(self) -> list[str]:
+        """Keys whose value in the committed ``config.yaml`` differs from the study's
+        (paths, progress bar and speed options aside): a ``done`` training was made with
+        other settings than the study now asks for."""
+        import yaml
+
+        p = self.result / "config.yaml"
+        if not p.exists():
+            return []
+        old, new = yaml.safe_load(p.read_text()), self.cfg.to_dict()
+        diff = []
+
+        def walk(a, b, prefix=""):
+            for k in sorted(set(a) | set(b)):
+                if prefix + k in _CONFIG_IGNORED:
+                    continue
+                x, y = a.get(k), b.get(k)
+                if isinstance(x, dict) and isinstance(y, dict):
+                    walk(x, y, f"{prefix}{k}.")
+                elif x != y:
+                    diff.append(f"{prefix}{k}: {x!r} -> {y!r}")
+
+        walk(old, new)
+        return diff
 
     def status(self) -> str:
         """``done`` (results written), ``trained`` (finished, not yet evaluated),
@@ -635,6 +664,9 @@ def plan(study: dict, trainings: list[Training]) -> tuple[str, float]:
         spent = _cpu_s(t)
         left_total += left
         spent_total += spent
+        diff = t.config_differences() if st == "done" else []
+        if diff:
+            st += f" (with other settings: {'; '.join(diff)})"
         lines.append(f"| {t.condition or '-'} | {t.name} | {st} | {done_ep} / {t.cfg.epochs}"
                      f" | {spent / 3600:.2f} | {left / 3600:.1f} |")
     gen_left, missing = 0.0, []
@@ -682,6 +714,11 @@ def run_study(study: dict, *, skip_references: bool = False, only_conditions=Non
     if not report_only:
         jobs, threads = max(1, int(study["jobs"])), int(study["threads"])
         for cond in dict.fromkeys(t.condition for t in todo):
+            for t in todo:
+                if t.condition == cond and t.status() == "done" and t.config_differences():
+                    print(f"note: {t.key} is done with other settings than the study's "
+                          f"({'; '.join(t.config_differences())}); it is kept, not retrained: "
+                          f"remove {t.result} to retrain it", file=sys.stderr)
             ts = [t for t in todo if t.condition == cond and t.status() != "done"]
             if not ts:
                 continue
