@@ -339,6 +339,14 @@ def _roc(plt, curves: dict, reference: str, bkg: str, path: Path) -> None:
     plt.close(fig)
 
 
+def _sample(spec: dict) -> str:
+    if "shards" in spec:
+        sh = spec["shards"]
+        return (f"{sh['count']} shards x {sh['jets']} balanced jets (seeds {sh['first']}-"
+                f"{sh['first'] + sh['count'] - 1})")
+    return f"{spec['jets']} balanced jets (seed {spec['seed']})"
+
+
 def write(study: dict, trainings: list, paper: dict, remaining: str) -> str:
     """Write ``<report>/report.md`` and the plots for the study's ``trainings``
     (:class:`ndive_models.paper.Training`), beside the ``paper``'s numbers
@@ -357,7 +365,9 @@ def write(study: dict, trainings: list, paper: dict, remaining: str) -> str:
           f"- training: at most {tr.get('epochs')} epochs, patience {tr.get('patience')}, "
           f"batch {tr.get('batch_size')}, {tr.get('optimizer')} lr {tr.get('lr')}, "
           f"validation fraction {tr.get('val_fraction', 0.1)}, model {tr.get('model')}",
-          f"- data: {study['data']['train']} (training), {study['data']['test']} (test)",
+          f"- data: {_sample(study['data']['train'])} for training (a fraction "
+          f"{tr.get('val_fraction', 0.1)} validates), {_sample(study['data']['test'])} for "
+          "the test",
           f"- {study['jobs']} trainings at a time, {study['threads']} thread(s) each", ""]
     for cond in dict.fromkeys(t.condition for t in trainings):
         L += _condition(study, trainings, cond, report, paper)

@@ -682,7 +682,8 @@ def plan(study: dict, trainings: list[Training]) -> tuple[str, float]:
               f"{sum(t.status() == 'todo' for t in trainings)} to start. "
               f"CPU hours spent {spent_total / 3600:.1f}; left at most "
               f"{left_total / 3600:.1f} for trainings and {gen_left / 3600:.1f} for "
-              f"{len(missing)} missing shard(s)."]
+              f"{len(missing)} missing shard(s) (at the clean generator's "
+              f"{GENERATION_JETS_PER_S:.0f} jets/s; presets with pileup are slower)."]
     return "\n".join(lines), (left_total + gen_left) / 3600
 
 
