@@ -127,20 +127,21 @@ def _condition(study, trainings, cond, report: Path, paper: dict) -> list[str]:
     L.append("")
     # ratios
     ratios = {}
-    if "baseline" in tagged:
-        L += ["### Ratio to the baseline", "",
+    ref = study.get("reference") or "baseline"
+    if ref in tagged:
+        L += [f"### Ratio to {DISPLAY.get(ref, ref)}", "",
               "Ratio of the seed means; ± the total uncertainty (seed and test statistics "
               "in quadrature; see the end of this report).", "",
               "| model | background | " + " | ".join(f"{float(w):.0%}" for w in WPS)
               + " | per-seed ratios at 70% |", "|---|---|" + "---|" * len(WPS) + "---|"]
         for run, ms in tagged.items():
-            if run == "baseline":
+            if run == ref:
                 continue
             for bkg in ("light", "c"):
                 cells = []
                 for wp in WPS:
                     a, ab = _rej(ms, bkg, wp)
-                    b, bb = _rej(tagged["baseline"], bkg, wp)
+                    b, bb = _rej(tagged[ref], bkg, wp)
                     r = ratio_uncertainty(a, b, ab, bb)
                     ratios[(run, bkg, wp)] = r
                     cells.append(_ratio_cell(r))
@@ -148,7 +149,7 @@ def _condition(study, trainings, cond, report: Path, paper: dict) -> list[str]:
                 L.append(f"| {DISPLAY.get(run, run)} | {bkg} | {' | '.join(cells)} | "
                          f"{per} |")
         L.append("")
-        if ("ftag_ndive", "light", "0.70") in ratios:
+        if ref == "baseline" and ("ftag_ndive", "light", "0.70") in ratios:
             L += ["### Verdict (FTAG+NDIVE / baseline at 70%)", ""]
             for bkg in ("light", "c"):
                 r = ratios[("ftag_ndive", bkg, "0.70")]
@@ -175,7 +176,7 @@ def _condition(study, trainings, cond, report: Path, paper: dict) -> list[str]:
             L.append(f"| {DISPLAY.get(run, run)} | {float(wp):.0%} | "
                      f"{_pm(summary[(run, 'light', wp)])} | {p['light'][wp]} | "
                      f"{_pm(summary[(run, 'c', wp)])} | {p['c'][wp]} |")
-    if ("ftag_ndive", "light", "0.70") in ratios:
+    if ref == "baseline" and ("ftag_ndive", "light", "0.70") in ratios:
         for wp in ("0.70", "0.60"):
             # the paper quotes the 70% gains; at 60% the ratio of its read-off rejections
             g = paper["gain_at_70"] if wp == "0.70" else {
@@ -233,12 +234,12 @@ def _condition(study, trainings, cond, report: Path, paper: dict) -> list[str]:
                  f"{np.median(jps) if jps else 0:.0f} |")
     L.append("")
     # plots
-    plots = _plots(models, tagged, fitted, report, tag)
+    plots = _plots(models, tagged, fitted, report, tag, DISPLAY.get(ref, ref))
     L += ["### Plots", ""] + [f"![{name}]({name})" + "\n" for name in plots]
     return L
 
 
-def _plots(models, tagged, fitted, report: Path, tag: str) -> list[str]:
+def _plots(models, tagged, fitted, report: Path, tag: str, reference: str) -> list[str]:
     from . import _plots as P
 
     plt = P._plt()
@@ -250,7 +251,7 @@ def _plots(models, tagged, fitted, report: Path, tag: str) -> list[str]:
                                                                  else "c"])
                   for r, ms in tagged.items()}
         name = f"roc_{tag}_{bkg}.png"
-        _roc(plt, curves, DISPLAY["baseline"], bkg, report / name)
+        _roc(plt, curves, reference, bkg, report / name)
         names.append(name)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for k, (run, ms) in enumerate(models.items()):
@@ -355,7 +356,9 @@ def write(study: dict, trainings: list, paper: dict, remaining: str) -> str:
     report = Path(study["report"])
     report.mkdir(parents=True, exist_ok=True)
     done = [t for t in trainings if (t.result / "metrics.json").exists()]
-    L = [f"# Study `{Path(study['source']).name}`: baseline vs FTAG+NDIVE", "",
+    title = study.get("title") or (f"Study `{Path(study['source']).name}`: baseline vs "
+                                   "FTAG+NDIVE")
+    L = [f"# {title}", "",
          f"{len(done)} of {len(trainings)} trainings have finished. This page is rewritten "
          "by `ndive paper` from the per-training results in this directory "
          "(`<condition>/<training>/metrics.json`); rerun the study's command to continue "

@@ -63,8 +63,10 @@ class StudyError(ValueError):
 
 #: Keys of a study file (see ``configs/paper/default.yaml`` and ``paper/study.yaml``).
 STUDY_KEYS = ("data", "seeds", "training", "runs", "jobs", "threads", "workdir", "report")
-#: Optional keys: ``conditions`` ({name: {generate: {...}}}, default one unnamed condition).
-OPTIONAL_STUDY_KEYS = ("conditions",)
+#: Optional keys: ``conditions`` ({name: {generate: {...}, note: text}}; default one
+#: unnamed condition), the report's ``title`` and the run every other is compared with,
+#: ``reference`` (default ``baseline``).
+OPTIONAL_STUDY_KEYS = ("conditions", "title", "reference")
 RUN_KEYS = ("name", "config", "set", "seeds", "reference")
 #: ``ndive train`` keys a study may set that older versions of TrainConfig lack: dropped
 #: (with a note) where the installed ``ndive train`` does not know them.
