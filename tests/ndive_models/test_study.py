@@ -257,3 +257,18 @@ def test_fit_features_reach_the_tagger(sample_path, monkeypatch):
     monkeypatch.setattr(ftag_ndive, "fit_features", lambda nd: torch.zeros_like(f))
     with torch.no_grad():
         assert not torch.allclose(model(batch)["flavour_logits"], out["flavour_logits"])
+
+
+def test_a_training_another_runner_holds_is_left_alone(tmp_path, sample_path, capsys):
+    path = _study(tmp_path, sample_path)
+    t = paper.study_trainings(paper.load_study(path))[0]
+    held = paper._lock(t)
+    try:
+        assert cli.main(["paper", "--study", str(path), "--plan"]) == 0
+        assert "| clean | baseline_s1 | todo, running |" in capsys.readouterr().out
+        assert cli.main(["paper", "--study", str(path)]) == 0
+        assert "clean/baseline_s1: another runner is on it" in capsys.readouterr().out
+        assert t.status() == "todo" and not (t.out / "train.log").exists()
+    finally:
+        held.close()
+    assert not paper._running(t)

@@ -489,8 +489,40 @@ def _finish(t: Training, test_files: list[str], threads: int) -> None:
     print(f"{time.strftime('%H:%M:%S')} finished {t.key}: results in {t.result}", flush=True)
 
 
+def _lock(t: Training):
+    """An exclusive lock on ``<out>/lock`` (released when the holder exits, however it
+    exits), or None when another process holds it."""
+    import fcntl
+
+    t.out.mkdir(parents=True, exist_ok=True)
+    f = open(t.out / "lock", "a")  # noqa: SIM115 - held until the training is done
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    return f
+
+
+def _running(t: Training) -> bool:
+    """Another process (a runner) holds ``t``'s lock right now."""
+    if not (t.out / "lock").exists():
+        return False
+    f = _lock(t)
+    if f is None:
+        return True
+    f.close()
+    return False
+
+
 def _one(t: Training, test_files: list[str], threads: int):
-    """Train/resume, evaluate and publish one training; returns ``(key, error or None)``."""
+    """Train/resume, evaluate and publish one training; returns ``(key, error or None)``.
+    A training another runner is working on (its lock is held) is left to it."""
+    lock = _lock(t)
+    if lock is None:
+        print(f"{time.strftime('%H:%M:%S')} {t.key}: another runner is on it; skipped",
+              flush=True)
+        return t.key, None
     try:
         if t.status() in ("todo", "partial"):
             _train(t, threads)
@@ -500,6 +532,8 @@ def _one(t: Training, test_files: list[str], threads: int):
     except Exception as err:  # noqa: BLE001 - one failed training must not stop the others
         print(f"{time.strftime('%H:%M:%S')} {err}", file=sys.stderr, flush=True)
         return t.key, str(err)
+    finally:
+        lock.close()
 # --------------------------------------------------------------------------------------------
 # per-training results
 # --------------------------------------------------------------------------------------------
@@ -666,6 +700,8 @@ def plan(study: dict, trainings: list[Training]) -> tuple[str, float]:
         spent = _cpu_s(t)
         left_total += left
         spent_total += spent
+        if st in ("todo", "partial", "trained") and _running(t):
+            st += ", running"
         diff = t.config_differences() if st == "done" else []
         if diff:
             st += f" (with other settings: {'; '.join(diff)})"
