@@ -25,8 +25,11 @@ JAX = "jax==0.10.2"
 PACKAGES = ["-e", "packages/vertexfit[all]", "-e", "packages/ndive-models[generate,plots]"]
 # pytest-timeout: a hung test (e.g. a stuck worker process) fails after `timeout` seconds
 # instead of stalling CI.
+# atlas-ftag-tools: the tests read the files and predictions with ftag's H5Reader and compare
+# its rejections with ours (tests/ndive_models/test_ftag_tools.py).
 TEST_DEPS = [
     "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "array-api-strict>=2.2", "pyyaml",
+    "atlas-ftag-tools>=0.3.6",
 ]
 
 

@@ -1,4 +1,4 @@
-"""The ndive CLI: help, missing extra, determinism, balance, interruption, validate-data."""
+"""The ndive CLI: help, missing extra, determinism, balance, interruption, validate, convert."""
 
 from __future__ import annotations
 
@@ -269,3 +269,12 @@ def test_worker_failure_is_a_clear_cli_error(monkeypatch, tmp_path, capsys):
     rc = cli.main(["generate", "--jets", "10", "--out", str(tmp_path / "x.h5")])
     assert rc == 1
     assert "error: generator worker 1 (pid 123) died" in capsys.readouterr().err
+
+
+def test_convert_cli_errors_are_one_line(sample_path, tmp_path, capsys):
+    assert cli.main(["convert", str(sample_path), str(tmp_path / "y.h5"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already schema 2.0: nothing to convert" in err
+    assert not (tmp_path / "y.h5").exists()
+    assert cli.main(["convert", str(tmp_path / "missing.h5"), str(tmp_path / "z.h5")]) == 2
+    assert "missing.h5" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import vertexfit
-from ndive_models.data.schema import FLAVOURS, ORIGIN, TRACK_PARAMS
+from ndive_models.data.schema import FLAVOURS, ORIGIN, TRACK_PARAMS, track_cov
 from ndive_models.data.validation import pulls
 
 
@@ -143,7 +143,7 @@ def test_vertex_fit_of_true_secondary_vertices_has_unit_pulls(sample):
     for i, (j, m) in enumerate(groups):
         k = len(m)
         q[i, :k] = np.stack([m[p] for p in TRACK_PARAMS], -1)
-        cov[i, :k] = m["cov"]
+        cov[i, :k] = track_cov(m)
         mask[i, :k] = True
         true_v[i] = [
             m["truth_vertex_x"][0],

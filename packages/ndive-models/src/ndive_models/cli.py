@@ -26,8 +26,10 @@ import threading
 SUBCOMMANDS = [
     "ndive_models._cmd_generate",
     "ndive_models._cmd_validate_data",
+    "ndive_models._cmd_convert",
     "ndive_models._cmd_train",
     "ndive_models._cmd_evaluate",
+    "ndive_models._cmd_export",
     "ndive_models._cmd_demo",
     "ndive_models._cmd_paper",
 ]

@@ -41,7 +41,7 @@ import numpy as np
 import vertexfit
 
 from .data import read_jets
-from .data.schema import ORIGIN, TRACK_PARAMS
+from .data.schema import ORIGIN, TRACK_PARAMS, track_cov
 
 #: Selections of the classic fit: name -> the ``ftagTruthOriginLabel`` values kept (None: all;
 #: ``AT_SV``: tracks whose true production vertex is the b-hadron decay vertex).
@@ -101,7 +101,7 @@ def b_jets(jets: np.ndarray, tracks: np.ndarray) -> BJets:
     jets, tracks = jets[b], tracks[b]
     valid = tracks["valid"].astype(bool)
     q = np.stack([tracks[p] for p in TRACK_PARAMS], axis=-1).astype(np.float64)
-    cov = np.where(valid[..., None, None], tracks["cov"].astype(np.float64), np.eye(5))
+    cov = np.where(valid[..., None, None], track_cov(tracks).astype(np.float64), np.eye(5))
     vec = lambda a, pre: np.stack([a[f"{pre}{c}"] for c in "xyz"], -1).astype(np.float64)
     hf = vec(jets, "hf_vertex_")
     sv_distance = np.linalg.norm(vec(tracks, "truth_vertex_") - hf[:, None], axis=-1)

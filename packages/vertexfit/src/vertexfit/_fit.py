@@ -483,7 +483,9 @@ def _prepare(tracks, cov, weights, mask, seed, constraint, ref, n_iter, model):
 def _flat(xp, a, batch, tail):
     if a is None:
         return None
-    return xp.reshape(a, (math.prod(batch),) + tail)
+    # -1, not the product of the batch sizes: a traced export (torch.onnx) keeps the jet
+    # axis dynamic only if no size is turned into a Python constant
+    return xp.reshape(a, ((-1,) if all(tail) else (math.prod(batch),)) + tail)
 
 
 def _core_chunked(xp, tracks, cov, weights, seed, cpos, ccov, *, n_iter, model):
@@ -777,6 +779,12 @@ def _dispatch(xp):
             return _core_chunked
         return fit_core
     if name == "torch":
+        import torch
+
+        if torch.jit.is_tracing():
+            # tracing for export (torch.onnx): no gradients needed, and the TorchScript
+            # tracer wires the outputs of the autograd.Function to the wrong values
+            return _core
         try:
             from ._torch import fit_core
         except ImportError:

@@ -9,14 +9,25 @@ The layout is defined once in :mod:`ndive_models.data.schema`;
 import importlib
 
 from . import schema
-from ._io import JetWriter, SchemaError, check_layout, partial_path, read_attrs, read_jets
+from ._atlas import add_atlas_fields
+from ._io import (
+    JetWriter,
+    SchemaError,
+    check_layout,
+    convert,
+    partial_path,
+    read_attrs,
+    read_jets,
+)
 
 __all__ = [
     "HF_ORIGINS",
     "JetWriter",
     "SchemaError",
+    "add_atlas_fields",
     "arrays_to_batch",
     "check_layout",
+    "convert",
     "feature_stats",
     "index_batch",
     "load_batch",

@@ -12,6 +12,7 @@ import numpy as np
 from .._files import partial_path
 from .._signals import signals_deferred
 from . import schema
+from ._atlas import add_atlas_fields
 
 
 class SchemaError(ValueError):
@@ -21,9 +22,10 @@ class SchemaError(ValueError):
 class JetWriter:
     """Append jets and tracks to a new file, which gets its final name only on success.
 
-    The data go to ``<path>.partial``; :meth:`close` writes ``complete = True`` and renames it
-    with :func:`os.replace` (atomic on one file system), so an interrupted run never leaves a
-    file that looks complete. A stale ``.partial`` from a killed run is overwritten.
+    :meth:`append` fills the ATLAS-named fields (:func:`add_atlas_fields`) from the native
+    ones, so they always agree. The data go to ``<path>.partial``; :meth:`close` writes
+    ``complete = True`` and renames it with :func:`os.replace` (atomic on one file system), so
+    an interrupted run never leaves a file that looks complete. A stale ``.partial`` from a killed run is overwritten.
     Use as a context manager: on an exception the partial file is deleted.
 
     Args:
@@ -51,6 +53,8 @@ class JetWriter:
                 "jets", shape=(0,), maxshape=(None,), dtype=schema.JET_DTYPE,
                 chunks=(chunk_jets,), compression="lzf", track_times=False,
             )  # fmt: skip
+            # salt and UPP read the class names of ``flavour_label`` here
+            self._jets.attrs["flavour_label"] = list(schema.FLAVOURS)
             self._tracks = self._file.create_dataset(
                 "tracks", shape=(0, self.max_tracks), maxshape=(None, self.max_tracks),
                 dtype=schema.TRACK_DTYPE, chunks=(chunk_jets, self.max_tracks),
@@ -66,7 +70,10 @@ class JetWriter:
         return self._file.attrs
 
     def append(self, jets: np.ndarray, tracks: np.ndarray) -> None:
-        """Append ``jets`` ``(n,)`` (JET_DTYPE) and ``tracks`` ``(n, max_tracks)`` (TRACK_DTYPE)."""
+        """Append ``jets`` ``(n,)`` (JET_DTYPE) and ``tracks`` ``(n, max_tracks)`` (TRACK_DTYPE).
+
+        Their ATLAS-named fields are filled in place first (whatever they held is replaced).
+        """
         if jets.dtype != schema.JET_DTYPE or tracks.dtype != schema.TRACK_DTYPE:
             raise TypeError("jets/tracks must have schema.JET_DTYPE / schema.TRACK_DTYPE")
         if tracks.shape != (len(jets), self.max_tracks):
@@ -74,6 +81,7 @@ class JetWriter:
         n = len(jets)
         if n == 0:
             return
+        add_atlas_fields(jets, tracks)
         self._jets.resize((self.n + n,))
         self._tracks.resize((self.n + n, self.max_tracks))
         self._jets[self.n :] = jets
@@ -118,6 +126,39 @@ def _attr(value):
     return value
 
 
+#: The layout of schema 1.x files (a (5, 5) ``cov`` sub-array, no ATLAS-named fields), frozen:
+#: :func:`read_jets` converts them in memory and ``ndive convert`` rewrites them.
+_V1_JET_DTYPE = np.dtype([
+    ("pt", "<f4"), ("eta", "<f4"), ("phi", "<f4"), ("mass", "<f4"),
+    ("HadronConeExclTruthLabelID", "<i4"), ("flavour_label", "<i4"), ("n_tracks", "<i4"),
+    ("n_tracks_all", "<i4"), ("eventNumber", "<i8"), ("hf_vertex_x", "<f4"),
+    ("hf_vertex_y", "<f4"), ("hf_vertex_z", "<f4"), ("Lxy", "<f4"), ("L3D", "<f4"),
+    ("hadron_pt", "<f4"), ("hadron_pdgid", "<i4"), ("pv_x", "<f4"), ("pv_y", "<f4"),
+    ("pv_z", "<f4"),
+])  # fmt: skip
+_V1_TRACK_DTYPE = np.dtype([
+    ("valid", "|b1"), ("d0", "<f4"), ("z0", "<f4"), ("phi", "<f4"), ("theta", "<f4"),
+    ("rho", "<f4"), ("cov", "<f4", (5, 5)), ("true_d0", "<f4"), ("true_z0", "<f4"),
+    ("true_phi", "<f4"), ("true_theta", "<f4"), ("true_rho", "<f4"), ("charge", "|i1"),
+    ("pt", "<f4"), ("eta", "<f4"), ("deta", "<f4"), ("dphi", "<f4"),
+    ("d0_significance", "<f4"), ("z0_significance", "<f4"), ("ftagTruthOriginLabel", "|i1"),
+    ("ftagTruthVertexIndex", "<i4"), ("truth_vertex_x", "<f4"), ("truth_vertex_y", "<f4"),
+    ("truth_vertex_z", "<f4"),
+])  # fmt: skip
+_CURRENT_MAJOR = int(schema.SCHEMA_VERSION.split(".")[0])
+
+
+def schema_major(f: h5py.File) -> int:
+    """Major schema version of an open file (the current one if the attribute is missing)."""
+    version = f.attrs.get("schema_version", schema.SCHEMA_VERSION)
+    if isinstance(version, bytes):
+        version = version.decode()
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError:
+        raise SchemaError(f"{f.filename}: unreadable schema_version {version!r}") from None
+
+
 def _check_fields(name: str, actual: np.dtype, expected: np.dtype) -> list[str]:
     problems = []
     have = actual.fields or {}
@@ -132,11 +173,22 @@ def _check_fields(name: str, actual: np.dtype, expected: np.dtype) -> list[str]:
 def check_layout(f: h5py.File, *, require_complete: bool = True) -> None:
     """Raise :class:`SchemaError` listing every missing or mistyped dataset, field or attribute.
 
-    Extra fields and attributes are allowed (the schema may grow).
+    Extra fields and attributes are allowed (the schema may grow). Files of schema 1.x are
+    checked against their own layout (:func:`read_jets` converts them).
     """
     problems = []
     name = getattr(f, "filename", "file")
-    for ds, dtype in (("jets", schema.JET_DTYPE), ("tracks", schema.TRACK_DTYPE)):
+    major = schema_major(f)
+    if major > _CURRENT_MAJOR:
+        raise SchemaError(
+            f"{name} has schema {f.attrs['schema_version']}, newer than this ndive-models "
+            f"reads ({schema.SCHEMA_VERSION}): update ndive-models"
+        )
+    if major == 1:
+        expected = (("jets", _V1_JET_DTYPE), ("tracks", _V1_TRACK_DTYPE))
+    else:
+        expected = (("jets", schema.JET_DTYPE), ("tracks", schema.TRACK_DTYPE))
+    for ds, dtype in expected:
         if ds not in f:
             problems.append(f"missing dataset {ds!r}")
             continue
@@ -152,6 +204,32 @@ def check_layout(f: h5py.File, *, require_complete: bool = True) -> None:
         problems.append("file is not marked complete (interrupted write?)")
     if problems:
         raise SchemaError(f"{name} is not an ndive-models jet file:\n  " + "\n  ".join(problems))
+
+
+def upgrade_arrays(jets: np.ndarray, tracks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Schema 1.x ``jets`` ``(n,)`` and ``tracks`` ``(n, T)`` -> the current layout.
+
+    The (5, 5) ``cov`` becomes the ``cov_*`` scalars and the ATLAS-named fields are derived.
+
+    Raises:
+        SchemaError: if the current layout has a native field that 1.x files lack (it cannot
+            be derived: regenerate the file).
+    """
+    derived = {f.name for f in schema.ATLAS_JET_FIELDS + schema.ATLAS_TRACK_FIELDS}
+    derived |= set(schema.COV_FIELDS)
+    out = []
+    for old, dtype in ((jets, schema.JET_DTYPE), (tracks, schema.TRACK_DTYPE)):
+        if missing := [n for n in dtype.names if n not in old.dtype.names and n not in derived]:
+            raise SchemaError(f"schema 1 files lack the fields {missing}: regenerate the file "
+                              "with `ndive generate`")
+        new = np.zeros(old.shape, dtype)
+        for n in old.dtype.names:
+            if n in dtype.names:
+                new[n] = old[n]
+        out.append(new)
+    schema.set_track_cov(out[1], tracks["cov"])
+    add_atlas_fields(*out)
+    return out[0], out[1]
 
 
 def read_attrs(path) -> dict:
@@ -176,10 +254,54 @@ def read_attrs(path) -> dict:
 def read_jets(path, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read jets ``[start, stop)`` after checking the layout.
 
+    Files of schema 1.x are converted in memory (:func:`upgrade_arrays`); ``ndive convert``
+    rewrites them once, for tools that read the file directly (ftag, salt, puma).
+
     Returns:
         ``(jets, tracks)``: structured arrays of shape ``(n,)`` (JET_DTYPE) and
         ``(n, max_tracks)`` (TRACK_DTYPE).
     """
     with h5py.File(path, "r") as f:
         check_layout(f)
-        return f["jets"][start:stop], f["tracks"][start:stop]
+        jets, tracks = f["jets"][start:stop], f["tracks"][start:stop]
+        if schema_major(f) == 1:
+            return upgrade_arrays(jets, tracks)
+        return jets, tracks
+
+
+#: File attributes :func:`convert` does not copy (the writer sets them anew).
+_WRITER_ATTRS = ("schema_version", "complete", "n_jets", "max_tracks", "units", "d0_sign",
+                 "rho_definition", "reference_point", "significance_sign", "flavours",
+                 "origin_labels")
+
+
+def convert(src, dst, *, chunk_jets: int = 20_000, progress: bool = True) -> Path:
+    """Rewrite a schema 1.x file ``src`` in the current layout as ``dst`` (may be ``src``).
+
+    Written atomically (``dst`` appears, or is replaced, only when complete). The other file
+    attributes (seed, generator settings, versions, ...) are kept; ``converted_from`` records
+    the source.
+
+    Raises:
+        SchemaError: ``src`` is not a jet file, or is already in the current layout.
+    """
+    from tqdm.auto import tqdm
+
+    src, dst = Path(src), Path(dst)
+    with h5py.File(src, "r") as f:
+        check_layout(f)
+        if schema_major(f) == _CURRENT_MAJOR:
+            raise SchemaError(f"{src} is already schema {f.attrs['schema_version']}: "
+                              "nothing to convert")
+        attrs = {k: v for k, v in f.attrs.items() if k not in _WRITER_ATTRS}
+        attrs["converted_from"] = f"{src.name} (schema {f.attrs['schema_version']})"
+        n, max_tracks = f["jets"].shape[0], f["tracks"].shape[1]
+        with JetWriter(dst, max_tracks, attrs) as w, tqdm(
+            total=n, unit="jets", disable=not progress, desc="convert"
+        ) as bar:
+            for lo in range(0, n, chunk_jets):
+                jets, tracks = upgrade_arrays(f["jets"][lo : lo + chunk_jets],
+                                              f["tracks"][lo : lo + chunk_jets])
+                w.append(jets, tracks)
+                bar.update(len(jets))
+    return dst

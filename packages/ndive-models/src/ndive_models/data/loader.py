@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ._io import read_attrs, read_jets
-from .schema import ORIGIN, TRACK_PARAMS
+from .schema import ORIGIN, TRACK_PARAMS, track_cov
 
 __all__ = ["HF_ORIGINS", "N_ORIGINS", "SAFE_TRACK", "arrays_to_batch", "index_batch",
            "load_batch", "to_device"]
@@ -93,7 +93,7 @@ def arrays_to_batch(jets: np.ndarray, tracks: np.ndarray) -> dict:
     valid = np.ascontiguousarray(tracks["valid"])
     params = np.stack([tracks[k] for k in TRACK_PARAMS], axis=-1).astype(np.float32)
     params = np.where(valid[..., None], params, np.asarray(SAFE_TRACK, np.float32))
-    cov = np.where(valid[..., None, None], tracks["cov"], np.eye(5, dtype=np.float32))
+    cov = np.where(valid[..., None, None], track_cov(tracks), np.eye(5, dtype=np.float32))
     pv = np.stack([jets["pv_x"], jets["pv_y"], jets["pv_z"]], -1).astype(np.float32)
     hf = np.stack([jets["hf_vertex_x"], jets["hf_vertex_y"], jets["hf_vertex_z"]], -1)
     flavour = jets["flavour_label"].astype(np.int64)

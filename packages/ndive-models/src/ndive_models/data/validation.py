@@ -30,7 +30,7 @@ def pulls(tracks: np.ndarray) -> np.ndarray:
         diff = tracks[name].astype(np.float64) - tracks["true_" + name].astype(np.float64)
         if name == "phi":
             diff = np.mod(diff + np.pi, 2 * np.pi) - np.pi
-        out[:, i] = diff / np.sqrt(tracks["cov"][:, i, i].astype(np.float64))
+        out[:, i] = diff / np.sqrt(tracks[f"cov_{name}_{name}"].astype(np.float64))
     return out
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data.schema import JET_DTYPE, TRACK_DTYPE
+from ..data.schema import JET_DTYPE, TRACK_DTYPE, set_track_cov
 from . import _tracker, _truth
 
 #: Jet selection (anti-kT R = 0.4).
@@ -281,7 +281,7 @@ def process_batch(
     for k, name in enumerate(("d0", "z0", "phi", "theta", "rho")):
         t[name] = meas[a, k]
         t["true_" + name] = truth[a, k]
-    t["cov"] = cov[a]
+    set_track_cov(t, cov[a])
     t["charge"] = charge[a]
     t["pt"] = m_pt[a]
     t["eta"] = m_eta[a]
