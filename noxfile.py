@@ -8,6 +8,7 @@
 * ``nox -s paper``  -- reproduce the NDIVE paper's comparison (long; see README).
 * ``nox -s docs``   -- build the documentation site with warnings as errors.
 * ``nox -s lint``   -- ruff.
+* ``nox -s interop`` -- the ATLAS tools (salt, puma) reading the files and predictions.
 """
 
 from __future__ import annotations
@@ -42,6 +43,17 @@ def tests(session):
     """Run the test suite (all backends). Extra arguments go to pytest."""
     _install(session, *TEST_DEPS)
     session.run("python", "-m", "pytest", *(session.posargs or []),
+                env={"JAX_PLATFORMS": "cpu", "OMP_NUM_THREADS": "2"})
+
+
+@nox.session(python=PYTHON)
+def interop(session):
+    """The ATLAS tools end to end (tests marked ``interop``): salt's dataset reads a generated
+    file, puma reads predictions and draws the ROC. salt-ml pins an older torch, so it goes in
+    with --no-deps next to the one dependency its dataset module needs (lightning)."""
+    _install(session, *TEST_DEPS, "puma-hep>=0.5.6", "lightning")
+    session.install("--no-deps", "salt-ml")
+    session.run("python", "-m", "pytest", "-m", "interop", *session.posargs,
                 env={"JAX_PLATFORMS": "cpu", "OMP_NUM_THREADS": "2"})
 
 

@@ -12,10 +12,11 @@ Two tables (15 tracks per jet, float64, toy vertices from ``vertexfit.toy.genera
   of the two times in the same run (issue 3 goal for JAX: <= 2, and >= 50,000 jets/s).
 * ``implicit_vs_unrolled``: time of forward + backward and the memory the backward pass
   needs, as ``n_iter`` grows, for the implicit rule and for plain autodiff through the
-  unrolled iterations. Memory: PyTorch counts the bytes autograd saves for backward
-  (``torch.autograd.graph.saved_tensors_hooks``; tracemalloc does not see torch's CPU
-  allocator); NumPy (implicit only: no autodiff) the tracemalloc peak of fit_vjp + pullback;
-  JAX the compiled executable's ``memory_analysis()`` temporary bytes.
+  unrolled iterations (``vertexfit.fit(..., adjoint="unrolled")``). Memory: PyTorch counts
+  the bytes autograd saves for backward (``torch.autograd.graph.saved_tensors_hooks``;
+  tracemalloc does not see torch's CPU allocator); NumPy (implicit only: no autodiff) the
+  tracemalloc peak of fit_vjp + pullback; JAX the compiled executable's
+  ``memory_analysis()`` temporary bytes.
 
 Each time is the best of a few warm repeats; the machines are shared and noisy, so compare
 ratios within one run.
@@ -24,7 +25,6 @@ ratios within one run.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 import tracemalloc
@@ -33,21 +33,8 @@ import numpy as np
 from _common import best_time, emit, to_backend
 
 import vertexfit
-from vertexfit import _fit
 
 TITLE = "vertex fit gradients (forward+backward, implicit vs unrolled)"
-
-
-@contextlib.contextmanager
-def _unrolled(enabled):
-    """Differentiate through the iterations: the plain core instead of the custom rule."""
-    saved = _fit._dispatch
-    if enabled:
-        _fit._dispatch = lambda xp: _fit._core
-    try:
-        yield
-    finally:
-        _fit._dispatch = saved
 
 
 def _problem(name, n_jets, n_tracks=15, seed=1):
@@ -127,53 +114,52 @@ def _torch_saved_bytes(fn):
 def bench_memory(name, n_jets, n_iter, unrolled):
     """One row: forward+backward time and backward memory, implicit or unrolled."""
     args = _problem(name, n_jets)
-    row = {"backend": name, "n_jets": n_jets, "n_iter": n_iter,
-           "mode": "unrolled" if unrolled else "implicit"}
-    with _unrolled(unrolled):
-        if name == "torch":
-            import torch
+    adjoint = "unrolled" if unrolled else "implicit"
+    row = {"backend": name, "n_jets": n_jets, "n_iter": n_iter, "mode": adjoint}
+    if name == "torch":
+        import torch
 
-            def fb():
-                leaves = [a.detach().requires_grad_() for a in args[:3]]
+        def fb():
+            leaves = [a.detach().requires_grad_() for a in args[:3]]
 
-                def build():
-                    r = vertexfit.fit(*leaves, mask=args[3], n_iter=n_iter)
-                    return r.vertex.sum() + r.chi2.sum()
+            def build():
+                r = vertexfit.fit(*leaves, mask=args[3], n_iter=n_iter, adjoint=adjoint)
+                return r.vertex.sum() + r.chi2.sum()
 
-                loss, nbytes = _torch_saved_bytes(build)
-                loss.backward()
-                return nbytes
+            loss, nbytes = _torch_saved_bytes(build)
+            loss.backward()
+            return nbytes
 
-            row["memory_bytes"] = fb()
-            row["memory_kind"] = "autograd saved tensors"
-            row["seconds"] = best_time(fb)
-            del torch
-        elif name == "numpy":
-            _, fwd_bwd = _functions(name, n_iter)
-            tracemalloc.start()
-            fwd_bwd(*args)
-            row["memory_bytes"] = tracemalloc.get_traced_memory()[1]
-            tracemalloc.stop()
-            row["memory_kind"] = "tracemalloc peak (whole fit + pullback)"
-            row["seconds"] = best_time(lambda: fwd_bwd(*args))
-        else:
-            import jax
-            import jax.numpy as jnp
+        row["memory_bytes"] = fb()
+        row["memory_kind"] = "autograd saved tensors"
+        row["seconds"] = best_time(fb)
+        del torch
+    elif name == "numpy":
+        _, fwd_bwd = _functions(name, n_iter)
+        tracemalloc.start()
+        fwd_bwd(*args)
+        row["memory_bytes"] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        row["memory_kind"] = "tracemalloc peak (whole fit + pullback)"
+        row["seconds"] = best_time(lambda: fwd_bwd(*args))
+    else:
+        import jax
+        import jax.numpy as jnp
 
-            def loss(t, c, w, m):
-                r = vertexfit.fit(t, c, w, mask=m, n_iter=n_iter)
-                return jnp.sum(r.vertex) + jnp.sum(r.chi2)
+        def loss(t, c, w, m):
+            r = vertexfit.fit(t, c, w, mask=m, n_iter=n_iter, adjoint=adjoint)
+            return jnp.sum(r.vertex) + jnp.sum(r.chi2)
 
-            compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*args).compile()
-            try:
-                ma = compiled.memory_analysis()
-                row["memory_bytes"] = int(ma.temp_size_in_bytes)
-                row["memory_kind"] = "XLA temp bytes (memory_analysis)"
-            except Exception as e:  # not every JAX backend reports it
-                row["memory_bytes"] = None
-                row["memory_kind"] = f"unavailable: {type(e).__name__}"
-            compiled(*args)
-            row["seconds"] = best_time(lambda: jax.block_until_ready(compiled(*args)))
+        compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*args).compile()
+        try:
+            ma = compiled.memory_analysis()
+            row["memory_bytes"] = int(ma.temp_size_in_bytes)
+            row["memory_kind"] = "XLA temp bytes (memory_analysis)"
+        except Exception as e:  # not every JAX backend reports it
+            row["memory_bytes"] = None
+            row["memory_kind"] = f"unavailable: {type(e).__name__}"
+        compiled(*args)
+        row["seconds"] = best_time(lambda: jax.block_until_ready(compiled(*args)))
     row["jets_per_s"] = n_jets / row["seconds"]
     return row
 

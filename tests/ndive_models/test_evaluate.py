@@ -93,9 +93,52 @@ def test_evaluate_end_to_end(sample_path, tmp_path):
     assert perfect[0] < every[0]  # truth selection fits the HF vertex better
     for png in ("roc_light.png", "roc_c.png", "track_selection.png", "vertex_residuals.png"):
         assert (ev / png).stat().st_size > 10_000
+    from ndive_models.data import read_jets
+
+    test_jets, test_tracks = read_jets(sample_path, 0, 300)
     with h5py.File(ev / "predictions" / "ftag_ndive_0.h5") as f:
-        p = f["p_b"][:] + f["p_c"][:] + f["p_u"][:]
-        assert np.allclose(p, 1.0)
-        assert f["vertex"].shape == (300, 3) and f["track_weights"].shape[0] == 300
-        assert np.isfinite(f["D_b"][:]).all()
+        jets, tracks = f["jets"][:], f["tracks"][:]
+        assert list(f["jets"].attrs["flavour_label"]) == ["bjets", "cjets", "ujets"]
+    p = jets["ftag_ndive_pb"] + jets["ftag_ndive_pc"] + jets["ftag_ndive_pu"]
+    assert jets.dtype["ftag_ndive_pb"] == np.float32 and np.allclose(p, 1.0, atol=1e-6)
+    np.testing.assert_allclose(jets["pt"], 1000 * test_jets["pt"], rtol=1e-6)  # MeV
+    for k in ("eventNumber", "HadronConeExclTruthLabelID", "eta"):
+        np.testing.assert_array_equal(jets[k], test_jets[k])
+    assert np.isfinite(jets["ftag_ndive_vertex_x"]).all() and jets["ftag_ndive_fit_ok"].any()
+    np.testing.assert_array_equal(tracks["valid"], test_tracks["valid"])
+    assert np.all(tracks["ftag_ndive_track_weight"][~tracks["valid"]] == 0)
     assert not list(ev.rglob("*.partial"))
+
+
+def test_predictions_read_by_ftag_agree_with_metrics(sample_path, tmp_path):
+    """A predictions file read with ftag's H5Reader (with a cut): ftag's rejection equals
+    the project's, and the tagger's ``_pb/_pc/_pu`` are the model's probabilities."""
+    ftag = pytest.importorskip("ftag")
+    from ftag import Cuts
+    from ftag.hdf5 import H5Reader
+
+    from ndive_models.evaluate import _write_predictions
+
+    rng = np.random.default_rng(1)
+    from ndive_models.data import read_jets
+
+    jets, tracks = read_jets(sample_path, 0, 1000)
+    fl = jets["flavour_label"]
+    logits = rng.normal(size=(len(fl), 3)) + 2.0 * (fl[:, None] == np.arange(3))
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    pred = {"p_b": p[:, 0], "p_c": p[:, 1], "p_u": p[:, 2]}
+    path = tmp_path / "toy.h5"
+    _write_predictions(path, "toy", pred, jets, tracks["valid"], 0.05)
+    data = H5Reader(path, batch_size=300, shuffle=False).load(
+        {"jets": ["toy_pb", "toy_pc", "toy_pu", "HadronConeExclTruthLabelID", "pt"]},
+        cuts=Cuts.from_list(["pt > 25e3"]))["jets"]
+    sel = jets["pt"] > 25
+    assert len(data) == sel.sum() < len(jets)
+    np.testing.assert_allclose(data["toy_pb"], p[sel, 0], rtol=1e-6)
+    disc = _metrics.discriminant(data["toy_pb"], data["toy_pc"], data["toy_pu"], 0.05)
+    label = np.select([data["HadronConeExclTruthLabelID"] == 5,
+                       data["HadronConeExclTruthLabelID"] == 4], [0, 1], 2)
+    for eff in (0.6, 0.7, 0.77):
+        ours = _metrics.rejection(disc, label, eff)["rejection"]
+        theirs = ftag.utils.calculate_rejection(disc[label == 0], disc[label == 2], eff)
+        assert ours == pytest.approx(theirs, rel=1e-12) and ours > 1

@@ -128,7 +128,7 @@ def test_weight_predictor_gradient_through_fit(data):
     g = bias.grad.item()
     assert g != 0.0 and math.isfinite(g)
     # the fit is the only path from the weight predictor to the loss
-    assert model.encoder.embed[0].weight.grad.abs().sum() > 0
+    assert model.encoder.embed["tracks"][0].weight.grad.abs().sum() > 0
     h = 1e-5
     with torch.no_grad():
         bias += h

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -92,6 +93,58 @@ def test_resume_is_bit_for_bit(sample_path, tmp_path):
     assert not list((tmp_path / "full").glob("*.partial"))
     hist = json.loads((tmp_path / "full" / "history.json").read_text())
     assert len(hist) == 3
+    # the per-step log of the resumed run is the uninterrupted run's, row for row
+    steps = (tmp_path / "full" / "steps.csv").read_text()
+    assert steps == (tmp_path / "split" / "steps.csv").read_text()
+    rows = [r.split(",") for r in steps.splitlines()]
+    assert rows[0] == ["epoch", "step", "global_step", "loss", "lr"]
+    assert len(rows) == 1 + 3 * 4  # 160 jets / batch 40 = 4 steps per epoch
+    assert [int(r[2]) for r in rows[1:]] == list(range(12))
+    assert all(float(r[4]) == 1e-3 for r in rows[1:])
+    epoch1 = [float(r[3]) for r in rows[1:5]]
+    assert np.mean(epoch1) == pytest.approx(full["history"][0]["train_loss"], rel=1e-12)
+
+
+def test_run_logs_config_and_provenance(sample_path, tmp_path, monkeypatch):
+    """config.yaml repeats the run; versions and git revision in the run directory and the
+    checkpoint; TensorBoard gets every step when installed (here a stand-in writer)."""
+    import yaml
+
+    from ndive_models import _runlog
+    from ndive_models.train import load_config
+
+    calls = []
+
+    class Writer:
+        def __init__(self, log_dir):
+            calls.append(("init", log_dir))
+
+        def add_scalar(self, tag, value, step):
+            calls.append((tag, value, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            calls.append(("close",))
+
+    monkeypatch.setattr(_runlog, "_summary_writer", Writer)
+    out = tmp_path / "run"
+    cfg = _cfg(sample_path, out, epochs=1)
+    train(cfg)
+    assert yaml.safe_load((out / "config.yaml").read_text()) == cfg.to_dict()
+    assert load_config(out / "config.yaml") == cfg
+    prov = json.loads((out / "provenance.json").read_text())
+    ck = torch.load(out / "last.pt", weights_only=False)
+    assert ck["provenance"] == prov
+    assert prov["package_versions"]["torch"] == torch.__version__
+    rev = _runlog.git_revision()
+    assert prov["git_revision"] == rev
+    if rev is not None:  # a git checkout: the revision is a commit hash
+        assert len(rev.split("+")[0]) == 40
+    steps = [c for c in calls if c[0] == "loss/step"]
+    assert [c[2] for c in steps] == [0, 1, 2, 3] and calls[-1] == ("close",)
+    assert any(c[0] == "loss/val_epoch" for c in calls)
 
 
 def test_split_is_random_disjoint_and_fixed():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import vertexfit as vf
-from vertexfit import _fit, _xp, toy
+from vertexfit import _batching, _speed, toy
 
 FIELDS = ("vertex", "vertex_cov", "momenta", "chi2", "track_chi2", "ndf", "converged")
 
@@ -26,7 +26,7 @@ def _inputs(shape=(3, 7), T=6, seed=3):
 @pytest.fixture
 def small_numpy_chunks(monkeypatch):
     """NumPy chunks of 2 jets (6 tracks each), so that 21 jets make 12 chunks in 2 threads."""
-    monkeypatch.setitem(_fit._CHUNK_ELEMENTS, "numpy", 12)
+    monkeypatch.setitem(_speed.CHUNK_ELEMENTS, "numpy", 12)
     monkeypatch.setenv("VERTEXFIT_NUM_THREADS", "2")
 
 
@@ -40,8 +40,11 @@ def test_numpy_threads_give_identical_results(small_numpy_chunks, monkeypatch, r
     con = (np.array([0.1, -0.2, 0.3]), np.diag([0.5, 0.5, 2.0]))  # broadcast to the batch
     kw = dict(mask=mask, seed=np.array([0.2, 0.1, -0.3]), constraint=con,
               ref=np.array([0.01, 0.02, 0.0]))
-    assert _fit._fit_batched(tracks, cov, w, mask, kw["seed"], con, kw["ref"], 10,
-                              "helix") is not None  # the threaded path does apply here
+    def whole(t, c, w, m, s, con, r):
+        return vf.fit(t, c, w, mask=m, seed=s, constraint=con, ref=r)
+
+    assert _batching.fit_in_chunks(whole, tracks, cov, w, mask, kw["seed"], con,
+                                   kw["ref"]) is not None  # the threaded path does apply here
     a = _fit_with_threads(monkeypatch, 1, tracks, cov, w, **kw)
     b = _fit_with_threads(monkeypatch, 2, tracks, cov, w, **kw)
     for name in FIELDS:
@@ -67,7 +70,7 @@ def test_numpy_threads_report_the_first_bad_jet_of_the_whole_batch(small_numpy_c
 def test_bad_thread_count_is_rejected(monkeypatch, value):
     monkeypatch.setenv("VERTEXFIT_NUM_THREADS", value)
     with pytest.raises(ValueError, match="VERTEXFIT_NUM_THREADS"):
-        _fit.num_threads()
+        _speed.num_threads()
 
 
 def _jax():
@@ -84,7 +87,7 @@ def test_jax_chunks_are_padded_and_give_identical_results(monkeypatch):
     tracks, cov, w, mask = (jnp.asarray(a) for a in _inputs())
 
     def run(chunk_elements):
-        monkeypatch.setitem(_fit._CHUNK_ELEMENTS, "jax", chunk_elements)
+        monkeypatch.setitem(_speed.CHUNK_ELEMENTS, "jax", chunk_elements)
 
         def loss(w):
             r = vf.fit(tracks, cov, w, mask=mask)
@@ -117,7 +120,7 @@ def test_jax_barrier_is_a_differentiable_identity_that_xla_keeps():
     y = jnp.asarray([[1.0, 2.0], [3.0, 4.0]])
 
     def f(x, y):
-        a, (b, c) = _xp.barrier(jnp, (x, (y, 7)))
+        a, (b, c) = _speed.barrier(jnp, (x, (y, 7)))
         assert c == 7  # non-array leaves pass through untouched
         return a, b
 
@@ -133,7 +136,7 @@ def test_jax_barrier_is_a_differentiable_identity_that_xla_keeps():
     v = jax.vmap(lambda y: f(x, y)[1])(y)
     np.testing.assert_array_equal(np.asarray(v), np.asarray(y))
     # the materialising loop survives XLA's simplification passes
-    hlo = jax.jit(lambda y: _xp.barrier(jnp, y * 2.0) + 1.0).lower(y).compile().as_text()
+    hlo = jax.jit(lambda y: _speed.barrier(jnp, y * 2.0) + 1.0).lower(y).compile().as_text()
     assert " while(" in hlo
 
 
@@ -181,16 +184,16 @@ def test_jax_float64_kernels_match_libm_to_a_few_ulp():
         return np.max(np.abs(np.asarray(got) - ref) / np.spacing(np.maximum(np.abs(ref),
                                                                             1e-300)))
 
-    s, c = jax.jit(lambda x: _xp.sincos(jnp, x))(jnp.asarray(x))
+    s, c = jax.jit(lambda x: _speed.sincos(jnp, x))(jnp.asarray(x))
     assert ulps(s, np.sin(x)) <= 4 and ulps(c, np.cos(x)) <= 4
     th = rng.uniform(1e-4, np.pi - 1e-4, 50_000)
-    assert ulps(jax.jit(lambda t: _xp.cot(jnp, t))(jnp.asarray(th)), 1 / np.tan(th)) <= 6
+    assert ulps(jax.jit(lambda t: _speed.cot(jnp, t))(jnp.asarray(th)), 1 / np.tan(th)) <= 6
     w = np.concatenate([rng.normal(0, 1, 20_000), rng.normal(0, 0.02, 20_000),
                         np.sign(rng.normal(size=20_000)) * 10 ** rng.uniform(-9, 9, 20_000),
                         [0.0, 1e300, -1e300, np.inf, -np.inf]])
-    a = np.asarray(jax.jit(lambda w: _xp.atan(jnp, w))(jnp.asarray(w)))
+    a = np.asarray(jax.jit(lambda w: _speed.atan(jnp, w))(jnp.asarray(w)))
     assert ulps(a, np.arctan(w)) <= 6
-    assert np.signbit(np.asarray(_xp.atan(jnp, jnp.asarray(-0.0))))
+    assert np.signbit(np.asarray(_speed.atan(jnp, jnp.asarray(-0.0))))
     # float32 and the other backends keep their own functions
-    assert not _xp._use_kernels(jnp, jnp.zeros(1, jnp.float32))
-    assert not _xp._use_kernels(np, np.zeros(1))
+    assert not _speed._use_kernels(jnp, jnp.zeros(1, jnp.float32))
+    assert not _speed._use_kernels(np, np.zeros(1))

@@ -300,6 +300,7 @@ def test_bad_values_under_jit_are_flagged(case):
         ({"n_iter": -1}, "n_iter must be a non-negative int"),
         ({"model": "parabola"}, "parabola"),
         ({"constraint": np.zeros(3)}, "constraint must be a (position"),
+        ({"adjoint": "backprop"}, "adjoint must be one of ('implicit', 'unrolled'), got"),
     ],
     ids=lambda v: next(iter(v)) if isinstance(v, dict) else "",
 )
@@ -310,3 +311,20 @@ def test_bad_shapes_and_options_raise(backend, kw, message):
     with pytest.raises(ValueError) as err:
         vf.fit(conv.pop("tracks"), conv.pop("cov"), **conv)
     assert message in str(err.value), str(err.value)
+
+
+def test_adjoint_changes_no_value(backend):
+    """``adjoint`` only chooses how autodiff differentiates the fit: equal values."""
+    t = toy.generate(5, 6, seed=21, variable=True, min_tracks=2)
+    a = _fit(backend, t, mask=t.mask, adjoint="implicit")
+    b = _fit(backend, t, mask=t.mask, adjoint="unrolled")
+    for name in FIELDS + ("converged",):
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_wrap_phi_convention(backend):
+    phi = np.array([0.0, 0.5, np.pi, -np.pi, 7.0, -7.0, -0.5 - 4 * np.pi])
+    got = backend.to_numpy(vf.wrap_phi(backend.asarray(phi)))
+    want = np.array([0.0, 0.5, np.pi, np.pi, 7.0 - 2 * np.pi, 2 * np.pi - 7.0, -0.5])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    assert np.all((got > -np.pi) & (got <= np.pi))

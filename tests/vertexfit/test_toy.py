@@ -7,7 +7,7 @@ import pytest
 
 import vertexfit as vf
 from vertexfit import toy
-from vertexfit._resolution import sigmas
+from vertexfit.resolution import sigmas
 
 
 def wrap(a):

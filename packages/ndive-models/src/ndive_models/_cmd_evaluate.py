@@ -1,11 +1,14 @@
 """Evaluate trained checkpoints on a test file.
 
-Writes to --out: predictions/<label>_<k>.h5 (p_b, p_c, p_u, D_b, NDIVE vertex and covariance,
-track weights), metrics.json (light and c rejections at the working points with binomial
+Writes to --out: predictions/<label>_<k>.h5 in the FTAG layout (a jets table with
+<label>_pb/_pc/_pu, HadronConeExclTruthLabelID, pt in MeV, eta, eventNumber and the NDIVE
+vertex, covariance and fit_ok; a tracks table with the track weights: what puma's Results and
+ftag's H5Reader read), metrics.json (light and c rejections at the working points with binomial
 errors and the spread over seeds; NDIVE track-selection efficiency and purity; vertex
 residuals and pulls for NDIVE, all tracks and perfect selection) and PNG plots (ROC curves
 with a ratio panel and seed bands, track selection, vertex residuals). Checkpoints of the same
-model (name and weight option) are treated as trainings with different seeds.
+model (name and weight option) are treated as trainings with different seeds. --puma also
+draws puma's ROC and discriminant plots (ATLAS style) into OUT/puma.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-jets", type=int, default=None, help="use the first N test jets")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--no-plots", action="store_true", help="metrics and predictions only")
+    p.add_argument("--puma", action="store_true",
+                   help="also draw ROC and discriminant plots with puma into OUT/puma "
+                        "(pip install 'ndive-models[ftag]')")
 
 
 def run(args) -> int:
@@ -34,7 +40,7 @@ def run(args) -> int:
     try:
         m = evaluate(args.checkpoints, args.test, args.out, f_c=args.fc,
                      reference=args.reference, max_jets=args.max_jets, device=args.device,
-                     plots=not args.no_plots)
+                     plots=not args.no_plots, puma=args.puma)
     except (ValueError, FileNotFoundError) as err:
         print(f"ndive evaluate: error: {err}", file=sys.stderr)
         return 2

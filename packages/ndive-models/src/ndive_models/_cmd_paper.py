@@ -23,7 +23,7 @@ OPTIONS = (
     ("--seeds", "seeds", "trainings per model (paper: 5)", int),
     ("--batch-size", "training.batch_size", "jets per step", int),
     ("--lr", "training.lr", "learning rate (paper: 1e-4 over many more steps)", float),
-    ("--optimizer", "training.optimizer", "novograd | adamw", str),
+    ("--optimizer", "training.optimizer", "novograd | adamw | lion", str),
     ("--patience", "training.patience", "early-stopping patience (epochs)", int),
     ("--dim", "training.model.dim", "model embedding size", int),
     ("--device", "training.device", "auto | cpu | cuda", str),
@@ -39,7 +39,7 @@ OPTIONS = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", default="paper/default", metavar="FILE",
                    help="study YAML: a file or a shipped study (paper/default, paper/study, "
-                        "paper/cpu_15k, paper/cpu_27k, paper/full)")
+                        "paper/cpu_15k, paper/cpu_27k, paper/full, studies/family_cpu)")
     for flag, key, helptext, typ in OPTIONS:
         # without the option the study's value holds: no argparse default
         p.add_argument(flag, type=typ, default=argparse.SUPPRESS,

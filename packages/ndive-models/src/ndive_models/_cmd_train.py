@@ -2,8 +2,10 @@
 
 A YAML/TOML config (``--config``: a file, or one of the shipped ``baseline``, ``ndive``,
 ``ftag_ndive``) gives the defaults, flags and ``--set key=value`` override
-it. Checkpoints (``last.pt`` every epoch, ``best.pt``) and ``history.json`` go to ``--out``;
-``--resume`` continues bit for bit. For several GPUs or processes use
+it. Checkpoints (``last.pt`` every epoch, ``best.pt``), ``history.json`` and the run logs
+(``config.yaml``: the resolved configuration; ``provenance.json``: package versions and git
+revision; ``steps.csv``: loss and learning rate per step; ``tensorboard/`` when TensorBoard is
+installed) go to ``--out``; ``--resume`` continues bit for bit. For several GPUs or processes use
 ``torchrun --nproc-per-node K -m ndive_models.train`` with the same options.
 """
 
@@ -20,10 +22,11 @@ _FLAGS = (
     ("--val", "val", str, "validation file (default: split off the training file)"),
     ("--out", "out", str, "output directory"),
     ("--model", "model.name", str, "baseline | ndive | ftag_ndive"),
+    ("--backbone", "model.backbone", str, "transformer | dips (baseline, ftag_ndive)"),
     ("--weights", "model.weights", str, "NDIVE track weights: predicted | truth | all"),
     ("--epochs", "epochs", int, "epochs"),
     ("--batch-size", "batch_size", int, "jets per step (all processes together)"),
-    ("--optimizer", "optimizer", str, "novograd | adamw"),
+    ("--optimizer", "optimizer", str, "novograd | adamw | lion"),
     ("--lr", "lr", float, "learning rate"),
     ("--seed", "seed", int, "seed (initialisation, data order)"),
     ("--max-jets", "max_jets", int, "use at most N training jets"),
@@ -35,7 +38,8 @@ _FLAGS = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE",
                    help="YAML or TOML config file, or a shipped config: baseline | ndive | "
-                        "ftag_ndive")
+                        "ftag_ndive | dips | gn2 | gn3 | gn2_regression | gn2_ndive | "
+                        "gn3_ndive (docs/models.md)")
     for flag, key, typ, helptext in _FLAGS:
         p.add_argument(flag, dest=key.replace(".", "__"), type=typ, default=None,
                        metavar=flag[2:].upper().replace("-", "_"),

@@ -1,4 +1,8 @@
-"""Optimisers: NovoGrad (as in the NDIVE paper) and AdamW."""
+"""Optimisers: NovoGrad (as in the NDIVE paper), AdamW (GN2) and Lion (GN3).
+
+Lion comes from the maintained ``lion-pytorch`` package (the implementation salt uses);
+:func:`make_optimizer` builds any of them by name.
+"""
 
 from __future__ import annotations
 
@@ -72,10 +76,27 @@ class NovoGrad(torch.optim.Optimizer):
         return loss
 
 
+#: Names :func:`make_optimizer` accepts.
+OPTIMIZERS = ("novograd", "adamw", "lion")
+
+
 def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0):
-    """``"novograd"`` (paper) or ``"adamw"``."""
+    """``"novograd"`` (paper), ``"adamw"`` (GN2) or ``"lion"`` (GN3).
+
+    Lion (Chen et al., arXiv:2302.06675) with ``betas = (0.9, 0.99)``, per element:
+    ``c = b1 m + (1 - b1) g``, ``w <- w (1 - lr wd) - lr sign(c)``, ``m <- b2 m + (1 - b2) g``.
+    Its steps have size ``lr`` per element, so it wants a learning rate 3-10x smaller and a
+    weight decay 3-10x larger than AdamW.
+    """
     if name == "novograd":
         return NovoGrad(params, lr=lr, weight_decay=weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"optimizer must be 'novograd' or 'adamw', got {name!r}")
+    if name == "lion":
+        try:
+            from lion_pytorch import Lion
+        except ImportError as err:
+            raise ValueError("optimizer 'lion' needs the lion-pytorch package: "
+                             "pip install lion-pytorch") from err
+        return Lion(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")

@@ -113,3 +113,34 @@ def vertex_residuals(data: dict, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def pt_response(data: dict, path) -> None:
+    """Median response (left) and relative resolution (right) vs truth pT; ``data[label]`` is
+    ``evaluate._regression``'s dict; the uncalibrated jets are drawn once (dashed)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    first = True
+    for label, d in data.items():
+        e = np.asarray(d["edges"])
+        x = 0.5 * (e[1:] + e[:-1])
+        rows = [(f"{label}: regressed", d["regressed"], "-")]
+        if first:
+            rows.append(("uncalibrated", d["uncalibrated"], "--"))
+            first = False
+        for name, r, ls in rows:
+            for ax, key in zip(axes, ("median_response", "resolution")):
+                ax.plot(x, r[key], ls=ls, marker="o", ms=3,
+                        color="k" if name == "uncalibrated" else None, label=name)
+    axes[0].axhline(1.0, color="grey", lw=0.8)
+    axes[0].set_ylabel(r"median $p_T / p_T^{\mathrm{truth}}$")
+    axes[1].set_ylabel("relative resolution (68 % half width / median)")
+    for ax in axes:
+        ax.set_xlabel(r"truth $p_T$ incl. neutrinos and muons [GeV]")
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"$p_T$ response of {data[next(iter(data))]['flavour']}-jets")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -356,8 +356,8 @@ def write(study: dict, trainings: list, paper: dict, remaining: str) -> str:
     report = Path(study["report"])
     report.mkdir(parents=True, exist_ok=True)
     done = [t for t in trainings if (t.result / "metrics.json").exists()]
-    title = study.get("title") or (f"Study `{Path(study['source']).name}`: baseline vs "
-                                   "FTAG+NDIVE")
+    title = study.get("title") or (f"Study {study.get('shown') or study['source']}: "
+                                   "baseline vs FTAG+NDIVE")
     L = [f"# {title}", "",
          f"{len(done)} of {len(trainings)} trainings have finished. This page is rewritten "
          "by `ndive paper` from the per-training results in this directory "

@@ -1,8 +1,10 @@
 """Evaluate trained models on a test file: ``ndive evaluate``.
 
-For each checkpoint: predictions (``predictions/<label>_<k>.h5``: ``p_b, p_c, p_u, D_b``,
-the NDIVE ``vertex`` and ``vertex_cov``, ``track_weights``, ``fit_ok``, truth labels); then
-``metrics.json`` and PNG plots in the output directory:
+For each checkpoint: predictions ``predictions/<label>_<k>.h5`` in the FTAG layout (a
+``jets`` table with ``<label>_pb/_pc/_pu``, the labels, ``pt`` in MeV, ``eventNumber`` and the
+NDIVE vertex and covariance; a ``tracks`` table with the track weights; see
+:func:`predictions_table`), which puma and atlas-ftag-tools read; then ``metrics.json`` and PNG
+plots in the output directory:
 
 - ``roc_light.png`` / ``roc_c.png``: rejection vs b-jet efficiency, one curve per model
   (mean over the checkpoints sharing a label, i.e. trainings with different seeds, band =
@@ -12,15 +14,26 @@ the NDIVE ``vertex`` and ``vertex_cov``, ``track_weights``, ``fit_ok``, truth la
 - ``track_selection.png``: NDIVE track-selection efficiency and purity vs jet pT, track
   multiplicity and decay length, b- and c-jets;
 - ``vertex_residuals.png``: residuals and pulls of the vertex for NDIVE vs all tracks vs
-  perfect (truth) track selection.
+  perfect (truth) track selection;
+- ``pt_response.png`` (models with the regression task, files with ``pt_truth_nu_mu``):
+  median response ``pT / pT_truth`` and relative resolution (half the 16-84 % range of the
+  response over its median) vs the truth pT of b-jets, regressed vs uncalibrated.
 
-Labels: the checkpoint's model name, with ``_truth`` / ``_all`` appended for the reference
-weight options; checkpoints with the same label are treated as seeds of one model.
+Models with 4 or 6 classes enter the ROC curves like 3-class ones: ``p_u`` is the sum of the
+probabilities of every class that is neither b nor c (tau included), and the background
+labels are ``flavour_label`` (tau jets are light there), so any set of models can be compared.
+
+Labels: the config's ``model.label`` when set, else the model name with ``_truth`` / ``_all``
+appended for the reference weight options; checkpoints with the same label are treated as
+seeds of one model. The ratio panels divide by ``reference`` (default: the first model when
+no model has that label).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +41,10 @@ import torch
 
 from . import _metrics
 from ._files import atomic_write
+from .data import read_jets
 from .data.loader import HF_ORIGINS, index_batch, load_batch, to_device
 
-__all__ = ["evaluate", "predict"]
+__all__ = ["evaluate", "predict", "predictions_table"]
 
 DISPLAY = {"baseline": "Baseline (GN2-like)", "ftag_ndive": "FTAG+NDIVE", "ndive": "NDIVE",
            "ftag_ndive_truth": "FTAG+NDIVE (perfect selection)",
@@ -42,8 +56,10 @@ DISPLAY = {"baseline": "Baseline (GN2-like)", "ftag_ndive": "FTAG+NDIVE", "ndive
 def predict(model, batch: dict, batch_size: int = 1000, device="cpu") -> dict:
     """Run ``model`` over a batch dict in chunks; returns NumPy arrays.
 
-    Keys (present when the model has them): ``p_b, p_c, p_u`` (N,), ``vertex`` (N, 3) [mm,
-    relative to the PV], ``vertex_cov`` (N, 3, 3), ``track_weights`` (N, T), ``fit_ok`` (N,).
+    Keys (present when the model has them): ``p_b, p_c, p_u`` (N,) (``p_u``: every class
+    other than b and c), ``probs`` (N, C) (models with more than 3 classes), ``pt_regressed``
+    (N,) [GeV], ``vertex`` (N, 3) [mm, relative to the PV], ``vertex_cov`` (N, 3, 3),
+    ``track_weights`` (N, T), ``fit_ok`` (N,).
     """
     model.eval()
     parts: dict[str, list] = {}
@@ -53,7 +69,11 @@ def predict(model, batch: dict, batch_size: int = 1000, device="cpu") -> dict:
         got = {}
         if "flavour_logits" in out:
             p = torch.softmax(out["flavour_logits"].double(), -1)
-            got.update(p_b=p[:, 0], p_c=p[:, 1], p_u=p[:, 2])
+            got.update(p_b=p[:, 0], p_c=p[:, 1], p_u=p[:, 2:].sum(-1))
+            if p.shape[1] > 3:
+                got["probs"] = p
+        if "pt_regressed" in out:
+            got["pt_regressed"] = out["pt_regressed"]
         if "vertex" in out:
             got.update(vertex=out["vertex"], vertex_cov=out["vertex_cov"],
                        track_weights=out["weights"], fit_ok=out["fit_ok"])
@@ -88,24 +108,113 @@ SELECTION_EDGES = {"pt": np.array([20, 40, 60, 100, 150, 250, 500.0]),
 
 def _label(cfg: dict) -> str:
     m = cfg["model"]
+    if m.get("label"):
+        return m["label"]
     return m["name"] + ("" if m.get("weights", "predicted") == "predicted" else
                         "_" + m["weights"])
 
 
-def _write_predictions(path: Path, pred: dict, batch: dict, f_c: float) -> None:
+def _file_name(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "model"
+
+
+def pt_response(pt, pt_true, edges) -> dict:
+    """Median response ``pt / pt_true`` and relative resolution (half the 16-84 % quantile
+    range of the response, divided by its median) in bins of ``pt_true`` [GeV]; bins with
+    fewer than 10 jets give NaN."""
+    pt, pt_true = np.asarray(pt, np.float64), np.asarray(pt_true, np.float64)
+    resp = pt / np.where(pt_true > 0, pt_true, np.nan)
+    med, res, n = [], [], []
+    for lo, hi in itertools.pairwise(edges):
+        r = resp[(pt_true >= lo) & (pt_true < hi) & np.isfinite(resp)]
+        n.append(int(r.size))
+        if r.size < 10:
+            med.append(float("nan"))
+            res.append(float("nan"))
+            continue
+        q16, q50, q84 = np.quantile(r, (0.16, 0.5, 0.84))
+        med.append(float(q50))
+        res.append(float(0.5 * (q84 - q16) / q50))
+    return {"median_response": med, "resolution": res, "n_jets": n}
+
+
+def _regression(pred, batch, edges):
+    """Response and resolution of b-jets vs truth pT, uncalibrated and regressed."""
+    b = batch["flavour"].numpy() == 0
+    true = batch["pt_truth"].numpy()[b]
+    return {"edges": [float(e) for e in edges], "flavour": "b",
+            "uncalibrated": pt_response(batch["jet"][:, 0].numpy()[b], true, edges),
+            "regressed": pt_response(pred["pt_regressed"][b], true, edges)}
+
+
+#: Fields of the test file copied into each predictions ``jets`` table (pt becomes MeV).
+_JET_COPY = ("eta", "phi", "eventNumber", "HadronConeExclTruthLabelID", "flavour_label",
+             "n_tracks", "Lxy")
+_COV_NAMES = ("xx", "xy", "xz", "yy", "yz", "zz")
+
+
+def predictions_table(tagger: str, pred: dict, jets: np.ndarray, valid: np.ndarray):
+    """The predictions of one model in the FTAG layout: ``(jets, tracks)`` structured arrays.
+
+    ``jets`` ``(N,)``: ``<tagger>_pb``, ``<tagger>_pc``, ``<tagger>_pu`` (float32), ``pt``
+    [MeV] and the test file's ``eta, phi, eventNumber, HadronConeExclTruthLabelID,
+    flavour_label, n_tracks, Lxy``; ``<tagger>_pt_regressed`` [MeV] for regression models;
+    for models with a vertex fit also
+    ``<tagger>_vertex_x/_y/_z`` [mm, w.r.t. the PV], ``<tagger>_vertex_cov_xx, _xy, ...``
+    [mm^2] and ``<tagger>_fit_ok``. ``tracks`` ``(N, T)`` (vertex-fit models only):
+    ``valid`` and ``<tagger>_track_weight``. What ``puma.Results.load_taggers_from_file``
+    and ``ftag.hdf5.H5Reader`` read.
+    """
+    fields = []
+    if "p_b" in pred:
+        fields += [(f"{tagger}_p{f}", "f4") for f in "bcu"]
+    fields += [("pt", "f4")] + [(k, jets.dtype[k]) for k in _JET_COPY]
+    if "pt_regressed" in pred:
+        fields += [(f"{tagger}_pt_regressed", "f4")]
+    if "vertex" in pred:
+        fields += [(f"{tagger}_vertex_{c}", "f4") for c in "xyz"]
+        fields += [(f"{tagger}_vertex_cov_{c}", "f4") for c in _COV_NAMES]
+        fields += [(f"{tagger}_fit_ok", "?")]
+    out = np.zeros(len(jets), fields)
+    if "p_b" in pred:
+        for f in "bcu":
+            out[f"{tagger}_p{f}"] = pred[f"p_{f}"]
+    out["pt"] = 1000.0 * jets["pt"].astype(np.float64)
+    if "pt_regressed" in pred:
+        out[f"{tagger}_pt_regressed"] = 1000.0 * np.asarray(pred["pt_regressed"], np.float64)
+    for k in _JET_COPY:
+        out[k] = jets[k]
+    tracks = None
+    if "vertex" in pred:
+        for i, c in enumerate("xyz"):
+            out[f"{tagger}_vertex_{c}"] = pred["vertex"][:, i]
+        for name in _COV_NAMES:
+            i, j = "xyz".index(name[0]), "xyz".index(name[1])
+            out[f"{tagger}_vertex_cov_{name}"] = pred["vertex_cov"][:, i, j]
+        out[f"{tagger}_fit_ok"] = pred["fit_ok"]
+        tracks = np.zeros(valid.shape, [("valid", "?"), (f"{tagger}_track_weight", "f4")])
+        tracks["valid"] = valid
+        tracks[f"{tagger}_track_weight"] = np.where(valid, pred["track_weights"], 0.0)
+    return out, tracks
+
+
+def _write_predictions(path: Path, tagger: str, pred: dict, jets: np.ndarray,
+                       valid: np.ndarray, f_c: float) -> None:
     import h5py
+
+    from .data import schema
+
+    table, tracks = predictions_table(tagger, pred, jets, valid)
 
     def write(tmp):
         with h5py.File(tmp, "w") as f:
-            for k, v in pred.items():
-                f.create_dataset(k, data=v, compression="lzf")
-            if "p_b" in pred:
-                f.create_dataset("D_b", data=_metrics.discriminant(
-                    pred["p_b"], pred["p_c"], pred["p_u"], f_c))
-            f.create_dataset("flavour_label", data=batch["flavour"].numpy())
-            f.create_dataset("jet_pt", data=batch["jet"][:, 0].numpy())
+            ds = f.create_dataset("jets", data=table, compression="lzf")
+            ds.attrs["flavour_label"] = list(schema.FLAVOURS)
+            if tracks is not None:
+                f.create_dataset("tracks", data=tracks, compression="lzf")
+            f.attrs["tagger"] = tagger
             f.attrs["f_c"] = f_c
-            f.attrs["vertex_frame"] = "relative to the true primary vertex [mm]"
+            f.attrs["units"] = "pt MeV; vertex mm, w.r.t. the true primary vertex"
 
     atomic_write(path, write)
 
@@ -166,14 +275,22 @@ def _vertex_quality(pred, batch):
 
 def evaluate(checkpoints, test, out, *, f_c: float = 0.05, reference: str = "baseline",
              working_points=_metrics.WORKING_POINTS, max_jets: int | None = None,
-             device: str = "cpu", plots: bool = True) -> dict:
+             device: str = "cpu", plots: bool = True, puma: bool = False) -> dict:
     """Evaluate checkpoints on ``test``; writes predictions, ``metrics.json`` and plots to
-    ``out`` and returns the metrics dict."""
+    ``out`` and returns the metrics dict. ``puma``: also draw puma's ROC and discriminant
+    plots into ``out/puma`` (needs the ``ftag`` extra)."""
+    if puma:
+        from . import _puma
+
+        if not _puma.available():
+            raise ValueError(_puma.INSTALL_HINT)
     from .train import load_checkpoint
 
     out = Path(out)
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     batch, bz = load_batch(test, 0, max_jets)
+    jets, _ = read_jets(test, 0, max_jets)
+    valid = batch["valid"].numpy()
     labels = batch["flavour"].numpy()
     preds: dict[str, list] = {}
     for ck_path in checkpoints:
@@ -182,10 +299,12 @@ def evaluate(checkpoints, test, out, *, f_c: float = 0.05, reference: str = "bas
         pred = predict(model, batch, device=device)
         k = len(preds.setdefault(label, []))
         preds[label].append(pred)
-        _write_predictions(out / "predictions" / f"{label}_{k}.h5", pred, batch, f_c)
+        _write_predictions(out / "predictions" / f"{_file_name(label)}_{k}.h5", label, pred,
+                           jets, valid, f_c)
     refs = reference_fits(batch, bz) if any("vertex" in p[0] for p in preds.values()) else {}
 
     edges = SELECTION_EDGES
+    pt_edges = np.array([20, 30, 40, 60, 80, 100, 150, 250, 500.0])
     metrics = {"test_file": str(test), "n_test_jets": len(labels),
                "n_per_flavour": {n: int((labels == i).sum()) for i, n in
                                  enumerate(("b", "c", "light"))},
@@ -197,6 +316,8 @@ def evaluate(checkpoints, test, out, *, f_c: float = 0.05, reference: str = "bas
             per_seed = [_rejections(p, labels, f_c, working_points) for p in plist]
             m["rejection_per_checkpoint"] = per_seed
             m["rejection"] = _seed_summary(per_seed, working_points)
+        if "pt_regressed" in plist[0] and "pt_truth" in batch:
+            m["regression"] = _regression(plist[0], batch, pt_edges)
         if "vertex" in plist[0]:
             if label.endswith(("_truth", "_all")):
                 pass  # same fits as the references below
@@ -227,6 +348,7 @@ def evaluate(checkpoints, test, out, *, f_c: float = 0.05, reference: str = "bas
                                        background=code) for p in plist])
         ref = DISPLAY.get(reference, reference)
         for bkg, c in curves.items():
+            ref = ref if ref in c else next(iter(c))
             _plots.roc(effs, c, ref, bkg, f_c, out / f"roc_{bkg}.png")
         sel = {DISPLAY.get(k, k): v["track_selection"] for k, v in metrics["models"].items()
                if "track_selection" in v}
@@ -234,4 +356,14 @@ def evaluate(checkpoints, test, out, *, f_c: float = 0.05, reference: str = "bas
             _plots.track_selection(sel, out / "track_selection.png")
         if vertex_data:
             _plots.vertex_residuals(vertex_data, out / "vertex_residuals.png")
+        reg = {DISPLAY.get(k, k): v["regression"] for k, v in metrics["models"].items()
+               if "regression" in v}
+        if reg:
+            _plots.pt_response(reg, out / "pt_response.png")
+    if puma:
+        files = {label: out / "predictions" / f"{_file_name(label)}_0.h5"
+                 for label, plist in preds.items() if "p_b" in plist[0]}
+        if files:
+            metrics["puma_plots"] = [p.name for p in _puma.puma_plots(
+                files, out / "puma", f_c=f_c, reference=reference, display=DISPLAY)]
     return metrics

@@ -36,7 +36,7 @@ from torch import nn
 from ._files import atomic_write
 from .data.schema import COV_FIELDS, TRACK_PARAMS
 
-__all__ = ["OnnxModel", "check_onnx", "export_onnx"]
+__all__ = ["OnnxModel", "check_onnx", "export_onnx", "export_report", "onnx_inputs"]
 
 INPUT_NAMES = ("track_params", "track_cov", "track_valid", "jet")
 

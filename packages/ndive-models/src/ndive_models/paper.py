@@ -784,7 +784,18 @@ def write_report(study: dict, trainings: list[Training]) -> str:
     returns the text."""
     from . import _study_report
 
-    return _study_report.write(study, trainings, PAPER, plan(study, trainings)[0])
+    return _study_report.write({**study, "shown": _shown(study["source"])}, trainings, PAPER,
+                               plan(study, trainings)[0])
+
+
+def _shown(path) -> str:
+    """A study file as the report names it: shipped ones by their name."""
+    from .configs import DIRECTORY
+
+    p = Path(path).resolve()
+    if DIRECTORY in p.parents:
+        return f"{p.relative_to(DIRECTORY).with_suffix('').as_posix()} (shipped)"
+    return str(path)
 
 
 def main(argv=None) -> int:

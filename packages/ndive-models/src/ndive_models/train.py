@@ -10,7 +10,10 @@ Each epoch: a pass over the shuffled training jets, validation, and an atomic ch
 ``<out>/last.pt`` (``best.pt`` when the validation loss improves). ``--resume`` continues
 from ``last.pt`` and reproduces the uninterrupted run bit for bit (the data order depends only
 on ``seed`` and the epoch; the checkpoint holds model, optimiser, RNG and history). Training
-stops early after ``patience`` epochs without improvement.
+stops early after ``patience`` epochs without improvement. Run logs (:mod:`ndive_models._runlog`)
+go next to the checkpoints: ``config.yaml`` (the resolved configuration), ``provenance.json``
+(package versions, git revision; also in each checkpoint), ``steps.csv`` (loss and learning
+rate of every step) and, with TensorBoard installed, ``tensorboard/``.
 
 Data parallel: every process holds the data, a :class:`~torch.utils.data.DistributedSampler`
 gives process ``r`` the indices ``perm[r::K]`` of the epoch's permutation ``perm``, so global
@@ -30,8 +33,9 @@ from pathlib import Path
 
 import torch
 
+from . import _runlog
 from ._files import atomic_write
-from .models import ModelConfig, build_model, total_loss
+from .models import ModelConfig, build_model, combine, total_loss
 
 __all__ = ["TrainConfig", "load_checkpoint", "load_config", "main", "split_indices", "train"]
 
@@ -49,8 +53,9 @@ class TrainConfig:
             max_jets / max_val_jets: use at most this many training / validation jets (a
             random subset: generated files are not shuffled; a balanced file ends with the
             jets of its rarest flavour).
-        out: output directory (checkpoints, ``history.json``).
-        epochs, batch_size: paper: batch 100. optimizer: ``novograd`` (paper) or ``adamw``.
+        out: output directory (checkpoints, ``history.json`` and the run logs).
+        epochs, batch_size: paper: batch 100. optimizer: ``novograd`` (paper), ``adamw``
+            (GN2) or ``lion`` (GN3).
         lr: learning rate (paper: 1e-4 with NovoGrad). weight_decay.
         seed: initialisation and data order. patience: early-stopping patience (epochs).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``...
@@ -166,6 +171,36 @@ def _pick_device(name: str) -> torch.device:
 # --------------------------------------------------------------------------------------------
 # checkpoints
 # --------------------------------------------------------------------------------------------
+def upgrade_state_dict(state: dict) -> dict:
+    """Parameters saved before the FTAG-family options, renamed to today's modules (same
+    function): ``encoder.embed.N`` -> ``encoder.embed.tracks.N``, the feed-forward's
+    ``ff.0`` / ``ff.2`` -> ``ff.inp`` / ``ff.out``, and the pair head's first layer on
+    ``[x_i, x_j]`` split into ``pair.first`` (x_i columns, bias) and ``pair.second``."""
+    import re
+
+    if not any(re.search(r"(^|\.)heads\.pair\.0\.weight$|encoder\.embed\.0\.", k)
+               for k in state):
+        return state
+    out = {}
+    for k, v in state.items():
+        k2 = re.sub(r"encoder\.embed\.(\d)", r"encoder.embed.tracks.\1", k)
+        k2 = re.sub(r"\.ff\.0\.", ".ff.inp.", k2)
+        k2 = re.sub(r"\.ff\.2\.", ".ff.out.", k2)
+        m = re.match(r"(.*heads\.pair)\.(\d)\.(weight|bias)$", k2)
+        if m and m.group(2) == "0":
+            if m.group(3) == "weight":
+                d = v.shape[1] // 2
+                out[m.group(1) + ".first.weight"] = v[:, :d].clone()
+                out[m.group(1) + ".second.weight"] = v[:, d:].clone()
+            else:
+                out[m.group(1) + ".first.bias"] = v
+            continue
+        if m:
+            k2 = f"{m.group(1)}.out.{m.group(3)}"
+        out[k2] = v
+    return out
+
+
 def load_checkpoint(path, device="cpu"):
     """Load a checkpoint written by :func:`train`.
 
@@ -178,7 +213,7 @@ def load_checkpoint(path, device="cpu"):
         raise ValueError(f"{path} is not an ndive-models checkpoint")
     mcfg = ModelConfig.from_dict(ck["config"]["model"])
     model = build_model(mcfg, ck["stats"], ck["bz"]).to(device)
-    model.load_state_dict(ck["model"])
+    model.load_state_dict(upgrade_state_dict(ck["model"]))
     model.eval()
     return model, ck
 
@@ -188,11 +223,16 @@ def load_checkpoint(path, device="cpu"):
 # --------------------------------------------------------------------------------------------
 def _loss_with_global_counts(model, out, batch, world: int):
     terms = model.loss_terms(out, batch)
+    balance = model.cfg.loss_balance
     if world == 1:
-        return total_loss(terms), terms
+        return total_loss(terms, balance=balance), terms
     names = list(terms)
     counts = _all_reduce(torch.stack([terms[k][1].detach() for k in names]))
-    loss = total_loss(terms, dict(zip(names, counts)))
+    means = None
+    if balance == "gls":  # GLS weights from the global task means
+        sums = _all_reduce(torch.stack([terms[k][0].detach().double() for k in names]))
+        means = dict(zip(names, sums / counts.double().clamp_min(1.0)))
+    loss = total_loss(terms, dict(zip(names, counts)), balance, means)
     return loss * world, terms
 
 
@@ -228,7 +268,8 @@ def validate(model, data: dict, batch_size: int, device) -> dict:
             counts[k] = counts.get(k, 0.0) + float(ct)
             weights[k] = w
     res = {k: sums[k] / max(counts[k], 1.0) for k in sums}
-    res["loss"] = sum(weights[k] * res[k] for k in sums)
+    res["loss"] = combine(res, weights, model.cfg.loss_balance,
+                          {k: counts[k] > 0 for k in sums})
     model.train()
     return res
 
@@ -279,6 +320,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
     dev = _pick_device(cfg.device)
     started_dist = _maybe_init_distributed(dev.type)
     rank, world = _dist_info()
+    steplog = None
     try:
         if cfg.batch_size % world:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the "
@@ -325,6 +367,10 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
         data_dev = to_device(data, dev)
         n_epochs = cfg.epochs if params else 0
         stopped = False
+        prov = _runlog.provenance()
+        if rank == 0:
+            _runlog.write_run_info(out, cfg.to_dict(), prov)
+            steplog = _runlog.StepLog(out, resume_epoch=start)
 
         def checkpoint(epoch, improved):
             if rank != 0:
@@ -335,7 +381,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
                 "optimizer": opt.state_dict() if opt is not None else None,
                 "epoch": epoch, "history": history, "best_val": best_val,
                 "best_epoch": best_epoch, "bad_epochs": bad, "rng": torch.get_rng_state(),
-                "stopped_early": stopped, "n_train": n_train,
+                "stopped_early": stopped, "n_train": n_train, "provenance": prov,
             }
             atomic_write(last, lambda tmp: torch.save(state, tmp))
             if improved:
@@ -356,6 +402,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
             n_steps = math.ceil(len(idx) / local_bs)
             t0 = time.perf_counter()
             run_sum = torch.zeros((), dtype=torch.float64, device=dev)
+            step_losses = []  # read back once per epoch: no device sync per step
             bar = None
             if cfg.progress and rank == 0:
                 from tqdm import tqdm
@@ -376,6 +423,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
                 _check_finite_grads(model, epoch, step)
                 opt.step()
                 run_sum += lval
+                step_losses.append(lval)
                 if bar is not None and (step % 10 == 0 or step == n_steps - 1):
                     el = time.perf_counter() - t0
                     bar.n = (step + 1) * local_bs * world
@@ -395,6 +443,10 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
             history.append({"epoch": epoch, "train_loss": train_loss, "val": v,
                             "seconds": seconds, "jets_per_s": len(idx) * world / seconds})
             stopped = bad >= cfg.patience and epoch < n_epochs
+            if steplog is not None:
+                steplog.epoch(epoch, torch.stack(step_losses).tolist(),
+                              opt.param_groups[0]["lr"],
+                              {"train_loss": train_loss, "val": v["loss"]})
             checkpoint(epoch, improved)
             if rank == 0:
                 print(f"[{cfg.model.name}] epoch {epoch}: train {train_loss:.4f} "
@@ -410,6 +462,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
                 "best_epoch": best_epoch, "last": str(last), "best": str(out / "best.pt"),
                 "n_train": n_train, "world_size": world}
     finally:
+        if steplog is not None:
+            steplog.close()
         if started_dist:
             import torch.distributed as dist
 

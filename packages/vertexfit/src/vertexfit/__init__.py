@@ -1,10 +1,12 @@
 """vertexfit: batched, differentiable Billoir vertex fitting on NumPy, JAX and PyTorch.
 
 Conventions (mm, GeV, rad, tesla; perigee ``(d0, z0, phi, theta, rho)``; d0 sign of
-Billoir/Delphes) are documented in ``docs/conventions.md``.
+Billoir/Delphes) are documented in ``docs/conventions.md``; the module map in
+``docs/architecture.md``.
 """
 
-from . import reference, toy
+from . import reference, resolution, toy
+from ._angle import wrap_phi
 from ._fit import VertexFit, chi2, fit
 from ._implicit import FitGradients, fit_jvp, fit_vjp
 from ._perigee import (
@@ -35,6 +37,8 @@ __all__ = [
     "from_acts",
     "perigee",
     "reference",
+    "resolution",
     "to_acts",
     "toy",
+    "wrap_phi",
 ]

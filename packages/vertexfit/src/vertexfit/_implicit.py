@@ -22,8 +22,8 @@ directly; their partial derivatives are added before/after the solve. The deriva
 Two levels of API:
 
 * :func:`core_jvp` / :func:`core_vjp` act on the core's sanitised, flattened, local-frame
-  arrays (the signature of ``vertexfit._fit._core``); the JAX and PyTorch adapters register
-  these.
+  arrays (the signature of the fit core, ``vertexfit._fit._core``); the JAX and PyTorch
+  adapters (``_jax.py``, ``_torch.py``) use them.
 * :func:`fit_jvp` / :func:`fit_vjp` take the same arguments as :func:`vertexfit.fit` and
   handle masking, symmetrisation, broadcasting and the reference point: any framework (or
   plain NumPy) can use them.
@@ -33,24 +33,21 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from . import _xp
-from ._fit import (
-    VertexFit,
-    _core_args,
-    _core_chunked,
-    _finish,
-    _flat,
-    _prepare,
-    _schur,
-    barrier_jets,
-    evaluate,
-    guarded_inverse3,
-    normal_blocks,
-    residuals,
-    schur_terms,
-    weighted_norm,
+from . import _linearise as lin
+from . import _speed, _xp
+from ._fit import VertexFit, fit_with_core
+from ._smallmat import (
+    add,
+    ldl,
+    mul,
+    sub,
+    sum_terms,
+    sym_from_array,
+    sym_get,
+    sym_inverse,
+    sym_matvec,
 )
-from ._smallmat import ldl, sum_terms, sym_from_array, sym_get, sym_inverse
+from ._validate import flat
 
 __all__ = ["FitGradients", "fit_vjp", "fit_jvp", "core_vjp", "core_jvp"]
 
@@ -59,29 +56,8 @@ _OUTPUTS = ("vertex", "vertex_cov", "momenta", "chi2", "track_chi2")
 
 
 # --------------------------------------------------------------------------------------------
-# sparse component arithmetic: None is a structural zero, the float 1.0 is never multiplied
+# sparse component arithmetic (vertexfit._smallmat): None is a structural zero
 # --------------------------------------------------------------------------------------------
-def _m(a, b):
-    if a is None or b is None:
-        return None
-    if isinstance(a, float) and a == 1.0:
-        return b
-    if isinstance(b, float) and b == 1.0:
-        return a
-    return a * b
-
-
-def _add(terms):
-    terms = [t for t in terms if t is not None]
-    return sum_terms(terms) if terms else None
-
-
-def _sub(a, b):
-    if b is None:
-        return a
-    return -b if a is None else a - b
-
-
 def _acc(lst, k, term):
     lst[k] = term if lst[k] is None else (lst[k] if term is None else lst[k] + term)
 
@@ -101,9 +77,9 @@ def _sandwich3(X, Y):
 
 def _sandwich5(G, Y):
     """``G Y G`` for symmetric 5x5 component dicts (``Y`` entries may be None)."""
-    GY = [[_add([_m(sym_get(G, a, k), sym_get(Y, k, c)) for k in range(5)]) for c in range(5)]
+    GY = [[add([mul(sym_get(G, a, k), sym_get(Y, k, c)) for k in range(5)]) for c in range(5)]
           for a in range(5)]
-    return {(a, c): _add([_m(GY[a][k], sym_get(G, k, c)) for k in range(5)])
+    return {(a, c): add([mul(GY[a][k], sym_get(G, k, c)) for k in range(5)])
             for a in range(5) for c in range(a, 5)}
 
 
@@ -143,35 +119,35 @@ def _tm(xp, a):
     return xp.permute_dims(a, (1, 0) + tuple(range(2, a.ndim)))
 
 
-def _linearise(xp, model, tracks, cov, weights, cpos, ccov, u, momenta, C, hessian):
+def _at_solution(xp, model, tracks, cov, weights, cpos, ccov, u, momenta, C, hessian):
     """Order-2 jets of the model at the solution and the Schur pieces of ``K`` and ``M``."""
     _check_hessian(hessian)
     G, _ = sym_inverse(sym_from_array(xp, _tm(xp, cov), 5), 5)
     q = list(_xp.unstack(xp, _tm(xp, tracks), axis=-1))
     w = _tm(xp, weights)
     uu = list(_xp.unstack(xp, u, axis=-1))
-    # stage boundaries (JAX: computed once, see vertexfit._xp.barrier), as in the fit
-    jets = barrier_jets(xp, evaluate(xp, model, [a[None, :] for a in uu],
+    # stage boundaries (JAX: computed once, see vertexfit._speed.barrier), as in the fit
+    jets = lin.barrier_jets(xp, lin.evaluate(xp, model, [a[None, :] for a in uu],
                                      list(_xp.unstack(xp, _tm(xp, momenta), axis=-1)), 2))
-    r = residuals(xp, q, jets)
-    Gr, s = _xp.barrier(xp, weighted_norm(G, r))
-    F, b, J = normal_blocks(G, jets, Gr)
-    F, b = _xp.barrier(xp, (F, b))
+    r = lin.residuals(xp, q, jets)
+    Gr, s = _speed.barrier(xp, lin.weighted_norm(G, r))
+    F, b, J = lin.normal_blocks(G, jets, Gr)
+    F, b = _speed.barrier(xp, (F, b))
     H = [dict(o.h) for o in jets]
     # Gauss-Newton Schur pieces: the fit's own vertex information M (vertex_cov = M^-1).
     # A track whose Gauss-Newton momentum block is numerically singular (``tok`` False:
     # float32 near-degenerate helices, padding whose free momenta drifted) is ignored by the
-    # fit (vertexfit._fit._schur): it gets weight 0 and zero Schur factors here too, by
+    # fit (vertexfit._linearise.schur): it gets weight 0 and zero Schur factors here too, by
     # ``where`` so that its inf/NaN cannot leak into the jet as 0 * NaN.
-    _, Eg, _, _, _, tok = _schur(F, b, xp)
-    Eg, tok = _xp.barrier(xp, (Eg, tok))
+    _, Eg, _, _, _, tok = lin.schur(xp, F, b)
+    Eg, tok = _speed.barrier(xp, (Eg, tok))
     w = xp.where(tok, w, 0.0)
     Eg = [[xp.where(tok, e, 0.0) for e in row] for row in Eg]
-    Z = [[_sub(J[k][a], _add([_m(J[k][3 + i], Eg[i][a]) for i in range(3)])) for a in range(3)]
+    Z = [[sub(J[k][a], add([mul(J[k][3 + i], Eg[i][a]) for i in range(3)])) for a in range(3)]
          for k in range(5)]
     N = F
     if hessian == "exact":
-        N = {key: _sub(F[key], _add([_m(Gr[k], H[k].get(key)) for k in range(5)]))
+        N = {key: sub(F[key], add([mul(Gr[k], H[k].get(key)) for k in range(5)]))
              for key in F}
         # A momentum block that is (numerically) singular can only occur far from a sane
         # fit (e.g. a masked placeholder track); fall back to its Gauss-Newton block there so
@@ -180,8 +156,8 @@ def _linearise(xp, model, tracks, cov, weights, cpos, ccov, u, momenta, C, hessi
         scale = xp.abs(F[(3, 3)]) + xp.abs(F[(4, 4)]) + xp.abs(F[(5, 5)])
         tol = 1e3 * _xp.eps(xp, scale.dtype) * scale
         bad = ~(xp.abs(Dn[0]) > tol) | ~(xp.abs(Dn[1]) > tol) | ~(xp.abs(Dn[2]) > tol)
-        N = _xp.barrier(xp, {key: xp.where(bad, F[key], N[key]) for key in F})
-    WN, EN, SN, _, _ = _xp.barrier(xp, schur_terms(N, b))
+        N = _speed.barrier(xp, {key: xp.where(bad, F[key], N[key]) for key in F})
+    WN, EN, SN, _, _ = _speed.barrier(xp, lin.schur(xp, N, b)[:5])
     WN = {key: xp.where(tok, v, 0.0) for key, v in WN.items()}
     EN = [[xp.where(tok, e, 0.0) for e in row] for row in EN]
     Mk = {key: _tsum(xp, w * xp.where(tok, SN[key], 0.0), w) for key in SN}
@@ -190,65 +166,33 @@ def _linearise(xp, model, tracks, cov, weights, cpos, ccov, u, momenta, C, hessi
         P, _ = sym_inverse(sym_from_array(xp, ccov, 3), 3)
         Mk = {key: Mk[key] + P[key] for key in Mk}
         d = [uu[a] - c for a, c in enumerate(_xp.unstack(xp, cpos, axis=-1))]
-    Sinv, _ = guarded_inverse3(xp, Mk, xp.zeros(w.shape[1:], dtype=xp.bool,
-                                                device=_xp.array_api_compat.device(w)))
-    return _barrier_arrays(xp, _Lin(w, G, P, d, r, Gr, s, J, H, b, Eg, Z, WN, EN, Sinv,
-                                    sym_from_array(xp, C, 3)))
+    Sinv, _ = lin.guarded_inverse3(
+        xp, Mk, xp.zeros(w.shape[1:], dtype=xp.bool, device=_xp.device(w)))
+    # every array materialised once (JAX): XLA would otherwise re-fuse shared per-track
+    # subexpressions (jets, Schur factors) into each consumer of the rule, as in the fit
+    return _speed.barrier(xp, _Lin(w, G, P, d, r, Gr, s, J, H, b, Eg, Z, WN, EN, Sinv,
+                                   sym_from_array(xp, C, 3)))
 
 
-class _Slot(NamedTuple):
-    index: int
+def _arrow_solve(xp, L, gu, gp, transpose=False):
+    """Solve ``K dx = g`` (or ``K^T lam = g`` with ``transpose``) by the Schur complement.
 
-
-def _barrier_arrays(xp, lin):
-    """Materialise every array of the linearisation once (JAX: an optimization barrier).
-
-    Without it XLA re-fuses shared per-track subexpressions (jets, Schur factors) into each
-    consumer of the rule, as in the forward fit. Python floats (the structural 1.0 of the
-    sparse Jacobian) and None stay as they are.
-    """
-    if _xp.backend_name(xp) != "jax":
-        return lin
-    slots = []
-
-    def collect(node):
-        if isinstance(node, dict):
-            return {k: collect(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [collect(v) for v in node]
-        if hasattr(node, "shape"):
-            slots.append(node)
-            return _Slot(len(slots) - 1)
-        return node
-
-    def fill(node, arrays):
-        if isinstance(node, dict):
-            return {k: fill(v, arrays) for k, v in node.items()}
-        if isinstance(node, list):
-            return [fill(v, arrays) for v in node]
-        return arrays[node.index] if isinstance(node, _Slot) else node
-
-    skeleton = [collect(field) for field in lin]
-    arrays = _xp.barrier(xp, slots)
-    return _Lin(*[fill(field, arrays) for field in skeleton])
-
-
-def _solve(xp, L, xu, xpp):
-    """Solve ``K^T lam = x_bar`` for the VJP (the JVP's ``K dx = g`` is in :func:`core_jvp`).
-
-    ``xu``: 3 x (B,) vertex part, ``xpp``: 3 x (B, T) per-track parts (None: zero).
-    Returns ``(lam_u 3 x (B,), lam_p 3 x (B, T))``.
+    ``gu``: 3 x (B,) vertex part, ``gp``: 3 x (B, T) per-track parts (None: zero). The
+    weights couple the tracks to the vertex rows of ``K`` only, so they multiply the
+    per-track part of the vertex right-hand side (``K``) or of the back substitution
+    (``K^T``). Returns ``(dx_u 3 x (B,), dx_p 3 x (B, T))``.
     """
     w = L.w
     rhs = []
     for a in range(3):
-        t = _add([_m(L.EN[i][a], xpp[i]) for i in range(3)])
-        x = _sub(xu[a], None if t is None else _tsum(xp, t, w))
+        t = add([mul(L.EN[i][a], gp[i]) for i in range(3)])
+        if t is not None and not transpose:
+            t = w * t
+        x = sub(gu[a], None if t is None else _tsum(xp, t, w))
         rhs.append(x if x is not None else w[0, ...] * 0.0)
-    lu = [sum_terms([sym_get(L.Sinv, a, c) * rhs[c] for c in range(3)]) for a in range(3)]
-    lp = [_sub(_add([_m(sym_get(L.WN, i, k), xpp[k]) for k in range(3)]),
-               w * sum_terms([L.EN[i][a] * lu[a] for a in range(3)])) for i in range(3)]
-    return lu, lp
+    du = sym_matvec(L.Sinv, rhs, 3)
+    Wg = [add([mul(sym_get(L.WN, i, k), gp[k]) for k in range(3)]) for i in range(3)]
+    return du, lin.back_substitute(Wg, L.EN, du, w if transpose else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,7 +220,7 @@ def core_vjp(xp, tracks, cov, weights, cpos, ccov, outputs, cotangents, *, model
     """
     u, C, mom = outputs[0], outputs[1], outputs[2]
     ub_in, Cb, pb, chib, tb = cotangents
-    L = _linearise(xp, model, tracks, cov, weights, cpos, ccov, u, mom, C, hessian)
+    L = _at_solution(xp, model, tracks, cov, weights, cpos, ccov, u, mom, C, hessian)
     w, G, P, d, J, Z = L.w, L.G, L.P, L.d, L.J, L.Z
     zero_t = w * 0.0
     xb = [None] * 6     # per-track direct x cotangents (vertex rows summed over tracks later)
@@ -312,7 +256,7 @@ def core_vjp(xp, tracks, cov, weights, cpos, ccov, outputs, cotangents, *, model
     if Cb is not None:
         Cbs = {(a, c): 0.5 * (Cb[:, a, c] + Cb[:, c, a]) for a in range(3) for c in range(a, 3)}
         Mb = {key: -v for key, v in _sandwich3(L.C, Cbs).items()}
-        Y = [[sum_terms([_m(Z[k][c], sym_get(Mb, c, a)) for c in range(3)])
+        Y = [[sum_terms([mul(Z[k][c], sym_get(Mb, c, a)) for c in range(3)])
               for a in range(3)] for k in range(5)]
         GY = [[sum_terms([sym_get(G, k, m) * Y[m][a] for m in range(5)]) for a in range(3)]
               for k in range(5)]
@@ -342,13 +286,13 @@ def core_vjp(xp, tracks, cov, weights, cpos, ccov, outputs, cotangents, *, model
             _acc(xb, 3 + i, c)
 
     # implicit part: lam = K^-T x_bar, alpha_bar = -(df/dalpha)^T lam
-    xu = [_add([ub[a], None if xb[a] is None else _tsum(xp, xb[a], w)]) for a in range(3)]
-    lu, lp = _solve(xp, L, xu, xb[3:])
+    xu = [add([ub[a], None if xb[a] is None else _tsum(xp, xb[a], w)]) for a in range(3)]
+    lu, lp = _arrow_solve(xp, L, xu, xb[3:], transpose=True)
     # a = w A lam_u + B lam_p: the solve's cotangent mapped to measurement space
     lam = [w * lu[a] for a in range(3)] + lp
-    av = [_add([_m(J[k][c], lam[c]) for c in range(6)]) for k in range(5)]
+    av = [add([mul(J[k][c], lam[c]) for c in range(6)]) for k in range(5)]
     for k in range(5):
-        _acc(qb, k, sum_terms([_m(sym_get(G, k, m), av[m]) for m in range(5)]))
+        _acc(qb, k, sum_terms([mul(sym_get(G, k, m), av[m]) for m in range(5)]))
     for (k, m) in Gb:
         _acc(Gb, (k, m), 0.5 * (av[k] * L.r[m] + av[m] * L.r[k]))
     wb_i = sum_terms([L.b[a] * lu[a] for a in range(3)])
@@ -405,7 +349,7 @@ def core_jvp(xp, tracks, cov, weights, cpos, ccov, outputs, tangents, *, model,
     dq_in, dV_in, dw, dcpos, dccov = tangents
     if dcpos is not None:
         dcpos = _xp.unstack(xp, dcpos, axis=-1)
-    L = _linearise(xp, model, tracks, cov, weights, cpos, ccov, u, mom, C, hessian)
+    L = _at_solution(xp, model, tracks, cov, weights, cpos, ccov, u, mom, C, hessian)
     w, G, P, d, J, Z = L.w, L.G, L.P, L.d, L.J, L.Z
     zero_t = w * 0.0
     zero_b = w[0, ...] * 0.0
@@ -420,34 +364,30 @@ def core_jvp(xp, tracks, cov, weights, cpos, ccov, outputs, tangents, *, model,
         dP = {key: -v for key, v in _sandwich3(P, sym_from_array(xp, dccov, 3)).items()}
 
     # e = G dq + dG r: the measurement-space tangent of the residual's pull
-    e = [_add([_add([_m(sym_get(G, k, m), dq[m]) for m in range(5)]),
+    e = [add([add([mul(sym_get(G, k, m), dq[m]) for m in range(5)]),
                None if dG is None else sum_terms([sym_get(dG, k, m) * L.r[m] for m in range(5)])])
          for k in range(5)]
-    gp = [_add([_m(J[k][3 + i], e[k]) for k in range(5)]) for i in range(3)]
+    gp = [add([mul(J[k][3 + i], e[k]) for k in range(5)]) for i in range(3)]
     gu = []
     for a in range(3):
-        t = _add([w * _add([_m(J[k][a], e[k]) for k in range(5)]) if any(x is not None for x in e)
+        t = add([w * add([mul(J[k][a], e[k]) for k in range(5)]) if any(x is not None for x in e)
                   else None, None if dw is None else dw * L.b[a]])
         ga = None if t is None else _tsum(xp, t, w)
         if P is not None:
             if dcpos is not None:
-                ga = _add([ga, sum_terms([sym_get(P, a, c) * dcpos[c] for c in range(3)])])
+                ga = add([ga, sum_terms([sym_get(P, a, c) * dcpos[c] for c in range(3)])])
             if dP is not None:
-                ga = _sub(ga, sum_terms([sym_get(dP, a, c) * d[c] for c in range(3)]))
+                ga = sub(ga, sum_terms([sym_get(dP, a, c) * d[c] for c in range(3)]))
         gu.append(ga if ga is not None else zero_b)
     gp = [x if x is not None else zero_t for x in gp]
 
     # K dx = g: dx_u = S^-1 (g_u - sum w EN^T g_p), dp = WN g_p - EN dx_u
-    rhs = [gu[a] - _tsum(xp, w * sum_terms([L.EN[i][a] * gp[i] for i in range(3)]), w)
-           for a in range(3)]
-    du = [sum_terms([sym_get(L.Sinv, a, c) * rhs[c] for c in range(3)]) for a in range(3)]
-    dp = [sum_terms([sym_get(L.WN, i, k) * gp[k] for k in range(3)])
-          - sum_terms([L.EN[i][a] * du[a] for a in range(3)]) for i in range(3)]
+    du, dp = _arrow_solve(xp, L, gu, gp)
     dx = list(du) + dp
 
     # track chi2: ds = 2 (G r).(dq - J dx) + r^T dG r = 2 (G r).dq - 2 b.dx + r^T dG r
     ds = -2.0 * sum_terms([L.b[c] * dx[c] for c in range(6)])
-    gq = _add([_m(L.Gr[k], dq[k]) for k in range(5)])
+    gq = add([mul(L.Gr[k], dq[k]) for k in range(5)])
     if gq is not None:
         ds = ds + 2.0 * gq
     if dG is not None:
@@ -475,16 +415,16 @@ def core_jvp(xp, tracks, cov, weights, cpos, ccov, outputs, tangents, *, model,
             _acc(dJ, a, h * dx[c])
             if a != c:
                 _acc(dJ, c, h * dx[a])
-        dJK[k] = [_sub(dJ[a], _add([_m(dJ[3 + i], L.Eg[i][a]) for i in range(3)]))
+        dJK[k] = [sub(dJ[a], add([mul(dJ[3 + i], L.Eg[i][a]) for i in range(3)]))
                   for a in range(3)]
     dM = {}
     for a in range(3):
         for c in range(a, 3):
-            t = [_m(dJK[k][a], GZ[k][c]) for k in range(5)]
-            t += [_m(dJK[k][c], GZ[k][a]) for k in range(5)]
+            t = [mul(dJK[k][a], GZ[k][c]) for k in range(5)]
+            t += [mul(dJK[k][c], GZ[k][a]) for k in range(5)]
             if dG is not None:
                 t += [(sym_get(dG, k, m) * Z[k][a] * Z[m][c]) for k in range(5) for m in range(5)]
-            term = w * _add(t)
+            term = w * add(t)
             if dw is not None:
                 term = term + dw * sum_terms([Z[k][a] * GZ[k][c] for k in range(5)])
             dM[(a, c)] = _tsum(xp, term, w)
@@ -544,13 +484,6 @@ def _check_hessian(hessian):
         raise ValueError(f"hessian must be one of {_HESSIANS}, got {hessian!r}")
 
 
-def _forward(tracks, cov, weights, mask, seed, n_iter, model, constraint, ref):
-    xp, a = _prepare(tracks, cov, weights, mask, seed, constraint, ref, n_iter, model)
-    args = _core_args(xp, a)
-    out = _core_chunked(xp, *args, n_iter=n_iter, model=model)
-    return xp, a, args, out, _finish(xp, a, out)
-
-
 def _sym(xp, a):
     return 0.5 * (a + xp.matrix_transpose(a))
 
@@ -572,11 +505,11 @@ def fit_vjp(tracks, cov, weights=None, *, mask=None, seed=None, n_iter=10, model
         function theorem): check ``result.converged``.
     """
     _check_hessian(hessian)
-    xp, a, args, out, res = _forward(tracks, cov, weights, mask, seed, n_iter, model,
-                                     constraint, ref)
-    batch, good = a["batch"], a["mask"]
+    xp, prep, args, out, res = fit_with_core(tracks, cov, weights, mask, seed, constraint,
+                                             ref, n_iter, model)
+    batch, good = prep.batch, prep.mask
     T = args[0].shape[-2]
-    okb = ~a["bad"][..., None]
+    okb = ~prep.bad[..., None]
 
     def pullback(cot):
         vb = _get(cot, "vertex")
@@ -589,14 +522,14 @@ def fit_vjp(tracks, cov, weights=None, *, mask=None, seed=None, n_iter=10, model
         if cb[4] is not None:
             cb[4] = xp.where(good, cb[4], 0.0)
         tails = ((3,), (3, 3), (T, 3), (), (T,))
-        flat = [None if x is None else _flat(xp, x, batch, t) for x, t in zip(cb, tails)]
+        cots = [flat(xp, x, batch, t) for x, t in zip(cb, tails)]
         tb, Vb, wb, cpb, ccb = core_vjp(xp, args[0], args[1], args[2], args[4], args[5], out,
-                                        flat, model=model, hessian=hessian)
+                                        cots, model=model, hessian=hessian)
         tb = xp.where(good[..., None], xp.reshape(tb, batch + (T, 5)), 0.0)
         Vb = xp.where(good[..., None, None], _sym(xp, xp.reshape(Vb, batch + (T, 5, 5))), 0.0)
         wb = xp.where(good, xp.reshape(wb, batch + (T,)), 0.0)
         dtype = args[0].dtype
-        ref_bar = (xp.zeros(batch + (3,), dtype=dtype, device=_xp.array_api_compat.device(tb))
+        ref_bar = (xp.zeros(batch + (3,), dtype=dtype, device=_xp.device(tb))
                    if cb[0] is None else cb[0])
         cons = None
         if constraint is not None:
@@ -630,12 +563,12 @@ def fit_jvp(tracks, cov, weights=None, *, tangents, mask=None, seed=None, n_iter
         tangents and ``converged`` is ``None``.
     """
     _check_hessian(hessian)
-    xp, a, args, out, res = _forward(tracks, cov, weights, mask, seed, n_iter, model,
-                                     constraint, ref)
-    batch, good = a["batch"], a["mask"]
+    xp, prep, args, out, res = fit_with_core(tracks, cov, weights, mask, seed, constraint,
+                                             ref, n_iter, model)
+    batch, good = prep.batch, prep.mask
     T = args[0].shape[-2]
     dtype = args[0].dtype
-    okb = ~a["bad"][..., None]
+    okb = ~prep.bad[..., None]
     tg = dict(tangents or {})
 
     def conv(x, shape):
@@ -658,16 +591,16 @@ def fit_jvp(tracks, cov, weights=None, *, tangents, mask=None, seed=None, n_iter
             dcpos = xp.where(okb, dcp if dref is None else dcp - dref, 0.0)
         if dcc is not None:
             dccov = xp.where(okb[..., None], _sym(xp, dcc), 0.0)
-    flat = (_flat(xp, dq, batch, (T, 5)), _flat(xp, dV, batch, (T, 5, 5)),
-            _flat(xp, dw, batch, (T,)), _flat(xp, dcpos, batch, (3,)),
-            _flat(xp, dccov, batch, (3, 3)))
+    tans = (flat(xp, dq, batch, (T, 5)), flat(xp, dV, batch, (T, 5, 5)),
+            flat(xp, dw, batch, (T,)), flat(xp, dcpos, batch, (3,)),
+            flat(xp, dccov, batch, (3, 3)))
     du, dC, dmom, dchi2, dts = core_jvp(xp, args[0], args[1], args[2], args[4], args[5], out,
-                                        flat, model=model, hessian=hessian)
+                                        tans, model=model, hessian=hessian)
     dvertex = xp.reshape(du, batch + (3,))
     if dref is not None:
         dvertex = dvertex + dref
-    dndf = (xp.zeros(batch, dtype=dtype, device=_xp.array_api_compat.device(dvertex))
-            if dw is None else 2.0 * xp.sum(dw, axis=-1))
+    dndf = (xp.zeros(batch, dtype=dtype, device=_xp.device(dvertex))
+            if dw is None else 2.0 * xp.sum(dw, axis=-1))  # d ndf = 2 sum(dw)
     dot = VertexFit(dvertex, xp.reshape(dC, batch + (3, 3)),
                     xp.where(good[..., None], xp.reshape(dmom, batch + (T, 3)), 0.0),
                     xp.reshape(dchi2, batch),

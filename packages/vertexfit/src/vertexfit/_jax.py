@@ -19,22 +19,21 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
-from ._fit import _core_mapped
+from . import _adjoint
 from ._implicit import core_jvp
 
 __all__ = ["fit_core"]
 
 
-def fit_core(xp, tracks, cov, weights, seed, cpos, ccov, *, n_iter, model):
-    """Differentiable drop-in for ``vertexfit._fit._core`` on JAX arrays (same signature)."""
+def fit_core(core, xp, tracks, cov, weights, seed, cpos, ccov, *, n_iter, model):
+    """``core(xp, tracks, ...)`` (the plain fit core, on JAX arrays) with the implicit rule."""
     del xp  # always jax.numpy here
-    return _fit_core(tracks, cov, weights, seed, cpos, ccov, n_iter, model)
+    return _fit_core(tracks, cov, weights, seed, cpos, ccov, n_iter, model, core)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(6, 7))
-def _fit_core(tracks, cov, weights, seed, cpos, ccov, n_iter, model):
-    return _core_mapped(jnp, tracks, cov, weights, seed, cpos, ccov, n_iter=n_iter,
-                        model=model)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(6, 7, 8))
+def _fit_core(tracks, cov, weights, seed, cpos, ccov, n_iter, model, core):
+    return core(jnp, tracks, cov, weights, seed, cpos, ccov, n_iter=n_iter, model=model)
 
 
 def _tangent(t):
@@ -42,9 +41,9 @@ def _tangent(t):
     return None if t is None or isinstance(t, SymbolicZero) else t
 
 
-def _fit_core_jvp(n_iter, model, primals, tangents):
+def _fit_core_jvp(n_iter, model, core, primals, tangents):
     tracks, cov, weights, seed, cpos, ccov = primals
-    out = _fit_core(tracks, cov, weights, seed, cpos, ccov, n_iter, model)
+    out = _fit_core(tracks, cov, weights, seed, cpos, ccov, n_iter, model, core)
     dq, dV, dw, _dseed, dcpos, dccov = (_tangent(t) for t in tangents)
     if ccov is None:
         dcpos = dccov = None
@@ -56,3 +55,4 @@ def _fit_core_jvp(n_iter, model, primals, tangents):
 
 
 _fit_core.defjvp(_fit_core_jvp, symbolic_zeros=True)
+_adjoint.register("jax", fit_core)

@@ -15,24 +15,11 @@ free where a framework asks for them).
 
 from __future__ import annotations
 
-from . import _xp
+from . import _speed
+from ._angle import wrap_phi
+from ._smallmat import mul as _mul
 
 __all__ = ["Jet", "Ops"]
-
-
-def _mul(a, b):
-    """Product that skips multiplications by the literal 1.0 / -1.0 (structural constants)."""
-    if isinstance(a, float):
-        if a == 1.0:
-            return b
-        if a == -1.0:
-            return -b
-    if isinstance(b, float):
-        if b == 1.0:
-            return a
-        if b == -1.0:
-            return -a
-    return a * b
 
 
 def _acc(d, k, term):
@@ -42,17 +29,24 @@ def _acc(d, k, term):
 class Jet:
     """Value ``v`` with sparse gradient ``g[i]`` and (order 2) Hessian ``h[(i, j)]``, i <= j."""
 
-    __slots__ = ("g", "h", "v")
+    __slots__ = ("g", "h", "sincos", "v")
 
     def __init__(self, v, g, h=None):
         self.v = v
         self.g = g
         self.h = h
+        self.sincos = None  # (sin v, cos v) when known in advance (see :meth:`variable`)
 
     @classmethod
-    def variable(cls, value, index: int, order: int):
-        """An independent variable with d(value)/d(var index) = 1."""
-        return cls(value, {index: 1.0}, {} if order >= 2 else None)
+    def variable(cls, value, index: int, order: int, sincos=None):
+        """An independent variable with d(value)/d(var index) = 1.
+
+        ``sincos``: ``(sin(value), cos(value))`` if the caller has them already;
+        :meth:`Ops.sincos` then uses them instead of computing them again.
+        """
+        jet = cls(value, {index: 1.0}, {} if order >= 2 else None)
+        jet.sincos = sincos
+        return jet
 
     # --- construction helpers -------------------------------------------------------------
     def _scaled(self, s, v):
@@ -200,20 +194,19 @@ def _atanc_series(w2, order):
 class Ops:
     """Elementary functions that accept arrays of namespace ``xp`` or :class:`Jet` objects."""
 
-    def __init__(self, xp, trig=None):
+    def __init__(self, xp):
         self.xp = xp
-        # precomputed (sin, cos) of given arrays, keyed by id(array): lets a loop carry them
-        self.trig = trig or {}
 
     def sincos(self, a):
-        """``(sin(a), cos(a))`` sharing one evaluation of each transcendental."""
+        """``(sin(a), cos(a))`` sharing one evaluation of each transcendental (or the pair a
+        variable carries, see :meth:`Jet.variable`)."""
         xp = self.xp
         v = a.v if isinstance(a, Jet) else a
-        if id(v) in self.trig:
-            s, c = self.trig[id(v)]
+        if isinstance(a, Jet) and a.sincos is not None:
+            s, c = a.sincos
         else:
             # barrier: computed once, not re-fused into every consumer by XLA
-            s, c = _xp.barrier(xp, _xp.sincos(xp, v))
+            s, c = _speed.barrier(xp, _speed.sincos(xp, v))
         if not isinstance(a, Jet):
             return s, c
         order2 = a.h is not None
@@ -222,7 +215,7 @@ class Ops:
     def cot(self, a):
         """cot(a) = 1/tan(a): one transcendental; derivatives -(1 + cot^2), 2 cot (1 + cot^2)."""
         xp = self.xp
-        ct = _xp.cot(xp, a.v if isinstance(a, Jet) else a)
+        ct = _speed.cot(xp, a.v if isinstance(a, Jet) else a)
         if not isinstance(a, Jet):
             return ct
         f1 = -(1.0 + ct * ct)
@@ -265,30 +258,21 @@ class Ops:
         sm = xp.astype(small, w.dtype)
         order = 0 if not isinstance(a, Jet) else (1 if a.h is None else 2)
         s0, s1w, s2 = _atanc_series(w * w, order)
-        b0 = _xp.atan(xp, ws) / ws
+        b0 = _speed.atan(xp, ws) / ws
         f0 = b0 + sm * (s0 - b0)
         if order == 0:
-            return _xp.barrier(xp, f0)
+            return _speed.barrier(xp, f0)
         q = 1.0 / (1.0 + ws * ws)
         b1 = (q - b0) / ws
         f1 = b1 + sm * (s1w * w - b1)
         f2 = None if order == 1 else (lambda b2: b2 + sm * (s2 - b2))(-2.0 * q * q - 2.0 * b1 / ws)
-        # barrier: the series and both branches once, not once per consumer (XLA re-fused
-        # them into every fusion that reads a derivative: ~540 extra operations per step)
-        return a.unary(*_xp.barrier(xp, (f0, f1, f2)))
+        # barrier: the series and both branches once, not once per consumer (XLA would
+        # re-fuse them into every fusion that reads a derivative)
+        return a.unary(*_speed.barrier(xp, (f0, f1, f2)))
 
     def wrap(self, a):
-        """Wrap an angle to (-pi, pi]; the derivative is one (the wrap is a constant shift)."""
-        xp = self.xp
-        v = a.v if isinstance(a, Jet) else a
-        wrapped = xp.pi - xp.remainder(xp.pi - v, 2.0 * xp.pi)
+        """:func:`wrap_phi` of an angle or a jet; the derivative is one (a constant shift)."""
         if not isinstance(a, Jet):
-            return wrapped
-        return Jet(wrapped, a.g, a.h)
+            return wrap_phi(a)
+        return Jet(wrap_phi(a.v), a.g, a.h)
 
-    def wrap_near(self, a):
-        """Wrap an angle to [-pi, pi] (either end at odd multiples of pi): one rounding,
-        several times cheaper than :meth:`wrap`; for residuals, where +-pi are equivalent."""
-        xp = self.xp
-        two_pi = 2.0 * xp.pi
-        return a - two_pi * xp.round(a / two_pi)

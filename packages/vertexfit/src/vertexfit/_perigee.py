@@ -7,7 +7,7 @@ import numpy as _np
 from . import _xp
 from ._jet import Jet, Ops
 from ._model import get_model
-from ._smallmat import sym_from_array
+from ._smallmat import sum_terms, sym_from_array, sym_get
 
 __all__ = [
     "DEFAULT_BZ",
@@ -70,7 +70,8 @@ def perigee(vertex, momenta, ref=None, *, model="helix"):
 
     Returns:
         ``(..., T, 5)`` array ``(d0, z0, phi, theta, rho)`` w.r.t. ``ref`` [mm, mm, rad, rad,
-        1/mm], same namespace, dtype and device as the inputs; ``phi`` in (-pi, pi].
+        1/mm], same namespace, dtype and device as the inputs; ``phi`` in (-pi, pi]
+        (:func:`vertexfit.wrap_phi`).
     """
     xp = _xp.namespace(vertex, momenta, ref)
     _check_last("vertex", vertex, 3)
@@ -116,27 +117,16 @@ def _transport(xp, jets, cov, n_in):
     JV = [[None] * n_in for _ in range(n_out)]
     for r in range(n_out):
         for c in range(n_in):
-            terms = [
-                J[r][k] * (V[(k, c)] if k <= c else V[(c, k)])
-                for k in range(n_in)
-                if J[r][k] is not None
-            ]
-            JV[r][c] = _sum(terms)
+            terms = [J[r][k] * sym_get(V, k, c) for k in range(n_in) if J[r][k] is not None]
+            JV[r][c] = sum_terms(terms)
     rows = []
     for r in range(n_out):
         row = []
         for c in range(n_out):
             terms = [JV[r][k] * J[c][k] for k in range(n_in) if J[c][k] is not None]
-            row.append(_sum(terms))
+            row.append(sum_terms(terms))
         rows.append(xp.stack(xp.broadcast_arrays(*row), axis=-1))
     return xp.stack(xp.broadcast_arrays(*rows), axis=-2)
-
-
-def _sum(terms):
-    out = terms[0]
-    for t in terms[1:]:
-        out = out + t
-    return out
 
 
 def _acts_jets(xp, tracks, bz, sign):
@@ -198,7 +188,7 @@ def covariance_from_sigmas(sigmas, correlation=None):
     outer = sigmas[..., :, None] * sigmas[..., None, :]
     if correlation is None:
         n = sigmas.shape[-1]
-        eye = xp.eye(n, dtype=sigmas.dtype, device=_xp.array_api_compat.device(sigmas))
+        eye = xp.eye(n, dtype=sigmas.dtype, device=_xp.device(sigmas))
         return outer * eye
     return outer * correlation
 

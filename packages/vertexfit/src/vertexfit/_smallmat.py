@@ -11,10 +11,22 @@ from __future__ import annotations
 
 from . import _xp
 
-__all__ = ["ldl", "sym_from_array", "sym_get", "sym_inverse", "sym_matvec", "sym_to_array"]
+__all__ = [
+    "add",
+    "ldl",
+    "mul",
+    "sub",
+    "sum_terms",
+    "sym_from_array",
+    "sym_get",
+    "sym_inverse",
+    "sym_matvec",
+    "sym_to_array",
+]
 
 
 def sym_get(s, i, j):
+    """Entry ``(i, j)`` of a symmetric component matrix (stored as its upper triangle)."""
     return s[(i, j)] if i <= j else s[(j, i)]
 
 
@@ -96,3 +108,34 @@ def sum_terms(terms):
     for t in terms[1:]:
         out = out + t
     return out
+
+
+# sparse entries: None is a structural zero, the floats 1.0 and -1.0 are never multiplied
+def mul(a, b):
+    """``a * b`` for sparse entries (``None`` if either is a structural zero)."""
+    if a is None or b is None:
+        return None
+    if isinstance(a, float):
+        if a == 1.0:
+            return b
+        if a == -1.0:
+            return -b
+    if isinstance(b, float):
+        if b == 1.0:
+            return a
+        if b == -1.0:
+            return -a
+    return a * b
+
+
+def add(terms):
+    """Sum of the entries of ``terms`` that are not ``None`` (``None`` if there are none)."""
+    terms = [t for t in terms if t is not None]
+    return sum_terms(terms) if terms else None
+
+
+def sub(a, b):
+    """``a - b`` for sparse entries."""
+    if b is None:
+        return a
+    return -b if a is None else a - b

@@ -13,29 +13,32 @@ from __future__ import annotations
 import array_api_compat.torch as xp
 import torch
 
-from ._fit import _core_chunked
+from . import _adjoint
 from ._implicit import core_jvp, core_vjp
 
 __all__ = ["fit_core"]
 
 
-def fit_core(xp_, tracks, cov, weights, seed, cpos, ccov, *, n_iter, model):
-    """Differentiable drop-in for ``vertexfit._fit._core`` on torch tensors (same signature)."""
+def fit_core(core, xp_, tracks, cov, weights, seed, cpos, ccov, *, n_iter, model):
+    """``core(xp, tracks, ...)`` (the plain fit core, on torch tensors) with the implicit rule."""
     del xp_  # always array_api_compat.torch here
-    return _FitCore.apply(tracks, cov, weights, seed, cpos, ccov, n_iter, model)
+    if torch.jit.is_tracing():
+        # tracing for export (torch.onnx): no gradients needed, and the TorchScript tracer
+        # wires the outputs of an autograd.Function to the wrong values
+        return core(xp, tracks, cov, weights, seed, cpos, ccov, n_iter=n_iter, model=model)
+    return _FitCore.apply(tracks, cov, weights, seed, cpos, ccov, n_iter, model, core)
 
 
 class _FitCore(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(tracks, cov, weights, seed, cpos, ccov, n_iter, model):
-        return _core_chunked(xp, tracks, cov, weights, seed, cpos, ccov, n_iter=n_iter,
-                             model=model)
+    def forward(tracks, cov, weights, seed, cpos, ccov, n_iter, model, core):
+        return core(xp, tracks, cov, weights, seed, cpos, ccov, n_iter=n_iter, model=model)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        tracks, cov, weights, seed, cpos, ccov, _n_iter, model = inputs
+        tracks, cov, weights, seed, cpos, ccov, _n_iter, model, _core = inputs
         ctx.model = model
         ctx.seed_shape = tuple(seed.shape)
         u, C, mom = output[0], output[1], output[2]
@@ -48,19 +51,23 @@ class _FitCore(torch.autograd.Function):
     def backward(ctx, u_bar, cov_bar, mom_bar, chi2_bar, tchi2_bar, _ok_bar):
         tracks, cov, weights, cpos, ccov, u, C, mom = ctx.saved_tensors
         if all(c is None for c in (u_bar, cov_bar, mom_bar, chi2_bar, tchi2_bar)):
-            return (None,) * 8
+            return (None,) * 9
         grads = core_vjp(xp, tracks, cov, weights, cpos, ccov, (u, C, mom),
                          (u_bar, cov_bar, mom_bar, chi2_bar, tchi2_bar), model=ctx.model)
         tracks_bar, cov_bar_in, weights_bar, cpos_bar, ccov_bar = grads
         # the converged fit does not depend on its starting point
         seed_bar = tracks.new_zeros(ctx.seed_shape) if ctx.needs_input_grad[3] else None
-        return (tracks_bar, cov_bar_in, weights_bar, seed_bar, cpos_bar, ccov_bar, None, None)
+        return (tracks_bar, cov_bar_in, weights_bar, seed_bar, cpos_bar, ccov_bar, None, None,
+                None)
 
     @staticmethod
-    def jvp(ctx, dq, dV, dw, _dseed, dcpos, dccov, _n_iter, _model):
+    def jvp(ctx, dq, dV, dw, _dseed, dcpos, dccov, _n_iter, _model, _core):
         tracks, cov, weights, cpos, ccov, u, C, mom = ctx.saved_tensors
         if ccov is None:
             dcpos = dccov = None
         dots = core_jvp(xp, tracks, cov, weights, cpos, ccov, (u, C, mom),
                         (dq, dV, dw, dcpos, dccov), model=ctx.model)
         return (*dots, None)
+
+
+_adjoint.register("torch", fit_core)

@@ -29,8 +29,10 @@ import math
 import array_api_compat
 import numpy as np
 
-from ._fit import VertexFit
+from ._angle import wrap_phi
+from ._fit import VertexFit, degrees_of_freedom
 from ._fit import chi2 as _chi2
+from ._xp import to_numpy
 
 __all__ = ["fit"]
 
@@ -47,24 +49,6 @@ def _scipy_optimize():
             "vertexfit.reference needs SciPy: pip install 'vertexfit[scipy]'"
         ) from None
     return scipy.optimize
-
-
-def _to_numpy(a, dtype=np.float64):
-    """Any array (NumPy, JAX, PyTorch, array-api-strict) -> a NumPy array (a copy)."""
-    if a is None:
-        return None
-    if array_api_compat.is_torch_array(a):
-        a = a.detach().cpu().numpy()
-    elif not isinstance(a, np.ndarray):
-        try:
-            a = np.from_dlpack(a)
-        except (TypeError, AttributeError, BufferError, RuntimeError):
-            a = np.asarray(a)
-    return np.array(a, dtype=dtype)
-
-
-def _wrap(phi):
-    return np.pi - np.remainder(np.pi - phi, 2.0 * np.pi)
 
 
 def _line_seed(tracks, ref):
@@ -274,7 +258,7 @@ def _fit_one(tracks, cov, weights, valid, seed, ref, prior, model, gtol, maxiter
                         vscale, sig[valid][:, 2:])
         track_chi2[valid] = prob.per_track(v, momenta[valid], np.zeros((1, 3)),
                                            np.zeros((1, int(valid.sum()), 3)))[0]
-    momenta[valid, 0] = _wrap(momenta[valid, 0])
+    momenta[valid, 0] = wrap_phi(momenta[valid, 0])
     ok = ok and bool(np.all(np.isfinite(vertex_cov))) and np.isfinite(total)
     return v, vertex_cov, momenta, float(total), track_chi2, ok
 
@@ -308,17 +292,17 @@ def fit(tracks, cov, weights=None, *, mask=None, seed=None, model="helix", const
     xp = array_api_compat.array_namespace(tracks)
     out_dtype = tracks.dtype
     device = array_api_compat.device(tracks)
-    t = _to_numpy(tracks)
+    t = to_numpy(tracks, np.float64)
     if t.ndim < 2 or t.shape[-1] != 5:
         raise ValueError(f"tracks must have shape (..., T, 5), got {t.shape}")
     batch, T = t.shape[:-2], t.shape[-2]
-    c = _to_numpy(cov)
+    c = to_numpy(cov, np.float64)
     if c.shape != t.shape[:-1] + (5, 5):
         raise ValueError(f"cov must have shape {t.shape[:-1] + (5, 5)}, got {c.shape}")
-    w = np.ones(t.shape[:-1]) if weights is None else _to_numpy(weights)
+    w = np.ones(t.shape[:-1]) if weights is None else to_numpy(weights, np.float64)
     if w.shape != t.shape[:-1]:
         raise ValueError(f"weights must have shape {t.shape[:-1]}, got {w.shape}")
-    m = np.ones(t.shape[:-1], bool) if mask is None else _to_numpy(mask, bool)
+    m = np.ones(t.shape[:-1], bool) if mask is None else to_numpy(mask, bool)
     if m.shape != t.shape[:-1]:
         raise ValueError(f"mask must have shape {t.shape[:-1]}, got {m.shape}")
     B = math.prod(batch)
@@ -326,7 +310,7 @@ def fit(tracks, cov, weights=None, *, mask=None, seed=None, model="helix", const
     def per_jet(a, name, tail):
         if a is None:
             return [None] * B
-        a = _to_numpy(a)
+        a = to_numpy(a, np.float64)
         try:
             return np.broadcast_to(a, batch + tail).reshape((B,) + tail)
         except ValueError:
@@ -351,7 +335,7 @@ def fit(tracks, cov, weights=None, *, mask=None, seed=None, model="helix", const
         for k, val in zip(res, (v, vc, p, s, tc, ok)):
             res[k].append(val)
 
-    ndf = 2.0 * np.where(m, w, 0.0).sum(-1) - 3.0 + (3.0 if constraint is not None else 0.0)
+    ndf = degrees_of_freedom(np, np.where(m, w, 0.0), constraint is not None)
 
     def back(a, tail, dtype=out_dtype):
         a = np.asarray(a).reshape(batch + tail)

@@ -11,7 +11,7 @@ decay) from which ``n_tracks`` charged tracks emerge, collimated around a jet ax
   |eta| < 2.5; pT from a falling power law ``dN/dpT ~ pT^-pt_power`` on ``pt_range``;
   charge +-1 with equal probability; rho = -q K Bz / pT;
 * perigee parameters w.r.t. the origin from :func:`vertexfit.perigee` (exact helix), then
-  Gaussian smearing with the diagonal covariance of :func:`vertexfit._resolution.sigmas`
+  Gaussian smearing with the diagonal covariance of :func:`vertexfit.resolution.sigmas`
   (the Delphes ATLAS tables), phi re-wrapped to (-pi, pi].
 
 Everything is drawn with NumPy from ``numpy.random.default_rng(seed)`` (same seed, same
@@ -24,8 +24,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._angle import wrap_phi
 from ._perigee import DEFAULT_BZ, covariance_from_sigmas, curvature, perigee
-from ._resolution import sigmas as resolution_sigmas
+from .resolution import sigmas as resolution_sigmas
 
 __all__ = ["Toy", "generate"]
 
@@ -141,7 +142,7 @@ def generate(
     deta, dphi = _collimated(rng, (J, T), spread)
     eta = np.clip(jet_eta[:, None] + deta, -_MAX_ETA, _MAX_ETA)
     phi = jet_phi[:, None] + dphi
-    phi = np.pi - np.remainder(np.pi - phi, 2.0 * np.pi)  # wrap to (-pi, pi]
+    phi = wrap_phi(phi)
     theta = 2.0 * np.arctan(np.exp(-eta))
     pt = _power_law(rng, (J, T), pt_range[0], pt_range[1], pt_power)
     charge = rng.choice(np.array([-1.0, 1.0]), (J, T))
@@ -153,7 +154,7 @@ def generate(
     cov = covariance_from_sigmas(sig)
     noise = rng.normal(size=(J, T, 5))
     tracks = true_tracks + sig * noise if smear else true_tracks.copy()
-    tracks[..., 2] = np.pi - np.remainder(np.pi - tracks[..., 2], 2.0 * np.pi)
+    tracks[..., 2] = wrap_phi(tracks[..., 2])
 
     if variable:
         n_valid = rng.integers(min_tracks, T + 1, J)

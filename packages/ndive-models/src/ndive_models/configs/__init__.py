@@ -5,8 +5,12 @@ finds them).
   (:class:`~ndive_models.train.TrainConfig` keys with a ``model`` table of
   :class:`~ndive_models.models.ModelConfig` keys) with the paper's settings, for
   ``ndive train --config NAME``;
+- ``dips.yaml``, ``gn2.yaml``, ``gn3.yaml``, ``gn2_regression.yaml``, ``gn2_ndive.yaml``,
+  ``gn3_ndive.yaml``: the FTAG family (``docs/models.md``);
 - ``paper/*.yaml``: studies for ``ndive paper --study paper/NAME`` (data sizes and seeds,
-  the runs, training settings; see :mod:`ndive_models.paper`).
+  the runs, training settings; see :mod:`ndive_models.paper`);
+- ``studies/*.yaml``: other studies in the same format (``studies/family_cpu``: DIPS,
+  GN2-small, GN3-small, each with and without NDIVE).
 
 Wherever a config file is asked for, a path to an existing file or the name of a shipped
 config (``ftag_ndive``, ``paper/default``; the ``.yaml`` may be left off) is accepted.

@@ -164,7 +164,8 @@ def _check_fields(name: str, actual: np.dtype, expected: np.dtype) -> list[str]:
     have = actual.fields or {}
     for field, (dt, _) in expected.fields.items():
         if field not in have:
-            problems.append(f"{name}: missing field {field!r} (expected {dt})")
+            if field not in schema.OPTIONAL_FIELDS:
+                problems.append(f"{name}: missing field {field!r} (expected {dt})")
         elif have[field][0] != dt:
             problems.append(f"{name}: field {field!r} has dtype {have[field][0]}, expected {dt}")
     return problems
@@ -211,18 +212,24 @@ def upgrade_arrays(jets: np.ndarray, tracks: np.ndarray) -> tuple[np.ndarray, np
 
     The (5, 5) ``cov`` becomes the ``cov_*`` scalars and the ATLAS-named fields are derived.
 
+    Fields added later (:data:`~ndive_models.data.schema.OPTIONAL_FIELDS`) get their
+    "not available" value.
+
     Raises:
-        SchemaError: if the current layout has a native field that 1.x files lack (it cannot
-            be derived: regenerate the file).
+        SchemaError: if the current layout has another native field that 1.x files lack (it
+            cannot be derived: regenerate the file).
     """
     derived = {f.name for f in schema.ATLAS_JET_FIELDS + schema.ATLAS_TRACK_FIELDS}
     derived |= set(schema.COV_FIELDS)
     out = []
     for old, dtype in ((jets, schema.JET_DTYPE), (tracks, schema.TRACK_DTYPE)):
-        if missing := [n for n in dtype.names if n not in old.dtype.names and n not in derived]:
+        absent = [n for n in dtype.names if n not in old.dtype.names and n not in derived]
+        if missing := [n for n in absent if n not in schema.OPTIONAL_FIELDS]:
             raise SchemaError(f"schema 1 files lack the fields {missing}: regenerate the file "
                               "with `ndive generate`")
         new = np.zeros(old.shape, dtype)
+        for n in absent:  # later additions: "not available"
+            new[n] = schema.OPTIONAL_FIELDS[n]
         for n in old.dtype.names:
             if n in dtype.names:
                 new[n] = old[n]

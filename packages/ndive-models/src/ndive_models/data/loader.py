@@ -17,6 +17,15 @@ key                   shape / dtype    meaning
 ``truth_weight``      (B, T) f32       1 for tracks from the b/c decay chain, else 0
 ====================  ===============  ===================================================
 
+and, where the file has the fields:
+
+====================  ===============  ===================================================
+``jet_class``         (B,) int64       0 b, 1 c, 2 ud, 3 s, 4 g, 5 tau (``jet_class``)
+``pt_truth``          (B,) f32         truth jet pT incl. neutrinos and muons [GeV]
+``lepton_id``         (B, T) int64     soft lepton of the track (``leptonID``; 0 none)
+``lepton_pt``         (B, T) f32       its pT from the lepton reconstruction [GeV]
+====================  ===============  ===================================================
+
 Padded slots hold a harmless placeholder track (``theta = pi/2``, unit covariance), so no
 arithmetic on them can produce NaN; models must still mask them.
 """
@@ -103,7 +112,16 @@ def arrays_to_batch(jets: np.ndarray, tracks: np.ndarray) -> dict:
     vidx = np.where(valid, tracks["ftagTruthVertexIndex"], -1).astype(np.int64)
     truth_w = (np.isin(origin, HF_ORIGINS) & valid).astype(np.float32)
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
-    return {
+    optional = {}
+    # absent, or "not available" (-1) in files upgraded from schema 1: no key
+    if "jet_class" in jets.dtype.names and np.all(jets["jet_class"] >= 0):
+        optional["jet_class"] = t(jets["jet_class"].astype(np.int64))
+    if "pt_truth_nu_mu" in jets.dtype.names and np.all(jets["pt_truth_nu_mu"] >= 0):
+        optional["pt_truth"] = t(jets["pt_truth_nu_mu"].astype(np.float32))
+    if "leptonID" in tracks.dtype.names:
+        optional["lepton_id"] = t(np.where(valid, tracks["leptonID"], 0).astype(np.int64))
+        optional["lepton_pt"] = t(np.where(valid, tracks["lepton_pt"], 0).astype(np.float32))
+    return {**optional,
         "params": t(params),
         "cov": t(cov.astype(np.float32)),
         "valid": t(valid),

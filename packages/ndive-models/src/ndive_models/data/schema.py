@@ -42,6 +42,9 @@ SCHEMA_VERSION = "2.0"
 FLAVOURS = ("bjets", "cjets", "ujets")
 #: ``HadronConeExclTruthLabelID`` of each flavour_label.
 HADRON_CONE_LABELS = (5, 4, 0)
+#: ``jet_class`` indexes this tuple: flavour_label's b and c, its light jets split into
+#: ud, s, gluon (by PartonTruthLabelID) and tau (a tau lepton in the cone).
+JET_CLASSES = ("bjets", "cjets", "udjets", "sjets", "gjets", "taujets")
 
 #: ``ftagTruthOriginLabel`` values (index = label).
 ORIGIN_LABELS = (
@@ -129,6 +132,13 @@ JET_FIELDS: tuple[Field, ...] = _table((
      "HadronConeExclTruthLabelPt (MeV)"),
     ("hadron_pdgid", "i4", (), "", "PDG id of the labelling hadron (0 for light)",
      "HadronConeExclTruthLabelPdgId"),
+    ("PartonTruthLabelID", "i4", (), "", ("|PDG id| of the highest-energy parton within "
+                                          "dR < 0.4 (1-5 quarks, 21 gluon, 0 none)"),
+     "PartonTruthLabelID"),
+    ("jet_class", "i4", (), "", "0 b, 1 c, 2 ud, 3 s, 4 g, 5 tau: index into JET_CLASSES", ""),
+    ("pt_truth_nu_mu", "f4", (), "GeV", ("pT of the jet plus the neutrinos and muons nearest "
+                                         "to it within dR < 0.4 (b-jet pT regression target)"),
+     ""),
     ("pv_x", "f4", (), "mm", "true primary vertex", ""),
     ("pv_y", "f4", (), "mm", "true primary vertex", ""),
     ("pv_z", "f4", (), "mm", "true primary vertex", ""),
@@ -209,6 +219,13 @@ ATLAS_TRACK_FIELDS: tuple[Field, ...] = _table((
     ("ptfrac", "f4", (), "", "pt / jet pt", "ptfrac"),
     ("dr", "f4", (), "", "sqrt(deta^2 + dphi^2)", "dr"),
 ))  # fmt: skip
+
+
+#: Fields added after files were already in use, with the value that means "not available":
+#: a file without them is still read, and a schema 1.x file upgraded (in memory or by
+#: ``ndive convert``) gets this value (the loader then provides no ``jet_class`` /
+#: ``pt_truth``; models that need them say so).
+OPTIONAL_FIELDS = {"PartonTruthLabelID": -1, "jet_class": -1, "pt_truth_nu_mu": -1.0}
 
 
 def _dtype(fields) -> np.dtype:

@@ -327,4 +327,11 @@ def process_batch(
     hid = np.zeros(n_jets, dtype=np.int64)
     hid[hf] = parts.pdgid[h]
     out["hadron_pdgid"] = hid
+    from types import SimpleNamespace
+
+    from . import _labels
+
+    geo = SimpleNamespace(pt_eta_phi=_pt_eta_phi, pairs=_pairs, nearest=_nearest)
+    for name, values in _labels.extended_truth(parts, jets, flavour, geo).items():
+        out[name] = values
     return out, tracks

@@ -12,7 +12,7 @@ import numpy as np
 from vertexfit import DEFAULT_BZ, K_GEV_PER_T_MM, covariance_from_sigmas, curvature, perigee
 
 # The one copy of the Delphes ATLAS resolution tables (shared with vertexfit.toy).
-from vertexfit._resolution import sigmas as resolution_sigmas
+from vertexfit.resolution import sigmas as resolution_sigmas
 
 #: Track acceptance (truth level).
 PT_MIN = 0.5  # GeV

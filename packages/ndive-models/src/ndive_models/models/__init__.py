@@ -1,5 +1,6 @@
-"""The paper's taggers: ``NDIVE``, the GN2-like ``Baseline`` and ``FtagNdive`` (see
-``docs/paper.md``), built from a :class:`ModelConfig` by :func:`build_model`.
+"""The taggers: ``NDIVE``, the FTAG tagger ``Baseline`` (the paper's GN2-like baseline, and
+DIPS, GN2, GN3 as its settings) and ``FtagNdive`` (the NDIVE block inside any of them), built
+from a :class:`ModelConfig` by :func:`build_model` (see ``docs/paper.md``, ``docs/models.md``).
 
 Every model takes a batch dict (see :mod:`ndive_models.data.loader`) and returns a dict of
 outputs; ``model.loss_terms(outputs, batch)`` returns ``{name: (sum, count, weight)}`` and
@@ -18,14 +19,15 @@ from __future__ import annotations
 from torch import nn
 
 from .baseline import Baseline
-from .config import MODEL_NAMES, WEIGHT_MODES, ModelConfig
+from .config import CLASS_SETS, MODEL_NAMES, WEIGHT_MODES, ModelConfig
 from .ftag_ndive import FtagNdive
-from .losses import gn2_loss_terms, total_loss, vertex_mae
+from .losses import class_labels, combine, gn2_loss_terms, total_loss, vertex_mae
 from .ndive import NDIVE, finite_grad
 
 __all__ = [
-    "MODELS", "MODEL_NAMES", "NDIVE", "WEIGHT_MODES", "Baseline", "FtagNdive", "ModelConfig",
-    "build_model", "finite_grad", "gn2_loss_terms", "total_loss", "vertex_mae",
+    "CLASS_SETS", "MODELS", "MODEL_NAMES", "NDIVE", "WEIGHT_MODES", "Baseline", "FtagNdive",
+    "ModelConfig", "build_model", "class_labels", "combine", "finite_grad", "gn2_loss_terms",
+    "total_loss", "vertex_mae",
 ]  # fmt: skip
 
 #: ``ModelConfig.name`` -> model class. A new model registers here and in ``MODEL_NAMES``.

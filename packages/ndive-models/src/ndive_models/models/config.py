@@ -5,10 +5,24 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-__all__ = ["MODEL_NAMES", "WEIGHT_MODES", "ModelConfig"]
+__all__ = [
+    "ACTIVATION_NAMES", "ATTENTIONS", "BACKBONES", "CLASS_SETS", "FEED_FORWARDS", "INPUT_TYPES",
+    "LOSS_BALANCES", "MODEL_NAMES", "POOLINGS", "TASKS", "WEIGHT_MODES", "ModelConfig",
+]  # fmt: skip
 
 MODEL_NAMES = ("baseline", "ndive", "ftag_ndive")
 WEIGHT_MODES = ("predicted", "truth", "secondary", "all")
+BACKBONES = ("transformer", "dips")
+ACTIVATION_NAMES = ("relu", "silu", "gelu")
+FEED_FORWARDS = ("mlp", "glu")
+ATTENTIONS = ("manual", "sdpa")
+POOLINGS = ("attention", "sum", "weighted_sum")
+TASKS = ("flavour", "origin", "pair", "regression")
+INPUT_TYPES = ("tracks", "muons")
+LOSS_BALANCES = ("fixed", "gls")
+#: ``classes`` -> the jet classes, in output order (see ``data.schema.JET_CLASSES``).
+CLASS_SETS = {3: ("b", "c", "light"), 4: ("b", "c", "light", "tau"),
+              6: ("b", "c", "ud", "s", "g", "tau")}
 
 
 @dataclass
@@ -37,6 +51,36 @@ class ModelConfig:
             paper): per track, its chi2 to the fitted vertex; per jet, the fit's chi2/ndf,
             the vertex errors and the flight significance (not differentiated: the gradient
             into the weights flows through the vertex position only).
+
+    The FTAG family (DIPS, GN2, GN3; ``docs/models.md``) are options of the same models:
+
+        backbone: track processor of ``baseline`` and ``ftag_ndive``: ``"transformer"``
+            (GN2/GN3) or ``"dips"`` (deep sets: a per-track network of ``layers`` layers of
+            width ``dim``, then a permutation-invariant pooling).
+        activation: ``"relu"`` (GN2, DIPS), ``"silu"`` (GN3; the paper models) or ``"gelu"``.
+        feed_forward: transformer feed-forward: ``"mlp"`` or ``"glu"`` (gated linear unit,
+            GN3). attention: ``"manual"`` (explicit softmax) or ``"sdpa"``
+            (``torch.nn.functional.scaled_dot_product_attention``: flash / memory-efficient
+            kernels where the device has them). registers: learned register tokens appended
+            to the sequence (GN3: 8); they take part in attention, not in pooling or heads.
+        pooling: jet vector from the constituents: ``"attention"`` (GN2), ``"sum"`` (DIPS)
+            or ``"weighted_sum"`` (DIPS variant: sum of sigmoid-weighted embeddings).
+        classes: 3 (b, c, light), 4 (b, c, light, tau) or 6 (b, c, ud, s, g, tau): see
+            :data:`CLASS_SETS`; 4 and 6 need the file's ``jet_class``.
+        tasks: heads to train, a subset of :data:`TASKS` that contains ``"flavour"``;
+            ``"regression"`` predicts log(truth jet pT incl. neutrinos and muons / jet pT).
+        loss_regression: weight of the regression loss (fixed balancing).
+        loss_balance: ``"fixed"`` (``sum_k loss_<k> L_k``) or ``"gls"`` (geometric mean of the
+            task losses, weights ignored; ``models.losses.total_loss``).
+        inputs: input types: ``["tracks"]`` or ``["tracks", "muons"]`` (soft muons, tracks
+            with ``|leptonID| = 13``, as a second token type with its own embedding).
+        max_tracks: use only the first (highest-pT) N tracks of a jet (0: all).
+        d0_max: [mm] use only tracks with ``|d0| <`` this (0: no cut; GN2: 3.5).
+        ndive_dim / ndive_layers / ndive_heads: size of the NDIVE weight predictor inside
+            ``ftag_ndive`` (0: ``dim`` / ``layers`` / ``heads``), so that a big backbone can
+            keep the paper-sized NDIVE block.
+        label: name of the model in ``ndive evaluate`` (default: ``name``, plus the weight
+            option for the reference fits); checkpoints with the same label count as seeds.
     """
 
     name: str = "baseline"
@@ -55,9 +99,52 @@ class ModelConfig:
     max_displacement: float = 500.0
     vertex_loss_cap: float = 50.0
     fit_features: bool = False
+    backbone: str = "transformer"
+    activation: str = "silu"
+    feed_forward: str = "mlp"
+    attention: str = "manual"
+    registers: int = 0
+    pooling: str = "attention"
+    classes: int = 3
+    tasks: list = field(default_factory=lambda: ["flavour", "origin", "pair"])
+    loss_regression: float = 1.0
+    loss_balance: str = "fixed"
+    inputs: list = field(default_factory=lambda: ["tracks"])
+    max_tracks: int = 0
+    d0_max: float = 0.0
+    ndive_dim: int = 0
+    ndive_layers: int = 0
+    ndive_heads: int = 0
+    label: str = ""
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        for key, allowed in (("backbone", BACKBONES), ("activation", ACTIVATION_NAMES),
+                             ("feed_forward", FEED_FORWARDS), ("attention", ATTENTIONS),
+                             ("pooling", POOLINGS), ("loss_balance", LOSS_BALANCES)):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"model.{key} must be one of {allowed}, got "
+                                 f"{getattr(self, key)!r}")
+        if self.classes not in CLASS_SETS:
+            raise ValueError(f"model.classes must be one of {tuple(CLASS_SETS)}, got "
+                             f"{self.classes!r}")
+        self.tasks, self.inputs = list(self.tasks), list(self.inputs)
+        for key, allowed in (("tasks", TASKS), ("inputs", INPUT_TYPES)):
+            bad = [t for t in getattr(self, key) if t not in allowed]
+            if bad:
+                raise ValueError(f"model.{key}: unknown {bad}; allowed: {allowed}")
+        if "flavour" not in self.tasks:
+            raise ValueError("model.tasks must contain 'flavour'")
+        if "tracks" not in self.inputs:
+            raise ValueError("model.inputs must contain 'tracks'")
+        for key in ("dim", "layers", "heads", "registers", "max_tracks", "ndive_dim",
+                    "ndive_layers", "ndive_heads"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or v < (1 if key in ("dim", "heads") else 0):
+                raise ValueError(f"model.{key} must be a non-negative integer (dim, heads "
+                                 f">= 1), got {v!r}")
+        if self.d0_max < 0:
+            raise ValueError(f"model.d0_max must be >= 0 (0: no cut), got {self.d0_max!r}")
         if self.name not in MODEL_NAMES:
             raise ValueError(f"model name must be one of {MODEL_NAMES}, got {self.name!r}")
         if self.weights not in WEIGHT_MODES:
@@ -75,3 +162,18 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def ndive_block(self) -> ModelConfig:
+        """The config of the NDIVE block inside ``ftag_ndive``: this one with the
+        ``ndive_*`` sizes, a transformer weight predictor and tracks as the only input."""
+        from dataclasses import replace
+
+        return replace(self, name="ndive", dim=self.ndive_dim or self.dim,
+                       layers=self.ndive_layers or self.layers,
+                       heads=self.ndive_heads or self.heads, backbone="transformer",
+                       registers=0, inputs=["tracks"])
+
+    @property
+    def class_names(self) -> tuple:
+        """Names of the flavour outputs, in order."""
+        return CLASS_SETS[self.classes]

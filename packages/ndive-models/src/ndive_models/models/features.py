@@ -15,7 +15,8 @@ from torch import nn
 
 from .layers import Normaliser
 
-__all__ = ["FEATURE_NAMES", "FeatureModel", "track_features"]
+__all__ = ["FEATURE_NAMES", "MUON_FEATURE_NAMES", "FeatureModel", "select_tracks",
+           "track_features"]
 
 #: Names of the columns of :func:`track_features` (without the appended reference point).
 FEATURE_NAMES = (
@@ -23,6 +24,10 @@ FEATURE_NAMES = (
     "log_sigma_d0", "log_sigma_z0", "log_sigma_phi", "log_sigma_theta", "log_sigma_rho_rel",
     "d0_sig", "z0_sig", "log_jet_pt", "jet_eta",
 )  # fmt: skip
+#: Extra columns of a soft-muon token (after the normalised features of its track).
+MUON_FEATURE_NAMES = ("log_muon_pt_over_5GeV", "muon_pt_over_track_pt")
+#: ``|leptonID|`` of a soft muon.
+_MUON_PDGID = 13
 
 
 def _wrap(x):
@@ -71,6 +76,21 @@ def track_features(params, cov, jet, bz: float):
 
 
 
+def select_tracks(cfg, batch: dict) -> dict:
+    """``batch`` with ``valid`` restricted to the tracks the model uses: the first
+    ``cfg.max_tracks`` (tracks are stored by decreasing pT) with ``|d0| < cfg.d0_max``
+    (0 switches a cut off). The same batch object when nothing is cut."""
+    if not cfg.max_tracks and not cfg.d0_max:
+        return batch
+    valid = batch["valid"]
+    if cfg.max_tracks:
+        slot = torch.arange(valid.shape[1], device=valid.device)
+        valid = valid & (slot < cfg.max_tracks)
+    if cfg.d0_max:
+        valid = valid & (batch["params"][..., 0].abs() < cfg.d0_max)
+    return {**batch, "valid": valid}
+
+
 class FeatureModel(nn.Module):
     """Base of the taggers: holds the field, the input :class:`Normaliser` and the scale of
     the reference-point features; :meth:`features` gives normalised track features.
@@ -91,3 +111,39 @@ class FeatureModel(nn.Module):
     def features(self, params, cov, jet):
         """Normalised ``(B, T, F)`` track features."""
         return self.norm(track_features(params, cov, jet, self.bz))
+
+    def input_sizes(self, n_extra: int = 0) -> dict:
+        """``{input type: number of features}`` of :meth:`inputs` (``n_extra`` columns
+        appended to every type, e.g. the reference point in FTAG+NDIVE)."""
+        n = len(FEATURE_NAMES) + n_extra
+        sizes = {"tracks": n}
+        if "muons" in self.cfg.inputs:
+            sizes["muons"] = n + len(MUON_FEATURE_NAMES)
+        return sizes
+
+    def inputs(self, batch, params, cov, extra=None) -> dict:
+        """The backbone's inputs ``{type: (features, valid)}`` from tracks ``params`` /
+        ``cov`` (B, T, 5) / (B, T, 5, 5) (the batch's, or re-expressed at another point).
+
+        ``tracks``: the normalised track features (+ ``extra`` (B, T, k) columns).
+        ``muons`` (``"muons" in cfg.inputs``): one token per track slot, valid where the track
+        is a reconstructed soft muon (``|lepton_id| = 13``): the track's features followed
+        by :data:`MUON_FEATURE_NAMES` from the muon reconstruction's pT.
+        """
+        valid = batch["valid"]
+        f = self.features(params, cov, batch["jet"])
+        if extra is not None:
+            f = torch.cat([f, extra], -1)
+        out = {"tracks": (f, valid)}
+        if "muons" in self.cfg.inputs:
+            if "lepton_id" not in batch:
+                raise ValueError("model.inputs has 'muons' but the data have no soft-lepton "
+                                 "fields (track field 'leptonID': generate with soft leptons)")
+            from vertexfit import K_GEV_PER_T_MM
+
+            mu = valid & (batch["lepton_id"].abs() == _MUON_PDGID)
+            mpt = batch["lepton_pt"].to(f.dtype).clamp_min(1e-3)
+            tpt = K_GEV_PER_T_MM * self.bz / (params[..., 4].to(f.dtype).abs() + 1e-12)
+            mf = torch.stack([torch.log(mpt / 5.0), (mpt / tpt).clamp(0.0, 10.0)], -1)
+            out["muons"] = (torch.cat([f, mf], -1), mu)
+        return out

@@ -1,4 +1,6 @@
-"""FTAG+NDIVE: the NDIVE block inside the GN2-like baseline, trained jointly.
+"""FTAG+NDIVE: the NDIVE block inside any FTAG tagger (DIPS, GN2, GN3 settings), trained
+jointly. "GN2+NDIVE" and "GN3+NDIVE" are configs (``name: ftag_ndive`` with the backbone
+settings), not classes.
 
 Outputs: those of :class:`~ndive_models.models.Baseline` and of
 :class:`~ndive_models.models.NDIVE` together.
@@ -10,8 +12,8 @@ import torch
 
 from .baseline import GN2Heads
 from .config import ModelConfig
-from .features import FEATURE_NAMES, FeatureModel
-from .layers import track_encoder
+from .features import FeatureModel, select_tracks
+from .layers import backbone
 from .losses import gn2_loss_terms, vertex_mae
 from .ndive import NDIVE, finite_grad
 
@@ -41,26 +43,28 @@ def fit_features(nd: dict):
 
 
 class FtagNdive(FeatureModel):
-    """The NDIVE block inside the baseline, trained jointly.
+    """The NDIVE block inside the FTAG tagger, trained jointly.
 
-    The same track processor runs on the tracks w.r.t. the PV (PV position, zero, appended)
-    and on the tracks re-expressed at the NDIVE vertex with ``vertexfit.extrapolate``
-    (covariance transported; the vertex position appended); the two embeddings are
-    concatenated per track before pooling and the heads. Loss: GN2 terms + ``loss_ndive`` x
-    the NDIVE vertex MAE. Where the fit is unusable the PV stands in for the vertex.
+    The same backbone (``cfg.backbone`` and its settings) runs on the inputs w.r.t. the PV
+    (PV position, zero, appended) and on the inputs re-expressed at the NDIVE vertex with
+    ``vertexfit.extrapolate`` (covariance transported; the vertex position appended); the
+    two embeddings are concatenated per constituent before pooling and the heads. The NDIVE
+    weight predictor has its own size (``cfg.ndive_block()``). Loss: task terms +
+    ``loss_ndive`` x the NDIVE vertex MAE. Where the fit is unusable the PV stands in for the
+    vertex.
     """
 
     def __init__(self, cfg: ModelConfig, stats: dict, bz: float):
         super().__init__(cfg, stats, bz)
-        self.ndive = NDIVE(cfg, stats, bz)
-        self.encoder = track_encoder(cfg, len(FEATURE_NAMES) + 3
-                                     + (N_FIT_FEATURES if cfg.fit_features else 0))
-        self.heads = GN2Heads(2 * cfg.dim, cfg.heads)
+        self.ndive = NDIVE(cfg.ndive_block(), stats, bz)
+        self.encoder = backbone(cfg, self.input_sizes(
+            n_extra=3 + (N_FIT_FEATURES if cfg.fit_features else 0)))
+        self.heads = GN2Heads(cfg, 2 * cfg.dim)
 
     def forward(self, batch):
         import vertexfit
 
-        valid = batch["valid"]
+        batch = select_tracks(self.cfg, batch)
         nd = self.ndive(batch)
         vertex = nd["vertex"]
         params, cov = batch["params"], batch["cov"]
@@ -69,14 +73,14 @@ class FtagNdive(FeatureModel):
         dt = params.dtype
         pos0 = torch.zeros(params.shape[:2] + (3,), dtype=dt, device=params.device)
         posv = (vertex.to(dt) / self.pos_scale)[:, None, :].expand_as(pos0)
-        f0 = torch.cat([self.features(params, cov, batch["jet"]), pos0], -1)
-        f1 = torch.cat([self.features(ext.to(dt), ext_cov.to(dt), batch["jet"]), posv], -1)
         if self.cfg.fit_features:
             fit = fit_features(nd).to(dt)
-            f0 = torch.cat([f0, torch.zeros_like(fit)], -1)
-            f1 = torch.cat([f1, fit], -1)
-        x = torch.cat([self.encoder(f0, valid), self.encoder(f1, valid)], -1)
-        return {**self.heads(x, valid), **nd}
+            pos0, posv = torch.cat([pos0, torch.zeros_like(fit)], -1), torch.cat([posv, fit], -1)
+        in0 = self.inputs(batch, params, cov, pos0)
+        in1 = self.inputs(batch, ext.to(dt), ext_cov.to(dt), posv)
+        e0, e1 = self.encoder(in0), self.encoder(in1)
+        tokens = {k: torch.cat([e0[k], e1[k]], -1) for k in e0}
+        return {**self.heads(tokens, {k: v for k, (_, v) in in0.items()}, batch["jet"]), **nd}
 
     def loss_terms(self, out, batch):
         terms = gn2_loss_terms(self.cfg, out, batch)

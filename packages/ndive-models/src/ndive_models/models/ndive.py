@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ..data.schema import ORIGIN
 from .config import ModelConfig
-from .features import FEATURE_NAMES, FeatureModel
+from .features import FEATURE_NAMES, FeatureModel, select_tracks
 from .layers import mlp, track_encoder
 from .losses import vertex_mae
 
@@ -40,7 +40,7 @@ class NDIVE(FeatureModel):
         super().__init__(cfg, stats, bz)
         if cfg.weights == "predicted":
             self.encoder = track_encoder(cfg, len(FEATURE_NAMES))
-            self.weight_head = mlp(cfg.dim, [cfg.dim], 1)
+            self.weight_head = mlp(cfg.dim, [cfg.dim], 1, cfg.activation)
 
     def track_weights(self, batch):
         """``(weights, fit_weights)``, both ``(B, T)`` and 0 at padding.
@@ -64,7 +64,8 @@ class NDIVE(FeatureModel):
                 w = torch.ones_like(batch["truth_weight"])
             w = w * valid.to(w.dtype)
             return w, w
-        x = self.encoder(self.features(batch["params"], batch["cov"], batch["jet"]), valid)
+        f = self.features(batch["params"], batch["cov"], batch["jet"])
+        x = self.encoder({"tracks": (f, valid)})["tracks"]
         logit = self.weight_head(x)[..., 0]
         w = torch.sigmoid(logit) * valid.to(logit.dtype)
         ls = F.logsigmoid(logit.double()).masked_fill(~valid, -torch.inf)
@@ -76,6 +77,7 @@ class NDIVE(FeatureModel):
     def forward(self, batch):
         import vertexfit
 
+        batch = select_tracks(self.cfg, batch)
         valid = batch["valid"]
         w, w_fit = self.track_weights(batch)
         dt = getattr(torch, self.cfg.fit_dtype)

@@ -1,5 +1,7 @@
 """Track-parameter resolutions of an ATLAS-like tracker: the one copy of the tables.
 
+Used by :mod:`vertexfit.toy` and by the ``ndive-models`` event generator.
+
 The numbers are those of the Delphes ATLAS track-resolution card
 (``cards/ATLAS_Run2/trackResolutionATLAS.tcl``), which the NDIVE paper's dataset used:
 

@@ -1,0 +1,254 @@
+"""Backend-specific speed helpers, all in one place. None of them changes a number.
+
+* :func:`barrier`: materialise intermediate arrays once (JAX: XLA would re-compute them in
+  every consumer); identity elsewhere.
+* :func:`sincos`, :func:`cot`, :func:`atan`: on JAX float64, vectorisable polynomial kernels
+  in place of XLA:CPU's scalar libm calls; the backend's own functions elsewhere.
+* :func:`fori_loop`: a rolled ``jax.lax.fori_loop`` on JAX (compile time independent of the
+  trip count), a Python loop elsewhere.
+* :func:`map_jets`: run a function over cache-sized chunks of jets (``jax.lax.map`` in one
+  program, NumPy threads, or a loop); :data:`CHUNK_ELEMENTS` and :func:`num_threads` size it.
+
+The measurements behind each choice are in ``docs/fit.md`` ("Speed").
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import math
+import os
+
+from ._xp import backend_name
+
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "atan",
+    "barrier",
+    "chunk_jets",
+    "cot",
+    "fori_loop",
+    "map_jets",
+    "num_threads",
+    "sincos",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# materialising barrier
+# --------------------------------------------------------------------------------------------
+def barrier(xp, tree):
+    """Materialise the arrays of ``tree`` (nested lists/dicts/tuples) before further use.
+
+    Identity on every backend but JAX. XLA:CPU re-computes ("duplicates") a cheap shared
+    subgraph inside every fusion that consumes it, which for the fit's per-track linear
+    algebra multiplies the compiled arithmetic. ``jax.lax.optimization_barrier`` does not
+    prevent this on CPU (it is removed before fusion), so on JAX the arrays pass through a
+    while loop whose trip count XLA cannot know (:func:`_materialise`): its carry is a real
+    buffer, computed once. Values (and derivatives: identity JVP) are unchanged.
+    """
+    if backend_name(xp) != "jax":
+        return tree
+    import jax
+
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    idx = [i for i, a in enumerate(leaves)
+           if isinstance(a, jax.Array) and xp.isdtype(a.dtype, "real floating")]
+    if not idx:
+        return tree
+    out = _materialise()(*[leaves[i] for i in idx])
+    for i, a in zip(idx, out):
+        leaves[i] = a
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+@functools.cache
+def _materialise():
+    """The JAX materialising identity (built on first use; JAX is imported lazily)."""
+    import jax
+    import jax.numpy as jnp
+
+    @jax.custom_jvp
+    def materialise(*arrays):
+        # one element decides the trip count (1, or 0 if it is NaN) and the exact zero that
+        # the body subtracts: x - 0.0 == x bit for bit (signed zeros, inf, NaN included)
+        # and neither is a compile-time constant, so XLA keeps the loop and its buffers
+        x0 = jnp.reshape(arrays[0], (-1,))[:1]
+        ok = x0 == x0
+        n = jnp.sum(ok.astype(jnp.int32))
+        zero = jnp.sum(ok.astype(arrays[0].dtype)) * 0.0
+
+        def body(state):
+            i, z, *xs = state
+            return (i + 1, z, *[x - z.astype(x.dtype) for x in xs])
+
+        out = jax.lax.while_loop(lambda s: s[0] < n, body, (jnp.int32(0), zero, *arrays))
+        return tuple(out[2:])
+
+    @materialise.defjvp
+    def _jvp(primals, tangents):  # identity: tangents pass through, linear and transposable
+        return materialise(*primals), tuple(tangents)
+
+    return materialise
+
+
+# --------------------------------------------------------------------------------------------
+# elementary functions: on JAX float64 short, vectorisable polynomial kernels accurate to a
+# few ulp (XLA:CPU calls scalar libm functions for these); every other backend and dtype
+# uses its own functions
+# --------------------------------------------------------------------------------------------
+_PIO2_HI = 1.5707963267341256  # pi/2 with 33 significant bits: k * _PIO2_HI is exact
+_PIO2_LO = math.pi / 2 - _PIO2_HI  # exact: the rest of the float64 pi/2
+_PIO2_LO2 = 6.123233995736766e-17  # pi/2 - float64(pi/2)
+# Taylor coefficients of sin(r)/r - 1 and cos(r) - 1 in z = r^2, up to r^18: for
+# |r| <= pi/4 the first omitted term is < 1e-19 relative
+_SIN_C = [(-1) ** n / math.factorial(2 * n + 1) for n in range(1, 9)]
+_COS_C = [(-1) ** n / math.factorial(2 * n) for n in range(1, 10)]
+# atan(t)/t in u = t^2 for |t| <= tan(pi/16) = 0.199: omitted term < 1e-20 relative
+_ATAN_C = [(-1) ** n / (2 * n + 1) for n in range(14)]
+
+
+def _poly(coeffs, z):
+    out = coeffs[-1]
+    for c in reversed(coeffs[:-1]):
+        out = out * z + c
+    return out
+
+
+def _use_kernels(xp, x) -> bool:
+    return backend_name(xp) == "jax" and x.dtype == xp.float64
+
+
+def sincos(xp, x):
+    """``(sin x, cos x)``; on JAX float64 one shared range reduction and two polynomials.
+
+    Accurate to ~2 ulp for |x| < 1e6 (Cody-Waite reduction by pi/2 in three parts).
+    """
+    if not _use_kernels(xp, x):
+        return xp.sin(x), xp.cos(x)
+    k = xp.round(x * (2.0 / math.pi))
+    r = ((x - k * _PIO2_HI) - k * _PIO2_LO) - k * _PIO2_LO2
+    z = r * r
+    s = r + r * z * _poly(_SIN_C, z)
+    c = 1.0 + z * _poly(_COS_C, z)
+    q = k - 4.0 * xp.floor(k * 0.25)  # quadrant 0..3
+    odd = (q == 1.0) | (q == 3.0)
+    sin = xp.where(odd, c, s)
+    cos = xp.where(odd, s, c)
+    sin = xp.where(q >= 2.0, -sin, sin)
+    cos = xp.where((q == 1.0) | (q == 2.0), -cos, cos)
+    return sin, cos
+
+
+def cot(xp, x):
+    """``1 / tan(x)``."""
+    if not _use_kernels(xp, x):
+        return 1.0 / xp.tan(x)
+    s, c = sincos(xp, x)
+    return c / s
+
+
+def atan(xp, x):
+    """``atan(x)``; on JAX float64 ``atan(x) = sign(x) pi/2 - atan(1/x)`` for |x| > 1, two
+    half-angle reductions ``t -> t / (1 + sqrt(1 + t^2))`` (to |t| <= tan(pi/16)) and a
+    polynomial: accurate to a few ulp for every x, inf included."""
+    if not _use_kernels(xp, x):
+        return xp.atan(x)
+    big = xp.abs(x) > 1.0
+    t = xp.where(big, -1.0 / xp.where(big, x, 1.0), x)
+    for _ in range(2):
+        t = t / (1.0 + xp.sqrt(1.0 + t * t))
+    core = 4.0 * t * _poly(_ATAN_C, t * t)
+    return xp.where(big, xp.where(x > 0, math.pi / 2, -math.pi / 2) + core, core)
+
+
+# --------------------------------------------------------------------------------------------
+# loops and chunks
+# --------------------------------------------------------------------------------------------
+def fori_loop(xp, n: int, body, state):
+    """``for i in range(n): state = body(i, state)``; ``jax.lax.fori_loop`` on JAX.
+
+    On JAX a rolled loop keeps the compiled graph (and the compile time) independent of
+    ``n``; elsewhere it is a plain Python loop over a static count.
+    """
+    if backend_name(xp) == "jax":
+        import jax
+
+        return jax.lax.fori_loop(0, n, body, state)
+    for i in range(n):
+        state = body(i, state)
+    return state
+
+
+# Track slots per chunk of jets: keeps the ~100 live per-track temporaries of the fit in cache
+CHUNK_ELEMENTS = {"numpy": 49152, "torch": 65536, "other": 32768, "jax": 16384}
+
+
+def chunk_jets(name: str, n_tracks: int) -> int:
+    """Jets per chunk on backend ``name`` for jets of ``n_tracks`` track slots."""
+    return max(1, CHUNK_ELEMENTS[name] // max(n_tracks, 1))
+
+
+def num_threads() -> int:
+    """Threads the NumPy fit uses for batches of more than one chunk (~2000 jets).
+
+    ``VERTEXFIT_NUM_THREADS`` if set (1 disables threading), else the CPUs this process
+    may run on, at most 8. JAX and PyTorch use their own thread pools.
+    """
+    env = os.environ.get("VERTEXFIT_NUM_THREADS")
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"VERTEXFIT_NUM_THREADS must be a positive integer, got {env!r}")
+        return n
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
+def map_jets(xp, fn, args, fills, step, *, threads=1):
+    """``fn(*args)`` evaluated on chunks of ``step`` jets, outputs joined along the jets.
+
+    ``args`` are arrays whose first axis is the jet axis (or ``None``, passed as is); ``fn``
+    returns a tuple (or NamedTuple) of such arrays. On JAX the chunks run in one
+    ``jax.lax.map`` (one program, traced once), the last chunk padded with jets made of
+    ``fills`` (one value per argument, broadcast to a jet's shape); with ``threads`` > 1 the
+    chunks run in a thread pool (NumPy releases the GIL in its loops); otherwise in a loop.
+    Every jet is computed on its own, so the chunking does not change a number.
+    """
+    B = next(a for a in args if a is not None).shape[0]
+    if backend_name(xp) == "jax":
+        import jax
+
+        n = -(-B // step)
+        chunks = [None if a is None else
+                  xp.reshape(_pad(xp, a, n * step - B, f), (n, step) + tuple(a.shape[1:]))
+                  for a, f in zip(args, fills)]
+        out = jax.lax.map(lambda c: fn(*c), chunks)
+        return jax.tree_util.tree_map(
+            lambda o: xp.reshape(o, (n * step,) + tuple(o.shape[2:]))[:B], out)
+
+    def run(s):
+        sl = slice(s, min(B, s + step))
+        return fn(*[None if a is None else a[sl] for a in args])
+
+    if threads > 1:
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            parts = list(pool.map(run, range(0, B, step)))
+    else:
+        parts = [run(s) for s in range(0, B, step)]
+    joined = [xp.concat([p[k] for p in parts], axis=0) for k in range(len(parts[0]))]
+    return parts[0]._make(joined) if hasattr(parts[0], "_make") else tuple(joined)
+
+
+def _pad(xp, a, pad, value):
+    """``a`` with ``pad`` more entries along axis 0, each ``value`` (broadcast)."""
+    if pad == 0:
+        return a
+    v = xp.broadcast_to(xp.asarray(value, dtype=a.dtype), (pad,) + tuple(a.shape[1:]))
+    return xp.concat([a, v], axis=0)
