@@ -1,7 +1,8 @@
-"""Reproduce the NDIVE paper's comparison (baseline vs FTAG+NDIVE): generate balanced
-training and test files, train every model for several seeds, evaluate on the test file and
-write a report. Resumable: rerun the same command after an interruption. See
-docs/training.md.
+"""Reproduce the NDIVE paper's comparison (baseline vs FTAG+NDIVE): generate (or reuse) the
+balanced training and test shards of every condition, train every model for several seeds,
+evaluate each finished training on the test shards, write its small results (to commit) and
+the report. Idempotent and resumable: rerun the same command after an interruption, on this
+machine or on a fresh clone. See docs/paper.md.
 """
 
 from __future__ import annotations
@@ -29,14 +30,15 @@ OPTIONS = (
     ("--jobs", "jobs", "trainings run at the same time", int),
     ("--threads", "threads", "torch threads per training", int),
     ("--workers", "data.workers", "generator processes", int),
-    ("--workdir", "workdir", "data, runs and logs", str),
+    ("--workdir", "workdir", "training outputs (checkpoints, logs)", str),
+    ("--data-dir", "data.dir", "where the shards are (read or generated)", str),
     ("--report", "report", "report directory", str),
 )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", default="paper/default", metavar="FILE",
-                   help="study YAML: a file or a shipped study (paper/default, "
+                   help="study YAML: a file or a shipped study (paper/default, paper/study, "
                         "paper/cpu_15k, paper/cpu_27k, paper/full, studies/family_cpu)")
     for flag, key, helptext, typ in OPTIONS:
         # without the option the study's value holds: no argparse default
@@ -46,6 +48,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-references", action="store_true",
                    help="train only the runs not marked 'reference' (the baseline and "
                         "FTAG+NDIVE)")
+    p.add_argument("--conditions", nargs="+", metavar="NAME",
+                   help="run only these conditions of the study (default: all)")
+    p.add_argument("--runs", nargs="+", metavar="NAME",
+                   help="run only these runs of the study (names in its 'runs')")
+    p.add_argument("--plan", action="store_true",
+                   help="print what is done, what remains and the CPU hours left; run nothing")
+    p.add_argument("--wait-data", type=float, default=0.0, metavar="SECONDS",
+                   help="wait for missing shards (another process generates them), polling "
+                        "at this interval, instead of generating them")
+    p.add_argument("--report-only", action="store_true",
+                   help="only rewrite the report from the finished trainings' results")
 
 
 def study_from_args(args) -> dict:
@@ -63,7 +76,10 @@ def run(args) -> int:
     from .paper import run_study
 
     try:
-        return run_study(study_from_args(args), skip_references=args.skip_references)
+        return run_study(study_from_args(args), skip_references=args.skip_references,
+                         only_conditions=args.conditions, only_runs=args.runs,
+                         plan_only=args.plan, report_only=args.report_only,
+                         wait_data=args.wait_data)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"ndive paper: error: {err}", file=sys.stderr)
         return 2

@@ -9,6 +9,9 @@ Definitions used throughout (docs/labels.md):
   efficiency ``sqrt(e (1 - e) / N)``, propagated: ``sigma_R = R^2 sigma_e``.
 - NDIVE track selection: a track is selected if its weight exceeds 0.5 x the largest weight in
   its jet; efficiency = selected HF tracks / HF tracks, purity = selected HF / selected.
+- Several trainings (seeds) of a model on one test set: :func:`seed_mean_uncertainty` and,
+  for the ratio of two models, :func:`ratio_uncertainty` (seed spread and bootstrap test
+  statistics in quadrature).
 """
 
 from __future__ import annotations
@@ -128,3 +131,70 @@ def residual_summary(res, pull):
         out[name] = {"median": q50.tolist(), "sigma68": ((q84 - q16) / 2).tolist(),
                      "n": int(a.shape[0])}
     return out
+
+
+# --------------------------------------------------------------------------------------------
+def seed_mean_uncertainty(values, boot=None) -> dict:
+    """Mean over seeds of a per-training quantity with its uncertainties.
+
+    Args:
+        values: ``(k,)`` one value per training (seed) on the full test set.
+        boot: ``(k, n_boot)`` the same on the common bootstrap replicates (optional).
+
+    Returns:
+        ``{"mean", "seed_sd"`` (sd over seeds), ``"seed"`` (sd / sqrt(k): the training-to-
+        training error of the mean), ``"stat"`` (sd over replicates of the mean over seeds:
+        the test-statistics error), ``"total"`` (both in quadrature), ``"n"``}; ``nan``
+        where not defined (one seed: ``seed`` and ``total``).
+    """
+    v = np.asarray(values, np.float64)
+    k = len(v)
+    out = {"mean": float(np.mean(v)), "n": k,
+           "seed_sd": float(np.std(v, ddof=1)) if k > 1 else float("nan")}
+    out["seed"] = out["seed_sd"] / np.sqrt(k)
+    out["stat"] = float("nan")
+    if boot is not None:
+        bm = np.mean(np.asarray(boot, np.float64), 0)
+        bm = bm[np.isfinite(bm)]
+        if len(bm) > 1:
+            out["stat"] = float(np.std(bm, ddof=1))
+    out["total"] = float(np.hypot(out["seed"], out["stat"]))
+    return out
+
+
+def ratio_uncertainty(num, den, num_boot=None, den_boot=None) -> dict:
+    """The ratio of the seed means of two models, ``mean(num) / mean(den)``, with its
+    uncertainty.
+
+    Args:
+        num, den: ``(k_a,)`` and ``(k_b,)`` per-training values (e.g. light rejection at
+            70%) of the two models on the same test set.
+        num_boot, den_boot: ``(k_a, n)`` and ``(k_b, n)`` the same on the *same* ``n``
+            bootstrap replicates of the test set (optional).
+
+    Returns:
+        ``{"ratio", "seed", "stat", "total", "per_seed"}``: ``seed`` propagates the
+        standard errors of the two seed means (``ratio * sqrt(sd_a^2 / (k_a m_a^2) +
+        sd_b^2 / (k_b m_b^2))``); ``stat`` is the sd over replicates of the ratio of the
+        replicate's seed means (the replicate resamples the test jets once for both models,
+        so their correlation through the shared test set is kept); ``total`` adds the two
+        in quadrature (conservative: the seed spread on a fixed test set also contains part
+        of the test fluctuation). ``per_seed``: ``num[k] / den[k]`` for the seeds both have.
+        ``nan`` where undefined (one seed: ``seed`` and ``total``).
+    """
+    a, b = np.asarray(num, np.float64), np.asarray(den, np.float64)
+    r = float(np.mean(a) / np.mean(b))
+    if len(a) > 1 and len(b) > 1:
+        seed = r * float(np.sqrt(np.var(a, ddof=1) / (len(a) * np.mean(a) ** 2)
+                                 + np.var(b, ddof=1) / (len(b) * np.mean(b) ** 2)))
+    else:
+        seed = float("nan")
+    stat = float("nan")
+    if num_boot is not None and den_boot is not None:
+        rb = np.mean(np.asarray(num_boot, np.float64), 0) / np.mean(
+            np.asarray(den_boot, np.float64), 0)
+        rb = rb[np.isfinite(rb)]
+        if len(rb) > 1:
+            stat = float(np.std(rb, ddof=1))
+    return {"ratio": r, "seed": seed, "stat": stat, "total": float(np.hypot(seed, stat)),
+            "per_seed": [float(x / y) for x, y in zip(a, b)]}

@@ -100,6 +100,12 @@ def reference_fits(batch: dict, bz: float, n_iter: int = 10) -> dict:
     return out
 
 
+#: Bin edges of the binned track selection: jet pT [GeV], tracks per jet, hadron Lxy [mm].
+SELECTION_EDGES = {"pt": np.array([20, 40, 60, 100, 150, 250, 500.0]),
+                   "n_tracks": np.arange(1.5, 16.5, 2.0),
+                   "Lxy": np.array([0, 0.5, 1, 2, 4, 8, 16, 40.0])}
+
+
 def _label(cfg: dict) -> str:
     m = cfg["model"]
     if m.get("label"):
@@ -314,9 +320,7 @@ def evaluate(checkpoints, test, out, *, f_c: float = 0.05, reference: str | None
                            jets, valid, f_c)
     refs = reference_fits(batch, bz) if any("vertex" in p[0] for p in preds.values()) else {}
 
-    edges = {"pt": np.array([20, 40, 60, 100, 150, 250, 500.0]),
-             "n_tracks": np.arange(1.5, 16.5, 2.0),
-             "Lxy": np.array([0, 0.5, 1, 2, 4, 8, 16, 40.0])}
+    edges = SELECTION_EDGES
     pt_edges = np.array([20, 30, 40, 60, 80, 100, 150, 250, 500.0])
     metrics = {"test_file": str(test), "n_test_jets": len(labels),
                "n_per_flavour": {n: int((labels == i).sum()) for i, n in

@@ -1,23 +1,33 @@
 """Reproduce the NDIVE paper's comparison: ``ndive paper`` (``nox -s paper``;
-``python -m ndive_models.paper`` is the same command).
+``python -m ndive_models.paper`` is the same command). See docs/paper.md.
 
 The study is a YAML file (``--study``, default the shipped ``paper/default``; see
-``ndive_models/configs/paper/``): data sizes and seeds, training settings, and the runs, each
-a shipped model config (``ftag_ndive``...) with overrides and its training seeds. Command-line
-options override the study's keys. Steps (each skipped when its output already exists, so an
-interrupted run continues):
+``ndive_models/configs/paper/``): data, conditions, training settings and the runs, each a
+shipped model config (``ftag_ndive``...) with overrides and its training seeds. Command-line
+options override the study's keys.
 
-1. generate a balanced training file and a balanced test file (different seeds);
-2. train every run for its seeds (by default the GN2-like baseline and FTAG+NDIVE for
-   ``seeds`` seeds each, NDIVE alone, and FTAG+NDIVE with perfect track selection (truth
-   weights) as a reference); each training is a ``python -m ndive_models.train`` process
-   (``jobs`` at a time) with its resolved config written to ``<workdir>/configs/``, resumed
-   from its ``last.pt`` if interrupted; the validation set is split off the training file
-   and picks the best epoch (early stopping); the test file is used only for the final
-   evaluation;
-3. evaluate all checkpoints on the test file (``ndive evaluate``);
-4. write ``report.md`` with the plots and ``metrics.json`` into ``report``, comparing with
-   the paper's numbers (``docs/paper.md``).
+The runner is idempotent and resumable; a study may be stopped at any moment (Ctrl-C, kill,
+end of a session) and continued later, on this machine or on a fresh clone:
+
+1. **data**: the training and test samples of every condition are lists of *shards*, each
+   one ``ndive generate --balance`` file of a given size, seed and options
+   (``<data.dir>/<condition>/shard_s<seed>.h5``). An existing shard is reused after its
+   stored generator options are checked; a missing one is regenerated (the same seed and
+   options give an identical file). Data files are never committed.
+2. **trainings**: one ``python -m ndive_models.train`` process per training (``jobs`` at a
+   time, ``threads`` torch threads each), output in ``<workdir>/<condition>/runs/<name>``;
+   an interrupted training resumes from its ``last.pt``.
+3. **results**: as soon as a training has finished, its best checkpoint is evaluated on the
+   condition's test shards and its small outputs are written to
+   ``<report>/<condition>/<name>/``: ``metrics.json`` (rejections with binomial errors and
+   bootstrap replicates, ROC points, track selection, vertex residuals), ``history.json``,
+   ``config.yaml`` and ``best.pt`` (weights only, tens of kB). These are meant to be
+   committed: a training whose ``metrics.json`` exists is never retrained, even when the
+   workdir is empty.
+4. **report**: ``<report>/report.md`` and its plots are written from the committed results
+   alone (no data or predictions needed), whatever subset has finished.
+
+``ndive paper --plan`` prints what is done, what remains and the estimated CPU hours.
 """
 
 from __future__ import annotations
@@ -29,9 +39,13 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PAPER", "StudyError", "load_study", "main", "run_study", "study_runs", "write_report"]
+from ._metrics import ratio_uncertainty, seed_mean_uncertainty
+
+__all__ = ["PAPER", "StudyError", "Training", "load_study", "main", "plan",
+           "ratio_uncertainty", "run_study", "study_runs", "study_trainings", "write_report"]
 
 #: The paper's numbers (read off its figures; f_c = 0.05; 60k test jets per flavour).
 PAPER = {
@@ -43,34 +57,35 @@ PAPER = {
 }
 
 
-def _generate(path: Path, n: int, seed: int, workers: int) -> float:
-    from .data import read_attrs
-
-    if path.exists():
-        a = read_attrs(path)
-        if int(a.get("n_jets", -1)) == n and int(a.get("seed", -1)) == seed:
-            print(f"reusing {path} ({n} jets, seed {seed})", flush=True)
-            return 0.0
-        raise ValueError(f"{path} exists with other settings (n_jets {a.get('n_jets')}, "
-                         f"seed {a.get('seed')}); remove it or choose another workdir")
-    from .generate import GenerationConfig, generate
-
-    t0 = time.perf_counter()
-    generate(GenerationConfig(n_jets=n, seed=seed, workers=workers, balance=True), path,
-             progress=False)
-    return time.perf_counter() - t0
-
-
 class StudyError(ValueError):
     """A study file is not a valid study (the message names the file and the key)."""
 
 
-#: Keys of a study file (see ``configs/paper/default.yaml``).
+#: Keys of a study file (see ``configs/paper/default.yaml`` and ``paper/study.yaml``).
 STUDY_KEYS = ("data", "seeds", "training", "runs", "jobs", "threads", "workdir", "report")
-#: Optional keys: the report's ``title`` and the ``reference`` label of the ratio panels
-#: (default ``baseline``); e.g. ``configs/studies/family_cpu.yaml``.
-OPTIONAL_STUDY_KEYS = ("title", "reference")
+#: Optional keys: ``conditions`` ({name: {generate: {...}, note: text}}; default one
+#: unnamed condition), the report's ``title`` and the run every other is compared with,
+#: ``reference`` (default ``baseline``).
+OPTIONAL_STUDY_KEYS = ("conditions", "title", "reference")
 RUN_KEYS = ("name", "config", "set", "seeds", "reference")
+#: ``ndive train`` keys a study may set that older versions of TrainConfig lack: dropped
+#: (with a note) where the installed ``ndive train`` does not know them.
+OPTIONAL_TRAINING_KEYS = ("compile", "threads")
+_NOTED: set = set()
+
+
+def _check_sample(d: dict, part: str, where: str) -> None:
+    s = d["data"].get(part) if isinstance(d["data"], dict) else None
+    if isinstance(s, dict) and "shards" in s:
+        sh = s["shards"]
+        ok = isinstance(sh, dict) and set(sh) == {"first", "count", "jets"} and all(
+            isinstance(sh[k], int) and sh[k] >= (0 if k == "first" else 1) for k in sh)
+        if not ok:
+            raise StudyError(f"{where}: data.{part}.shards needs integer 'first' (seed of the "
+                             f"first shard), 'count' and 'jets' (per shard), got {sh!r}")
+    elif not (isinstance(s, dict) and {"jets", "seed"} <= set(s)):
+        raise StudyError(f"{where}: data.{part} needs 'jets' and 'seed' (one file) or "
+                         "'shards: {first, count, jets}'")
 
 
 def load_study(study="paper/default", overrides: dict | None = None) -> dict:
@@ -100,9 +115,12 @@ def load_study(study="paper/default", overrides: dict | None = None) -> dict:
     if missing:
         raise StudyError(f"{where}: missing keys {missing}")
     for part in ("train", "test"):
-        if not (isinstance(d["data"], dict) and isinstance(d["data"].get(part), dict)
-                and {"jets", "seed"} <= set(d["data"][part])):
-            raise StudyError(f"{where}: data.{part} needs 'jets' and 'seed'")
+        _check_sample(d, part, where)
+    conds = d.get("conditions")
+    if conds is not None and not (isinstance(conds, dict) and conds and all(
+            isinstance(c, dict) and set(c) <= {"generate", "note"} for c in conds.values())):
+        raise StudyError(f"{where}: conditions must map names to {{generate: {{...}}, "
+                         f"note: ...}}, got {conds!r}")
     if not isinstance(d["seeds"], int) or d["seeds"] < 1:
         raise StudyError(f"{where}: seeds must be a positive integer, got {d['seeds']!r}")
     if not isinstance(d["training"], dict) or not isinstance(d["runs"], list):
@@ -120,8 +138,8 @@ def study_runs(study: dict, train_file, workdir, *, skip_references: bool = Fals
     """The trainings of a study: ``[(run name, TrainConfig), ...]`` in the study's order.
 
     A run's config is its model config file, then the study's ``training`` keys, then the
-    run's ``set`` keys, then the seed, training file and output directory
-    (``<workdir>/runs/<name>_s<seed>``).
+    run's ``set`` keys, then the seed, training file (or list of shards) and output
+    directory (``<workdir>/runs/<name>_s<seed>``).
     """
     from .configs import find
     from .train import load_config
@@ -136,6 +154,22 @@ def study_runs(study: dict, train_file, workdir, *, skip_references: bool = Fals
                 shared[f"{prefix}{k}"] = v
 
     flatten(study["training"])
+    from dataclasses import fields as _fields
+
+    from .train import TrainConfig
+
+    known = {f.name for f in _fields(TrainConfig)}
+    for k in OPTIONAL_TRAINING_KEYS:
+        if k in shared and k not in known:
+            v = shared.pop(k)
+            if (k, v) not in _NOTED:
+                _NOTED.add((k, v))
+                print(f"note: this ndive train has no option {k!r}; the study's value "
+                      f"{v!r} is ignored", file=sys.stderr)
+    if "threads" in known and "threads" not in shared:
+        shared["threads"] = study["threads"]
+    train = ([str(f) for f in train_file] if isinstance(train_file, (list, tuple))
+             else str(train_file))
     runs = []
     for run in study["runs"]:
         if skip_references and run.get("reference"):
@@ -143,152 +177,615 @@ def study_runs(study: dict, train_file, workdir, *, skip_references: bool = Fals
         seeds = run.get("seeds") or range(1, study["seeds"] + 1)
         for seed in seeds:
             name = f"{run['name']}_s{seed}"
-            over = {**shared, **(run.get("set") or {}), "seed": seed, "train": str(train_file),
+            over = {**shared, **(run.get("set") or {}), "seed": seed, "train": train,
                     "out": str(Path(workdir) / "runs" / name), "progress": False}
             runs.append((name, load_config(find(run["config"]), over)))
     return runs
 
 
-def _train_one(name, cfg, threads: int, workdir: Path) -> dict:
+# --------------------------------------------------------------------------------------------
+# data: shards
+# --------------------------------------------------------------------------------------------
+def conditions(study: dict) -> dict:
+    """``{name: generator options}`` of the study's conditions (``{"": {}}`` when the study
+    names none: one condition, files directly under the data directory)."""
+    conds = study.get("conditions")
+    if not conds:
+        return {"": {}}
+    return {name: dict(c.get("generate") or {}) for name, c in conds.items()}
+
+
+def data_dir(study: dict, condition: str) -> Path:
+    """Where the condition's shards live: ``<data.dir>/<condition>`` (``data.dir`` default:
+    ``<workdir>/data``, or ``<workdir>`` for a study without conditions)."""
+    root = study["data"].get("dir")
+    if root is None:
+        return Path(study["workdir"]) / ("data" if condition else "")
+    return Path(root) / condition
+
+
+def shards(study: dict, condition: str, part: str) -> list[tuple[Path, dict]]:
+    """``[(path, generator options), ...]`` of the ``part`` ("train" or "test") sample.
+
+    A ``shards: {first, count, jets}`` sample is ``count`` files ``shard_s<seed>.h5`` with
+    seeds ``first, first + 1, ...``; a ``{jets, seed}`` sample is one file ``<part>.h5``.
+    Options: ``n_jets``, ``seed``, ``workers`` (``data.workers``, default 1: part of the
+    event sequence), ``balance: true``, then ``data.generate`` and the condition's
+    ``generate`` keys (e.g. ``preset: run3``).
+    """
+    d = study["data"]
+    spec = d[part]
+    common = {"workers": d.get("workers", 1), "balance": True, **(d.get("generate") or {}),
+              **conditions(study)[condition]}
+    where = data_dir(study, condition)
+    if "shards" in spec:
+        sh = spec["shards"]
+        return [(where / f"shard_s{seed}.h5", {**common, "n_jets": sh["jets"], "seed": seed})
+                for seed in range(sh["first"], sh["first"] + sh["count"])]
+    return [(where / f"{part}.h5", {**common, "n_jets": spec["jets"], "seed": spec["seed"]})]
+
+
+class PresetUnavailable(ValueError):
+    """The condition's generator preset is not in this version of ndive-models."""
+
+
+def generation_config(options: dict):
+    """The :class:`~ndive_models.generate.GenerationConfig` of a shard's options.
+
+    Raises:
+        PresetUnavailable: ``preset`` is set but this generator has no presets (or not
+            that one).
+    """
+    from .generate import GenerationConfig
+
+    options = dict(options)
+    preset = options.pop("preset", None)
+    if preset is None:
+        return GenerationConfig(**options)
+    if not hasattr(GenerationConfig, "from_preset"):
+        raise PresetUnavailable(
+            f"generator preset {preset!r} is not available in this version of ndive-models "
+            "(the realistic detector, issue 13, is not merged yet); leave the condition out "
+            "with --conditions")
+    try:
+        return GenerationConfig.from_preset(preset, **options)
+    except ValueError as err:
+        raise PresetUnavailable(f"generator preset {preset!r}: {err}") from None
+
+
+def _shard_mismatch(path: Path, cfg) -> str | None:
+    """None if the existing file ``path`` was generated with ``cfg``, else why not.
+
+    Options the file does not record (written by an older generator) count as equal when
+    ``cfg`` has them at their default, i.e. the behaviour the older generator had.
+    """
+    from dataclasses import asdict, fields
+
+    from .data import read_attrs
+
+    try:
+        a = read_attrs(path)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is a mismatch
+        return f"unreadable ({err})"
+    stored = (a.get("generator_settings") or {}).get("options") or {}
+    want = asdict(cfg)
+    defaults = {f.name: f.default for f in fields(cfg)}
+    for k, v in want.items():
+        if k in stored:
+            if stored[k] != v and not (isinstance(v, (list, tuple)) and list(stored[k]) == list(v)):
+                return f"{k} is {stored[k]!r}, the study wants {v!r}"
+        elif v != defaults.get(k):
+            return f"it does not record {k} (the study wants {v!r})"
+    if int(a.get("n_jets", -1)) != cfg.n_jets:
+        return f"{a.get('n_jets')} jets, the study wants {cfg.n_jets}"
+    return None
+
+
+def _generate_shard(path: Path, options: dict) -> float:
+    """Generate one shard in a subprocess (its own Pythia; interrupting leaves no file).
+    Returns the CPU seconds it took."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    code = ("import json, sys; from ndive_models.paper import generation_config; "
+            "from ndive_models.generate import generate; "
+            "generate(generation_config(json.loads(sys.argv[1])), sys.argv[2], progress=False)")
+    log = path.with_suffix(".log")
+    with open(log, "a") as f:
+        rc, cpu = _run_child([sys.executable, "-c", code, json.dumps(options), str(path)], f,
+                             threads=1)
+    if rc != 0:
+        raise RuntimeError(f"generating {path} failed (exit {rc}); see {log}")
+    print(f"generated {path} ({cpu / 60:.0f} CPU min)", flush=True)
+    return cpu
+
+
+def ensure_data(study: dict, condition: str, jobs: int = 1, *, wait: float = 0.0) -> list[str]:
+    """Check the condition's shards, generate the missing ones (``jobs`` at a time).
+
+    With ``wait`` > 0, missing shards are not generated but waited for (polling every
+    ``wait`` seconds): another process is generating them into the data directory.
+
+    Returns the messages of what was done. Raises ``ValueError`` when an existing file was
+    made with other options (it is never overwritten) and :class:`PresetUnavailable`.
+    """
+    todo, msgs = [], []
+    for part in ("train", "test"):
+        for path, opt in shards(study, condition, part):
+            cfg = generation_config(opt)
+            if wait > 0 and not path.exists():
+                print(f"{time.strftime('%H:%M:%S')} waiting for {path}", flush=True)
+                while not path.exists():
+                    time.sleep(wait)
+            if path.exists():
+                why = _shard_mismatch(path, cfg)
+                if why:
+                    raise ValueError(f"{path} exists but {why}; move it away or point "
+                                     "data.dir elsewhere")
+            else:
+                todo.append((path, opt))
+    if todo:
+        msgs.append(f"generating {len(todo)} missing shard(s) of condition "
+                    f"{condition or '(default)'}")
+        print(msgs[-1], flush=True)
+        with ThreadPoolExecutor(max(1, jobs)) as pool:
+            list(pool.map(lambda a: _generate_shard(*a), todo))
+    return msgs
+
+
+# --------------------------------------------------------------------------------------------
+# trainings
+# --------------------------------------------------------------------------------------------
+#: Config keys that do not change what a training computes (paths, output, speed options).
+_CONFIG_IGNORED = {"train", "val", "out", "progress", "threads", "compile", "device"}
+
+
+@dataclass
+class Training:
+    """One training of a study: ``run_s<seed>`` in one condition.
+
+    Attributes:
+        condition: condition name ("" without conditions). name: ``<run>_s<seed>``.
+        run: the run's name. reference: the run is marked ``reference``.
+        cfg: its :class:`~ndive_models.train.TrainConfig` (train = the condition's training
+            shards, out = :attr:`out`).
+        out: ``<workdir>/<condition>/runs/<name>`` (checkpoints; not committed).
+        result: ``<report>/<condition>/<name>`` (the committed small outputs).
+    """
+
+    condition: str
+    name: str
+    run: str
+    reference: bool
+    cfg: object
+    out: Path
+    result: Path
+
+    @property
+    def key(self) -> str:
+        return f"{self.condition}/{self.name}" if self.condition else self.name
+
+    def config_differences(self) -> list[str]:
+        """Keys whose value in the committed ``config.yaml`` differs from the study's
+        (paths, progress bar and speed options aside): a ``done`` training was made with
+        other settings than the study now asks for."""
+        import yaml
+
+        p = self.result / "config.yaml"
+        if not p.exists():
+            return []
+        old, new = yaml.safe_load(p.read_text()), self.cfg.to_dict()
+        diff = []
+
+        def walk(a, b, prefix=""):
+            for k in sorted(set(a) | set(b)):
+                if prefix + k in _CONFIG_IGNORED:
+                    continue
+                x, y = a.get(k), b.get(k)
+                if isinstance(x, dict) and isinstance(y, dict):
+                    walk(x, y, f"{prefix}{k}.")
+                elif x != y:
+                    diff.append(f"{prefix}{k}: {x!r} -> {y!r}")
+
+        walk(old, new)
+        return diff
+
+    def status(self) -> str:
+        """``done`` (results written), ``trained`` (finished, not yet evaluated),
+        ``partial`` (a ``last.pt`` to resume from) or ``todo``."""
+        if (self.result / "metrics.json").exists():
+            return "done"
+        if (self.out / "finished.json").exists():
+            return "trained"
+        if (self.out / "last.pt").exists():
+            return "partial"
+        return "todo"
+
+
+def study_trainings(study: dict, *, only_conditions=None, skip_references: bool = False,
+                    only_runs=None) -> list[Training]:
+    """Every training of the study, condition by condition, in the study's run order."""
+    out = []
+    for cond in conditions(study):
+        if only_conditions and cond not in only_conditions:
+            continue
+        work = Path(study["workdir"]) / cond
+        train = [str(p) for p, _ in shards(study, cond, "train")]
+        runs = {r["name"]: r for r in study["runs"]}
+        for name, cfg in study_runs(study, train, work, skip_references=skip_references):
+            run = name.rsplit("_s", 1)[0]
+            if only_runs and run not in only_runs:
+                continue
+            out.append(Training(cond, name, run, bool(runs[run].get("reference")), cfg,
+                                Path(cfg.out), Path(study["report"]) / cond / name))
+    return out
+
+
+def _run_child(cmd, log, threads: int, cwd=None) -> tuple[int, float]:
+    """Run ``cmd`` with ``threads`` BLAS/OpenMP/torch threads; returns (exit status, CPU
+    seconds of the child, user + system, from ``wait4``)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "OPENBLAS_NUM_THREADS": str(threads)}
+    p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    try:
+        _, status, ru = os.wait4(p.pid, 0)
+    except BaseException:
+        p.terminate()
+        p.wait()
+        raise
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return p.returncode, ru.ru_utime + ru.ru_stime
+
+
+def _add_cpu(path: Path, key: str, seconds: float, wall: float) -> dict:
+    from ._files import atomic_write
+
+    d = json.loads(path.read_text()) if path.exists() else {}
+    e = d.setdefault(key, {"cpu_s": 0.0, "wall_s": 0.0, "invocations": 0})
+    e["cpu_s"] += seconds
+    e["wall_s"] += wall
+    e["invocations"] += 1
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(d, indent=1)))
+    return d
+
+
+def _train(t: Training, threads: int) -> None:
+    """Train (or resume) ``t``; writes ``<out>/finished.json`` when it has finished."""
     import yaml
 
     from ._files import atomic_write
 
-    out = Path(cfg.out)
-    log = workdir / "logs" / f"{name}.log"
-    config = workdir / "configs" / f"{name}.yaml"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(config, lambda tmp: tmp.write_text(yaml.safe_dump(cfg.to_dict(),
+    t.out.mkdir(parents=True, exist_ok=True)
+    config = t.out / "config.yaml"
+    atomic_write(config, lambda tmp: tmp.write_text(yaml.safe_dump(t.cfg.to_dict(),
                                                                    sort_keys=False)))
     cmd = [sys.executable, "-m", "ndive_models.train", "--config", str(config)]
-    if (out / "last.pt").exists():
+    if (t.out / "last.pt").exists():
         cmd.append("--resume")
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    print(f"{time.strftime('%H:%M:%S')} training {t.key}"
+          f"{' (resumed)' if '--resume' in cmd else ''}", flush=True)
     t0 = time.perf_counter()
-    with open(log, "a") as f:
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env,
-                            check=False).returncode
-    dt = time.perf_counter() - t0
+    with open(t.out / "train.log", "a") as f:
+        rc, cpu = _run_child(cmd, f, threads)
+    _add_cpu(t.out / "cpu.json", "train", cpu, time.perf_counter() - t0)
     if rc != 0:
-        raise RuntimeError(f"training {name} failed (exit {rc}); see {log}")
-    hist = json.loads((out / "history.json").read_text())
-    print(f"trained {name} in {dt:.0f} s", flush=True)
-    return {"name": name, "seconds": dt, "history": hist, "best": str(out / "best.pt")}
+        raise RuntimeError(f"training {t.key} failed (exit {rc}); see {t.out / 'train.log'}")
+    atomic_write(t.out / "finished.json", lambda tmp: tmp.write_text(json.dumps(
+        {"finished": time.strftime("%Y-%m-%d %H:%M:%S")})))
 
 
-def _fmt(r) -> str:
-    if r is None:
-        return "-"
-    return f"{r:.3g}"
+def _finish(t: Training, test_files: list[str], threads: int) -> None:
+    """Evaluate ``t``'s best checkpoint on the test shards (a subprocess) and write its
+    results directory."""
+    t0 = time.perf_counter()
+    code = ("import sys; from ndive_models.paper import finish_training; "
+            "finish_training(sys.argv[1], sys.argv[2], sys.argv[3:])")
+    with open(t.out / "eval.log", "a") as f:
+        rc, cpu = _run_child([sys.executable, "-c", code, str(t.out), str(t.result),
+                              *test_files], f, threads)
+    _add_cpu(t.out / "cpu.json", "evaluate", cpu, time.perf_counter() - t0)
+    if rc != 0:
+        raise RuntimeError(f"evaluating {t.key} failed (exit {rc}); see {t.out / 'eval.log'}")
+    # the CPU record is part of the results (the report's cost table)
+    shutil.copy(t.out / "cpu.json", t.result / "cpu.json")
+    print(f"{time.strftime('%H:%M:%S')} finished {t.key}: results in {t.result}", flush=True)
 
 
-def _rej_cell(m, bkg, wp):
-    r = m["rejection"][bkg][wp]
-    s = f"{r['mean']:.3g}"
-    if r["std_over_seeds"] is not None:
-        s += f" ± {r['std_over_seeds']:.2g} (seeds)"
-    s += f" ± {r['binomial_err_of_mean']:.2g} (stat)"
-    return s
+def _lock(t: Training):
+    """An exclusive lock on ``<out>/lock`` (released when the holder exits, however it
+    exits), or None when another process holds it."""
+    import fcntl
+
+    t.out.mkdir(parents=True, exist_ok=True)
+    f = open(t.out / "lock", "a")  # noqa: SIM115 - held until the training is done
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    return f
 
 
-def write_report(metrics: dict, trainings: list[dict], report: Path, scale: dict,
-                 title: str | None = None) -> str:
-    """Markdown report comparing ``metrics`` (from :func:`ndive_models.evaluate.evaluate`)
-    with :data:`PAPER` (models the paper does not have get a row without paper numbers);
-    returns the text (also written to ``report/report.md``)."""
+def _running(t: Training) -> bool:
+    """Another process (a runner) holds ``t``'s lock right now."""
+    if not (t.out / "lock").exists():
+        return False
+    f = _lock(t)
+    if f is None:
+        return True
+    f.close()
+    return False
+
+
+def _one(t: Training, test_files: list[str], threads: int):
+    """Train/resume, evaluate and publish one training; returns ``(key, error or None)``.
+    A training another runner is working on (its lock is held) is left to it."""
+    lock = _lock(t)
+    if lock is None:
+        print(f"{time.strftime('%H:%M:%S')} {t.key}: another runner is on it; skipped",
+              flush=True)
+        return t.key, None
+    try:
+        if t.status() in ("todo", "partial"):
+            _train(t, threads)
+        if t.status() == "trained":
+            _finish(t, test_files, threads)
+        return t.key, None
+    except Exception as err:  # noqa: BLE001 - one failed training must not stop the others
+        print(f"{time.strftime('%H:%M:%S')} {err}", file=sys.stderr, flush=True)
+        return t.key, str(err)
+    finally:
+        lock.close()
+# --------------------------------------------------------------------------------------------
+# per-training results
+# --------------------------------------------------------------------------------------------
+#: Bootstrap replicates of the test set per training, and their seed: the same seed and
+#: test set give the same replicates for every training, so ratios can be formed per
+#: replicate (the two models of a ratio see the same resampled jets).
+N_BOOTSTRAP = 200
+BOOTSTRAP_SEED = 17
+#: b-efficiencies of the stored ROC points.
+ROC_EFFS = tuple(round(0.5 + 0.01 * k, 2) for k in range(46))
+_RES_BINS, _PULL_BINS = (-5.0, 5.0, 100), (-8.0, 8.0, 80)
+
+
+def bootstrap_rejections(disc, labels, effs, n_boot: int = N_BOOTSTRAP,
+                         seed: int = BOOTSTRAP_SEED) -> dict:
+    """Rejections at ``effs`` on ``n_boot`` bootstrap replicates of the jets (resampled
+    with replacement, ``numpy.random.default_rng(seed)``): ``{"light": (n_boot, len(effs)),
+    "c": ...}`` (``inf`` where no background jet passes)."""
     import numpy as np
 
-    M = metrics["models"]
-    lines = [f"# {title or 'NDIVE paper reproduction: baseline vs FTAG+NDIVE'}", ""]
-    lines += ["## Scale and settings", ""]
-    lines += [f"- {k}: {v}" for k, v in scale.items()]
-    lines.append("")
-    if title is None:
-        lines += [("The paper trained on 500k jets (180k validation, 180k test), batch 100, "
-                   "NovoGrad lr 1e-4 with early stopping, 5 trainings per model. Numbers here "
-                   "come from the scale above and are **not** expected to match the paper's "
-                   "absolute rejections; the question is whether the *relative* gain "
-                   "appears."), ""]
-    lines += [("## Rejections at fixed b-jet efficiency (f_c = "
-              f"{metrics['f_c']}, test jets: {metrics['n_per_flavour']})"), ""]
-    lines += ["| model | WP | light rejection | paper | c rejection | paper |",
-              "|---|---|---|---|---|---|"]
-    paper_labels = ("baseline", "ftag_ndive", "ftag_ndive_truth")
-    for label in (*paper_labels, *(k for k in M if k not in paper_labels)):
-        if label not in M or "rejection" not in M[label]:
-            continue
-        for wp in ("0.60", "0.70", "0.77", "0.85"):
-            p = PAPER.get(label, {})
-            lines.append(f"| {M[label]['display']} | {float(wp):.0%} | "
-                         f"{_rej_cell(M[label], 'light', wp)} | "
-                         f"{_fmt(p.get('light', {}).get(wp))} | {_rej_cell(M[label], 'c', wp)}"
-                         f" | {_fmt(p.get('c', {}).get(wp))} |")
-    lines.append("")
-    verdict = []
-    if "baseline" in M and "ftag_ndive" in M:
-        lines += ["## FTAG+NDIVE / baseline at 70% b-efficiency", "",
-                  ("| background | per-seed ratios (seed k vs seed k) | ratio of means | "
-                  "seed spread (1 sd of the ratio) | paper |"), "|---|---|---|---|---|"]
-        for bkg in ("light", "c"):
-            a = [s[bkg]["0.70"]["rejection"] for s in M["ftag_ndive"]["rejection_per_checkpoint"]]
-            b = [s[bkg]["0.70"]["rejection"] for s in M["baseline"]["rejection_per_checkpoint"]]
-            per = [x / y for x, y in zip(a, b)]
-            ratio = float(np.mean(a) / np.mean(b))
-            # spread of the ratio from the seed-to-seed spread of both models
-            sa = np.std(a, ddof=1) / np.mean(a) if len(a) > 1 else float("nan")
-            sb = np.std(b, ddof=1) / np.mean(b) if len(b) > 1 else float("nan")
-            spread = ratio * float(np.hypot(sa, sb))
-            lines.append(f"| {bkg} | {', '.join(f'{r:.3f}' for r in per)} | {ratio:.3f} | "
-                         f"{spread:.3f} | {PAPER['gain_at_70'][bkg]} |")
-            seen = ratio - 1.0 > spread if np.isfinite(spread) else ratio > 1.0
-            goal = ratio >= PAPER["gain_at_70"][bkg]
-            verdict.append(f"- {bkg}: ratio {ratio:.3f}; above 1 beyond the seed spread: "
-                           f"{'yes' if seen else 'no'}; reaches the paper's factor "
-                           f"{PAPER['gain_at_70'][bkg]}: {'yes' if goal else 'no'}.")
-        lines += ["", *verdict, ""]
-    for label in ("ftag_ndive", "ndive"):
-        if label in M and "track_selection" in M[label]:
-            ts = M[label]["track_selection"]
-            pe = PAPER["track_selection_efficiency"]
-            lines += [f"## Track selection of {M[label]['display']} (weight > 0.5 x jet max)", "",
-                      "| jets | efficiency | paper | purity |", "|---|---|---|---|",
-                      (f"| b | {ts['b']['efficiency']:.3f} | {pe['b']} | "
-                      f"{ts['b']['purity']:.3f} |"),
-                      (f"| c | {ts['c']['efficiency']:.3f} | {pe['c']} | "
-                      f"{ts['c']['purity']:.3f} |"), ""]
-    lines += ["## Vertex resolution (b- and c-jets; residual = fitted - true HF decay vertex)",
-              "", "| fit | jets used | fit usable | sigma68 x, y, z [mm] | pull sigma68 x, y, z |",
-              "|---|---|---|---|---|"]
-    vq = {M[k]["display"]: M[k]["vertex"] for k in M if "vertex" in M[k]}
-    vq.update(metrics.get("vertex_references", {}))
-    for name, v in vq.items():
-        if v.get("residual") is None:
-            continue
-        r, p = v["residual"]["sigma68"], v["pull"]["sigma68"]
-        lines.append(f"| {name} | {v['n_jets_used']} | {v['fit_ok_fraction']:.3f} | "
-                     f"{', '.join(f'{x:.3f}' for x in r)} | "
-                     f"{', '.join(f'{x:.2f}' for x in p)} |")
-    lines += ["", "## Training", "", ("| run | settings | epochs | best epoch | best val loss | "
-              "train jets/s | training time [s] |"), "|---|---|---|---|---|---|---|"]
+    from ._metrics import roc_curve
+
+    rng = np.random.default_rng(seed)
+    disc, labels = np.asarray(disc), np.asarray(labels)
+    out = {"light": np.empty((n_boot, len(effs))), "c": np.empty((n_boot, len(effs)))}
+    for b in range(n_boot):
+        idx = rng.integers(0, len(disc), len(disc))
+        d, lab = disc[idx], labels[idx]
+        for bkg, code in (("light", 2), ("c", 1)):
+            out[bkg][b] = roc_curve(d, lab, effs, background=code)
+    return out
+
+
+def training_metrics(pred: dict, batch: dict, f_c: float = 0.05,
+                     wps=None, n_boot: int = N_BOOTSTRAP) -> dict:
+    """The committed metrics of one training from its test-set predictions (see
+    :func:`ndive_models.evaluate.predict`): rejections at ``wps`` with binomial errors and
+    bootstrap replicates, ROC points at :data:`ROC_EFFS`, and for models with a fit the
+    track selection, the fit-usable fractions and the vertex residuals and pulls
+    (summaries and histograms)."""
+    import numpy as np
+
+    from . import _metrics
+    from .evaluate import SELECTION_EDGES, _rejections, _track_selection, _vertex_quality
+
+    wps = tuple(wps or _metrics.WORKING_POINTS)
+    labels = batch["flavour"].numpy()
+    m = {"n_test_jets": int(len(labels)),
+         "n_per_flavour": {n: int((labels == i).sum()) for i, n in
+                           enumerate(("b", "c", "light"))},
+         "f_c": f_c, "working_points": list(wps)}
+    if "p_b" in pred:
+        m["rejection"] = _rejections(pred, labels, f_c, wps)
+        d = _metrics.discriminant(pred["p_b"], pred["p_c"], pred["p_u"], f_c)
+        boot = bootstrap_rejections(d, labels, wps, n_boot)
+        m["bootstrap"] = {"n": n_boot, "seed": BOOTSTRAP_SEED,
+                          **{bkg: {f"{wp:.2f}": [round(float(x), 4) for x in a[:, k]]
+                                   for k, wp in enumerate(wps)} for bkg, a in boot.items()}}
+        m["roc"] = {"effs": list(ROC_EFFS),
+                    **{bkg: [float(x) for x in _metrics.roc_curve(d, labels, ROC_EFFS,
+                                                                   background=code)]
+                       for bkg, code in (("light", 2), ("c", 1))}}
+    if "vertex" in pred:
+        m["fit_ok_fraction"] = {n: float(pred["fit_ok"][labels == i].mean())
+                                for i, n in enumerate(("b", "c", "light"))}
+        m["track_selection"] = _track_selection(pred, batch, SELECTION_EDGES)
+        m["vertex"], res, pull = _vertex_quality(pred, batch)
+        m["vertex"]["hist"] = {
+            "residual_bins": list(_RES_BINS), "pull_bins": list(_PULL_BINS),
+            "residual": [np.histogram(np.clip(res[:, k], *_RES_BINS[:2]),
+                                      np.linspace(*_RES_BINS[:2], _RES_BINS[2] + 1))[0]
+                         .tolist() for k in range(3)],
+            "pull": [np.histogram(np.clip(pull[:, k], *_PULL_BINS[:2]),
+                                  np.linspace(*_PULL_BINS[:2], _PULL_BINS[2] + 1))[0]
+                     .tolist() for k in range(3)]}
+    return m
+
+
+def finish_training(out, result, test_files) -> dict:
+    """Evaluate ``<out>/best.pt`` on ``test_files`` and write the committed results to
+    ``result``: ``config.yaml``, ``history.json``, ``best.pt`` (weights and what
+    :func:`~ndive_models.train.load_checkpoint` needs, no optimiser state) and, last,
+    ``metrics.json`` (its presence marks the training done). Returns the metrics."""
+    import torch
+
+    from ._files import atomic_write
+    from .data.loader import load_batch
+    from .evaluate import predict
+    from .train import load_checkpoint
+
+    out, result = Path(out), Path(result)
+    model, ck = load_checkpoint(out / "best.pt")
+    batch, _ = load_batch(list(test_files))
+    t0 = time.process_time()
+    pred = predict(model, batch)
+    m = training_metrics(pred, batch)
+    m.update(test_files=[Path(f).name for f in test_files], best_epoch=ck["best_epoch"],
+             best_val=ck["best_val"], n_train=ck.get("n_train"),
+             eval_cpu_s=time.process_time() - t0)
+    result.mkdir(parents=True, exist_ok=True)
+    slim = {k: ck[k] for k in ("format", "config", "bz", "stats", "model", "epoch",
+                               "best_val", "best_epoch", "n_train") if k in ck}
+    atomic_write(result / "best.pt", lambda tmp: torch.save(slim, tmp))
+    for name in ("config.yaml", "history.json"):
+        atomic_write(result / name, lambda tmp, n=name: shutil.copy(out / n, tmp))
+    text = json.dumps(m, indent=None, separators=(",", ":"), allow_nan=True)
+    atomic_write(result / "metrics.json", lambda tmp: tmp.write_text(text))
+    return m
+
+
+# --------------------------------------------------------------------------------------------
+# plan
+# --------------------------------------------------------------------------------------------
+#: Training throughput [jets/s, one thread] assumed before a run of the model has finished
+#: (measured on the shared 2-core machine, docs/results/README.md).
+DEFAULT_JETS_PER_S = {"baseline": 1500.0, "ndive": 500.0, "ftag_ndive": 400.0}
+#: Generation speed [jets/s, one worker] (balanced ttbar jets, the clean generator).
+GENERATION_JETS_PER_S = 60.0
+
+
+def _history(t: Training) -> list:
+    for p in (t.result / "history.json", t.out / "history.json"):
+        if p.exists():
+            return [e for e in json.loads(p.read_text()) if "jets_per_s" in e]
+    return []
+
+
+def _cpu_s(t: Training) -> float:
+    for p in (t.result / "cpu.json", t.out / "cpu.json"):
+        if p.exists():
+            return sum(e["cpu_s"] for e in json.loads(p.read_text()).values())
+    return 0.0
+
+
+def _n_jets(t: Training, study: dict) -> tuple[int, int]:
+    """(training jets, validation jets) of ``t``."""
+    n = sum(o["n_jets"] for _, o in shards(study, t.condition, "train"))
+    n_val = max(1, round(t.cfg.val_fraction * n))
+    return min(n - n_val, t.cfg.max_jets or n), min(n_val, t.cfg.max_val_jets or n_val)
+
+
+def plan(study: dict, trainings: list[Training]) -> tuple[str, float]:
+    """What is done and what remains: ``(text, remaining CPU hours)``. Remaining hours
+    assume every training runs to its epoch limit (early stopping can only shorten it), at
+    the median throughput of the finished epochs of the same model (else
+    :data:`DEFAULT_JETS_PER_S`), plus the missing shards at :data:`GENERATION_JETS_PER_S`."""
+    import numpy as np
+
+    rates: dict[str, list] = {}
     for t in trainings:
-        h = [e for e in t["history"] if "val" in e]
-        best = min(h, key=lambda e: e["val"]["loss"]) if h else None
-        jps = [e["jets_per_s"] for e in h if "jets_per_s" in e]
-        lines.append(f"| {t['name']} | {t.get('settings', '')} | {len(h)} | "
-                     f"{best['epoch'] if best else '-'} | "
-                     f"{best['val']['loss']:.4f} | {np.mean(jps) if jps else 0:.0f} | "
-                     f"{sum(e.get('seconds', 0.0) for e in h):.0f} |")
-    if any("gls" in t.get("settings", "") for t in trainings):
-        lines += ["", ("The validation loss of a GLS run is the geometric mean of its task "
-                       "losses: not comparable with the weighted sums of the others.")]
-    lines += ["", "## Plots", "", "![light rejection](roc_light.png)", "",
-              "![c rejection](roc_c.png)", "", "![track selection](track_selection.png)", "",
-              "![vertex residuals](vertex_residuals.png)", ""]
-    if (report / "pt_response.png").exists():
-        lines += ["![pT response](pt_response.png)", ""]
-    text = "\n".join(lines)
-    (report / "report.md").write_text(text)
-    return text
+        rates.setdefault(t.cfg.model.name, []).extend(e["jets_per_s"] for e in _history(t))
+    lines = ["| condition | training | status | epochs done / max | CPU h spent | "
+             "CPU h left (at most) |", "|---|---|---|---|---|---|"]
+    left_total = spent_total = 0.0
+    for t in trainings:
+        st = t.status()
+        done_ep = len(_history(t))
+        n_tr, n_val = _n_jets(t, study)
+        r = rates.get(t.cfg.model.name) or [DEFAULT_JETS_PER_S.get(t.cfg.model.name, 400.0)]
+        rate = float(np.median(r))
+        per_epoch = (n_tr + n_val / 3.0) / rate  # validation: forward only, ~1/3 of a step
+        left = 0.0 if st in ("done", "trained") else (t.cfg.epochs - done_ep) * per_epoch
+        left += 0.0 if st == "done" else (n_tr + n_val) / 20 / rate  # the final evaluation
+        spent = _cpu_s(t)
+        left_total += left
+        spent_total += spent
+        if st in ("todo", "partial", "trained") and _running(t):
+            st += ", running"
+        diff = t.config_differences() if st == "done" else []
+        if diff:
+            st += f" (with other settings: {'; '.join(diff)})"
+        lines.append(f"| {t.condition or '-'} | {t.name} | {st} | {done_ep} / {t.cfg.epochs}"
+                     f" | {spent / 3600:.2f} | {left / 3600:.1f} |")
+    gen_left, missing = 0.0, []
+    for cond in dict.fromkeys(t.condition for t in trainings):
+        for part in ("train", "test"):
+            for p, o in shards(study, cond, part):
+                if not p.exists():
+                    missing.append(p)
+                    gen_left += o["n_jets"] / GENERATION_JETS_PER_S
+    lines += ["", f"Trainings: {sum(t.status() == 'done' for t in trainings)} done, "
+              f"{sum(t.status() == 'trained' for t in trainings)} to evaluate, "
+              f"{sum(t.status() == 'partial' for t in trainings)} partial, "
+              f"{sum(t.status() == 'todo' for t in trainings)} to start. "
+              f"CPU hours spent {spent_total / 3600:.1f}; left at most "
+              f"{left_total / 3600:.1f} for trainings and {gen_left / 3600:.1f} for "
+              f"{len(missing)} missing shard(s) (at the clean generator's "
+              f"{GENERATION_JETS_PER_S:.0f} jets/s; presets with pileup are slower)."]
+    return "\n".join(lines), (left_total + gen_left) / 3600
+
+
+# --------------------------------------------------------------------------------------------
+# the runner
+# --------------------------------------------------------------------------------------------
+def run_study(study: dict, *, skip_references: bool = False, only_conditions=None,
+              only_runs=None, plan_only: bool = False, report_only: bool = False,
+              wait_data: float = 0.0) -> int:
+    """Run a study (from :func:`load_study`): data, trainings, per-training results,
+    report; everything already done is skipped. ``wait_data`` > 0: wait for missing shards
+    (generated by another process) instead of generating them, polling at that interval [s].
+
+    Returns 0, or 1 when a training or a condition failed (the others still ran; the
+    messages name the logs).
+    """
+    every = study_trainings(study, skip_references=skip_references)
+    todo = study_trainings(study, only_conditions=only_conditions,
+                           skip_references=skip_references, only_runs=only_runs)
+    known = set(conditions(study))
+    for c in only_conditions or ():
+        if c not in known:
+            raise ValueError(f"--conditions: no condition {c!r} in the study "
+                             f"(it has {sorted(known)})")
+    if plan_only:
+        print(plan(study, todo)[0])
+        return 0
+    failures = []
+    if not report_only:
+        jobs, threads = max(1, int(study["jobs"])), int(study["threads"])
+        for cond in dict.fromkeys(t.condition for t in todo):
+            for t in todo:
+                if t.condition == cond and t.status() == "done" and t.config_differences():
+                    print(f"note: {t.key} is done with other settings than the study's "
+                          f"({'; '.join(t.config_differences())}); it is kept, not retrained: "
+                          f"remove {t.result} to retrain it", file=sys.stderr)
+            ts = [t for t in todo if t.condition == cond and t.status() != "done"]
+            if not ts:
+                continue
+            try:
+                ensure_data(study, cond, jobs, wait=wait_data)
+            except (PresetUnavailable, ValueError, RuntimeError) as err:
+                print(f"condition {cond or '(default)'}: {err}", file=sys.stderr, flush=True)
+                failures.append((cond, str(err)))
+                continue
+            test = [str(p) for p, _ in shards(study, cond, "test")]
+            with ThreadPoolExecutor(jobs) as pool:
+                failures += [r for r in pool.map(lambda t: _one(t, test, threads), ts)
+                             if r[1] is not None]
+    write_report(study, every)
+    print(plan(study, every)[0])
+    for key, err in failures:
+        print(f"failed: {key}: {err}", file=sys.stderr)
+    return 1 if failures else 0
+# --------------------------------------------------------------------------------------------
+# the report
+# --------------------------------------------------------------------------------------------
+def write_report(study: dict, trainings: list[Training]) -> str:
+    """Write ``<report>/report.md`` (and its plots) from the finished trainings' results;
+    returns the text."""
+    from . import _study_report
+
+    return _study_report.write({**study, "shown": _shown(study["source"])}, trainings, PAPER,
+                               plan(study, trainings)[0])
 
 
 def _shown(path) -> str:
@@ -301,82 +798,11 @@ def _shown(path) -> str:
     return str(path)
 
 
-def _shared_settings(cfgs) -> dict:
-    """The batch / optimiser / lr and model size lines of the report: the value when every
-    run shares it, else a pointer to the per-run settings."""
-    rows = {"batch / optimiser / lr": [f"{c.batch_size} / {c.optimizer} / {c.lr}" for c in cfgs],
-            "model dim / layers / heads": [f"{c.model.dim} / {c.model.layers} / {c.model.heads}"
-                                           for c in cfgs]}
-    return {k: v[0] if len(set(v)) == 1 else "per run (see Training)" for k, v in rows.items()}
-
-
 def main(argv=None) -> int:
     """``ndive paper`` with the options ``argv`` (default: ``sys.argv[1:]``)."""
     from .cli import main as cli_main
 
     return cli_main(["paper", *(sys.argv[1:] if argv is None else argv)])
-
-
-def run_study(study: dict, *, skip_references: bool = False) -> int:
-    """Run a study (from :func:`load_study`): data, trainings, evaluation, report.
-
-    Returns 0; raises ``RuntimeError`` when a training fails (its log is named).
-    """
-    from .evaluate import evaluate
-
-    data = study["data"]
-    work = Path(study["workdir"])
-    (work / "logs").mkdir(parents=True, exist_ok=True)
-    train_file, test_file = work / "train.h5", work / "test.h5"
-    runs = study_runs(study, train_file, work, skip_references=skip_references)
-    t0 = time.perf_counter()
-    gen_s = _generate(train_file, data["train"]["jets"], data["train"]["seed"], data["workers"])
-    gen_s += _generate(test_file, data["test"]["jets"], data["test"]["seed"], data["workers"])
-    with ThreadPoolExecutor(max(1, study["jobs"])) as pool:
-        futures = [pool.submit(_train_one, n, cfg, study["threads"], work) for n, cfg in runs]
-        trainings = [f.result() for f in futures]
-    for t, (_, c) in zip(trainings, runs):
-        m = c.model
-        t["settings"] = (f"{m.name}, {m.backbone} {m.dim}x{m.layers}, {m.classes} classes, "
-                         f"{m.loss_balance}, {c.optimizer} {c.lr:g}")
-    report = Path(study["report"])
-    report.mkdir(parents=True, exist_ok=True)
-    ev = work / "eval"
-    t_ev = time.perf_counter()
-    metrics = evaluate([t["best"] for t in trainings], test_file, ev,
-                       reference=study.get("reference", "baseline"))
-    t_ev = time.perf_counter() - t_ev
-    for f in ("metrics.json", "roc_light.png", "roc_c.png", "track_selection.png",
-              "vertex_residuals.png", "pt_response.png"):
-        if (ev / f).exists():
-            shutil.copy(ev / f, report / f)
-    import torch
-
-    cfg = runs[0][1]
-    val = f"{cfg.val_fraction:.0%} split off for validation"
-    scale = {
-        "study": _shown(study["source"]),
-        "machine": (torch.cuda.get_device_name(0) if torch.cuda.is_available() else
-                    f"CPU only ({os.cpu_count()} cores, shared), torch threads per training "
-                    f"{study['threads']}, {study['jobs']} trainings at a time"),
-        "training file": f"{data['train']['jets']} balanced ttbar jets (seed "
-                         f"{data['train']['seed']}); {val}"
-                         + (f", at most {cfg.max_jets} used for training"
-                            if cfg.max_jets else ""),
-        "test file": f"{data['test']['jets']} balanced jets (seed {data['test']['seed']}), "
-                     "used only for evaluation",
-        "epochs (max) / patience": f"{cfg.epochs} / {cfg.patience}",
-        "seeds per model": study["seeds"],
-        **_shared_settings([c for _, c in runs]),
-        "generation [s]": f"{gen_s:.0f}",
-        "evaluation [s]": f"{t_ev:.0f}",
-        "wall time of this invocation [s]": f"{time.perf_counter() - t0:.0f}",
-    }
-    (report / "trainings.json").write_text(json.dumps(
-        [{k: v for k, v in t.items() if k != "best"} for t in trainings], indent=1))
-    text = write_report(metrics, trainings, report, scale, study.get("title"))
-    print(text)
-    return 0
 
 
 if __name__ == "__main__":  # python -m ndive_models.paper

@@ -49,8 +49,9 @@ class TrainConfig:
     """Training settings (file keys and ``--set`` names).
 
     Attributes:
-        train: training file. val: validation file (default: a random ``val_fraction`` of
-            the training file, drawn with ``split_seed``, the same for every model and seed).
+        train: training file, or a list of files (shards, concatenated in order).
+            val: validation file (default: a random ``val_fraction`` of the training
+            file, drawn with ``split_seed``, the same for every model and seed).
             max_jets / max_val_jets: use at most this many training / validation jets (a
             random subset: generated files are not shuffled; a balanced file ends with the
             jets of its rarest flavour).

@@ -55,12 +55,47 @@ SAFE_TRACK = (0.0, 0.0, 0.0, math.pi / 2, 0.0)
 def load_batch(path, start: int = 0, stop: int | None = None) -> tuple[dict, float]:
     """Read jets ``[start, stop)`` of a checked file into a CPU batch dict.
 
+    ``path`` may also be a list of files (e.g. the shards of a study): they are read one
+    after the other and concatenated in the order given, so the jets are numbered as in one
+    file; ``[start, stop)`` then counts over the concatenation. All files must have the same
+    field and number of track slots.
+
     Returns:
         ``(batch, bz)``: the batch (see module docstring) and the field [T] from the file.
     """
+    if isinstance(path, (list, tuple)):
+        return _load_many(list(path), start, stop)
     jets, tracks = read_jets(path, start, stop)
     bz = float(read_attrs(path)["bz_tesla"])
     return arrays_to_batch(jets, tracks), bz
+
+
+def _load_many(paths: list, start: int, stop: int | None) -> tuple[dict, float]:
+    if not paths:
+        raise ValueError("an empty list of files was given")
+    parts, bz, offset = [], None, 0
+    for p in paths:
+        n = int(read_attrs(p)["n_jets"])
+        lo, hi = max(start - offset, 0), n if stop is None else min(stop - offset, n)
+        offset += n
+        if hi <= lo:
+            continue
+        batch, b = load_batch(p, lo, hi)
+        if bz is not None and b != bz:
+            raise ValueError(f"{p}: field {b} T differs from {bz} T of {paths[0]}")
+        if parts and batch["valid"].shape[1] != parts[0]["valid"].shape[1]:
+            raise ValueError(f"{p}: {batch['valid'].shape[1]} track slots, "
+                             f"{paths[0]} has {parts[0]['valid'].shape[1]}")
+        bz = b
+        parts.append(batch)
+    if not parts:
+        raise ValueError(f"no jets in [{start}, {stop}) of {len(paths)} files")
+    if len(parts) == 1:
+        return parts[0], bz
+    out = {}
+    for k in list(parts[0]):  # one key at a time: the peak memory is the batch plus one key
+        out[k] = torch.cat([q.pop(k) for q in parts])
+    return out, bz
 
 
 def arrays_to_batch(jets: np.ndarray, tracks: np.ndarray) -> dict:

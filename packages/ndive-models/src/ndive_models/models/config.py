@@ -12,7 +12,7 @@ __all__ = [
 ]  # fmt: skip
 
 MODEL_NAMES = ("baseline", "ndive", "ftag_ndive")
-WEIGHT_MODES = ("predicted", "truth", "all")
+WEIGHT_MODES = ("predicted", "truth", "secondary", "all")
 BACKBONES = ("transformer", "dips")
 ACTIVATION_NAMES = ("relu", "silu", "gelu")
 FEED_FORWARDS = ("mlp", "glu")
@@ -35,7 +35,11 @@ class ModelConfig:
         dim: embedding size (reference code: 32). layers / heads: transformer layers and
             attention heads (paper: 1 / 1). ff_mult: feed-forward width / dim.
         weights: track weights of the NDIVE fit: ``"predicted"`` (the network), ``"truth"``
-            (perfect selection: 1 for tracks from the b/c decay chain) or ``"all"`` (1).
+            (the paper's perfect selection: 1 for tracks from the b/c decay chain; it encodes
+            the label, as a light jet rarely has two such tracks), ``"secondary"`` (perfect
+            selection of every displaced track, light jets included: 1 for tracks from b, c,
+            tau decays and other secondaries such as K0s, Lambda, conversions; the rule does
+            not depend on the jet's flavour) or ``"all"`` (1).
         loss_flavour / loss_origin / loss_pair: GN2 task weights (1 / 0.5 / 1.5).
         loss_ndive: weight of the NDIVE vertex MAE inside FtagNdive (reference code: 0.1).
         fit_iter: Gauss-Newton iterations of the fit (paper: 10). fit_model: ``"helix"`` or
@@ -44,6 +48,10 @@ class ModelConfig:
             failed (``fit_ok`` False; FtagNdive then uses the PV).
         vertex_loss_cap: [mm] per-component cap of the absolute vertex error in the loss
             (a lost fit costs a constant, not an unbounded gradient).
+        fit_features: FTAG+NDIVE also gives the tagger the fit's quality (an idea beyond the
+            paper): per track, its chi2 to the fitted vertex; per jet, the fit's chi2/ndf,
+            the vertex errors and the flight significance (not differentiated: the gradient
+            into the weights flows through the vertex position only).
 
     The FTAG family (DIPS, GN2, GN3; ``docs/models.md``) are options of the same models:
 
@@ -91,6 +99,7 @@ class ModelConfig:
     fit_dtype: str = "float64"
     max_displacement: float = 500.0
     vertex_loss_cap: float = 50.0
+    fit_features: bool = False
     backbone: str = "transformer"
     activation: str = "silu"
     feed_forward: str = "mlp"

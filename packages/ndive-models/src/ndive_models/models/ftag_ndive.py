@@ -17,7 +17,29 @@ from .layers import backbone
 from .losses import gn2_loss_terms, vertex_mae
 from .ndive import NDIVE, finite_grad
 
-__all__ = ["FtagNdive"]
+__all__ = ["FtagNdive", "N_FIT_FEATURES", "fit_features"]
+
+#: Columns of :func:`fit_features`.
+N_FIT_FEATURES = 6
+
+
+def fit_features(nd: dict):
+    """The fit's quality as per-track inputs (``model.fit_features``), ``(B, T, 6)``:
+    log(1 + track chi2), log(1 + chi2/ndf), log10 of the vertex errors sigma_x, y, z [mm]
+    (0 where the fit is unusable) and log(1 + flight significance |v| / sigma(|v|)).
+    Detached: the fit's gradients reach the weights through the vertex position."""
+    v, cov, ok = nd["vertex"].detach(), nd["vertex_cov"].detach(), nd["fit_ok"]
+    T = nd["track_chi2"].shape[1]
+    sig = torch.sqrt(torch.diagonal(cov, dim1=-2, dim2=-1).clamp_min(1e-12))
+    r = v.norm(dim=-1).clamp_min(1e-9)
+    s_r = torch.sqrt((v[:, :, None] * cov * v[:, None, :]).sum((-2, -1)).clamp_min(1e-24)) / r
+    okf = ok.to(v.dtype)
+    jet = torch.stack([torch.log1p(nd["fit_chi2"].detach().clamp_min(0)
+                                   / nd["fit_ndf"].detach().clamp_min(1e-3)),
+                       *(okf[:, None] * torch.log10(sig)).unbind(-1),
+                       okf * torch.log1p(r / s_r)], -1)
+    track = torch.log1p(nd["track_chi2"].detach().clamp_min(0))[..., None]
+    return torch.cat([track.to(v.dtype), jet[:, None, :].expand(-1, T, -1)], -1)
 
 
 class FtagNdive(FeatureModel):
@@ -35,7 +57,8 @@ class FtagNdive(FeatureModel):
     def __init__(self, cfg: ModelConfig, stats: dict, bz: float):
         super().__init__(cfg, stats, bz)
         self.ndive = NDIVE(cfg.ndive_block(), stats, bz)
-        self.encoder = backbone(cfg, self.input_sizes(n_extra=3))
+        self.encoder = backbone(cfg, self.input_sizes(
+            n_extra=3 + (N_FIT_FEATURES if cfg.fit_features else 0)))
         self.heads = GN2Heads(cfg, 2 * cfg.dim)
 
     def forward(self, batch):
@@ -50,6 +73,9 @@ class FtagNdive(FeatureModel):
         dt = params.dtype
         pos0 = torch.zeros(params.shape[:2] + (3,), dtype=dt, device=params.device)
         posv = (vertex.to(dt) / self.pos_scale)[:, None, :].expand_as(pos0)
+        if self.cfg.fit_features:
+            fit = fit_features(nd).to(dt)
+            pos0, posv = torch.cat([pos0, torch.zeros_like(fit)], -1), torch.cat([posv, fit], -1)
         in0 = self.inputs(batch, params, cov, pos0)
         in1 = self.inputs(batch, ext.to(dt), ext_cov.to(dt), posv)
         e0, e1 = self.encoder(in0), self.encoder(in1)

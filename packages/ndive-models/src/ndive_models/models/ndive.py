@@ -3,7 +3,8 @@
 Outputs (``B`` jets, ``T`` track slots): ``weights`` (B, T) in [0, 1], the track weights
 divided by the jet's largest (0 at padding), ``vertex`` (B, 3) [mm, relative to the primary
 vertex], ``vertex_cov`` (B, 3, 3) [mm^2], ``fit_ok`` (B,) bool (finite vertex, at least two
-tracks, within ``max_displacement``), ``fit_converged`` (B,) bool.
+tracks, within ``max_displacement``), ``fit_converged`` (B,) bool, ``fit_chi2`` (B,),
+``fit_ndf`` (B,) and ``track_chi2`` (B, T) (the fit's; 0, 1 and 0 where not ``fit_ok``).
 """
 
 from __future__ import annotations
@@ -11,12 +12,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..data.schema import ORIGIN
 from .config import ModelConfig
 from .features import FEATURE_NAMES, FeatureModel, select_tracks
 from .layers import mlp, track_encoder
 from .losses import vertex_mae
 
-__all__ = ["NDIVE", "finite_grad"]
+__all__ = ["NDIVE", "SECONDARY_ORIGINS", "finite_grad"]
+
+#: Origins of displaced tracks (``weights: secondary``): b, b->c, c, tau decays and other
+#: secondaries (docs/labels.md), whatever the jet's flavour.
+SECONDARY_ORIGINS = tuple(ORIGIN[k] for k in ("FromB", "FromBC", "FromC", "FromTau",
+                                              "OtherSecondary"))
 
 
 class NDIVE(FeatureModel):
@@ -47,8 +54,14 @@ class NDIVE(FeatureModel):
         """
         valid = batch["valid"]
         if self.cfg.weights != "predicted":
-            w = batch["truth_weight"] if self.cfg.weights == "truth" else \
-                torch.ones_like(batch["truth_weight"])
+            if self.cfg.weights == "truth":
+                w = batch["truth_weight"]
+            elif self.cfg.weights == "secondary":
+                w = torch.isin(batch["origin"], torch.as_tensor(
+                    SECONDARY_ORIGINS, device=batch["origin"].device)).to(
+                        batch["truth_weight"].dtype)
+            else:
+                w = torch.ones_like(batch["truth_weight"])
             w = w * valid.to(w.dtype)
             return w, w
         f = self.features(batch["params"], batch["cov"], batch["jet"])
@@ -81,7 +94,11 @@ class NDIVE(FeatureModel):
         # reported weights: the fit's (jet maximum 1); raw sigmoids can underflow to 0 once
         # the scale has drifted, and every use (selection w > 0.5 max) is scale invariant
         return {"weights": w_fit.to(w.dtype), "vertex": vertex, "vertex_cov": vcov,
-                "fit_ok": ok, "fit_converged": res.converged & ok}
+                "fit_ok": ok, "fit_converged": res.converged & ok,
+                "fit_chi2": torch.where(ok, res.chi2, torch.zeros_like(res.chi2)),
+                "fit_ndf": torch.where(ok, res.ndf, torch.ones_like(res.ndf)),
+                "track_chi2": torch.where(ok[:, None], res.track_chi2,
+                                          torch.zeros_like(res.track_chi2))}
 
     def loss_terms(self, out, batch):
         """``{"ndive": (sum of per-jet MAE, number of jets, 1)}`` over b/c jets with fit_ok."""

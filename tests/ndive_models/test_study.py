@@ -1,0 +1,274 @@
+"""The resumable study runner (``ndive paper``): data as shards, skip / resume, the
+committed per-training results, the uncertainty combination of the report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from ndive_models import _metrics, cli, paper
+
+# the session sample of conftest.py (its seed and size: the shard spec that reuses it)
+N_JETS, SEED = 2000, 20231019
+
+
+# --------------------------------------------------------------------------------------------
+# uncertainties
+# --------------------------------------------------------------------------------------------
+def test_ratio_seed_term_is_the_propagated_standard_errors():
+    r = _metrics.ratio_uncertainty([1.0, 3.0], [2.0, 2.0])
+    # ratio 1; sd(num) = sqrt(2), standard error sqrt(2)/sqrt(2) = 1 on a mean of 2
+    assert r["ratio"] == pytest.approx(1.0)
+    assert r["seed"] == pytest.approx(0.5)
+    assert np.isnan(r["stat"]) and r["per_seed"] == [0.5, 1.5]
+    one = _metrics.ratio_uncertainty([2.0], [1.0, 1.2])
+    assert np.isnan(one["seed"]) and np.isnan(one["total"])
+
+
+def test_ratio_stat_term_keeps_the_correlation_of_the_shared_test_set():
+    rng = np.random.default_rng(0)
+    eps = rng.normal(0, 0.1, 500)
+    den_b = np.tile(100 * (1 + eps), (3, 1))
+    # fully correlated with the baseline on every replicate: no statistical error of the ratio
+    same = _metrics.ratio_uncertainty([150.0] * 3, [100.0] * 3, 1.5 * den_b, den_b)
+    assert same["stat"] == pytest.approx(0.0, abs=1e-12) and same["seed"] == 0.0
+    # independent fluctuations: the relative errors add
+    other = np.tile(150 * (1 + rng.normal(0, 0.1, 500)), (3, 1))
+    ind = _metrics.ratio_uncertainty([150.0] * 3, [100.0] * 3, other, den_b)
+    assert ind["stat"] == pytest.approx(1.5 * np.hypot(0.1, 0.1), rel=0.15)
+    # total: seed and stat in quadrature
+    mixed = _metrics.ratio_uncertainty([140.0, 150.0, 160.0], [100.0] * 3, other, den_b)
+    assert mixed["total"] == pytest.approx(np.hypot(mixed["seed"], mixed["stat"]))
+    assert mixed["seed"] == pytest.approx(1.5 * 10 / np.sqrt(3) / 150)
+
+
+def test_seed_mean_uncertainty():
+    boot = np.array([[1.0, 2.0, 3.0], [3.0, 4.0, 5.0]])
+    u = _metrics.seed_mean_uncertainty([2.0, 4.0], boot)
+    assert u["mean"] == 3.0 and u["seed_sd"] == pytest.approx(np.sqrt(2))
+    assert u["seed"] == pytest.approx(1.0)
+    assert u["stat"] == pytest.approx(np.std([2.0, 3.0, 4.0], ddof=1))
+    assert u["total"] == pytest.approx(np.hypot(1.0, 1.0))
+
+
+def test_bootstrap_replicates_are_common_and_are_resamples():
+    from ndive_models._metrics import roc_curve
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 3, 3000)
+    disc = rng.normal(labels == 0, 1.0)
+    a = paper.bootstrap_rejections(disc, labels, (0.7,), n_boot=5)
+    b = paper.bootstrap_rejections(disc + 0.0, labels, (0.7,), n_boot=5)
+    np.testing.assert_array_equal(a["light"], b["light"])
+    idx = np.random.default_rng(paper.BOOTSTRAP_SEED).integers(0, 3000, 3000)
+    np.testing.assert_allclose(a["light"][0], roc_curve(disc[idx], labels[idx], (0.7,)))
+    assert np.std(a["light"][:, 0]) > 0
+
+
+# --------------------------------------------------------------------------------------------
+# the shipped study
+# --------------------------------------------------------------------------------------------
+def test_shipped_study_describes_the_shards_and_runs(tmp_path):
+    from ndive_models.generate import GenerationConfig
+
+    study = paper.load_study("paper/study", {"data.dir": str(tmp_path)})
+    tr = paper.shards(study, "clean", "train")
+    te = paper.shards(study, "clean", "test")
+    assert [p.name for p, _ in tr] == [f"shard_s{s}.h5" for s in range(1001, 1018)]
+    assert [p.name for p, _ in te] == [f"shard_s{s}.h5" for s in range(2001, 2007)]
+    assert tr[0][0].parent == tmp_path / "clean"
+    # `ndive generate --jets 20000 --seed 1001 --workers 1 --balance`
+    assert paper.generation_config(tr[0][1]) == GenerationConfig(
+        n_jets=20000, seed=1001, workers=1, balance=True)
+    assert paper.shards(study, "realistic", "test")[0][1]["preset"] == "run3"
+    ts = paper.study_trainings(study, only_conditions=["clean"])
+    runs = [t.run for t in ts]
+    assert runs[:10] == ["baseline"] * 5 + ["ftag_ndive"] * 5  # baseline seeds first
+    by = {t.name: t.cfg for t in ts}
+    assert by["ftag_ndive_truth_s1"].model.weights == "truth"
+    assert by["ftag_ndive_secondary_s1"].model.weights == "secondary"
+    assert by["ftag_ndive_fitinfo_s1"].model.fit_features
+    assert by["baseline_s3"].epochs == 30 and by["baseline_s3"].seed == 3
+    assert len(by["baseline_s1"].train) == 17
+
+
+def test_unavailable_preset_is_one_clear_error():
+    with pytest.raises(paper.PresetUnavailable, match="no_such_preset"):
+        paper.generation_config({"n_jets": 10, "preset": "no_such_preset"})
+
+
+# --------------------------------------------------------------------------------------------
+# data and trainings on the session sample
+# --------------------------------------------------------------------------------------------
+def _study(tmp_path, sample_path, **training):
+    """A study whose one training and one test shard are the session sample (same seed and
+    options, so it is reused, not generated)."""
+    data = tmp_path / "data"
+    (data / "clean").mkdir(parents=True)
+    shutil.copy(sample_path, data / "clean" / f"shard_s{SEED}.h5")
+    shard = {"shards": {"first": SEED, "count": 1, "jets": N_JETS}}
+    text = {
+        "data": {"dir": str(data), "train": shard, "test": shard, "workers": 2,
+                 "generate": {"balance": False}},
+        "conditions": {"clean": {"generate": {}}},
+        "seeds": 1,
+        "training": {"epochs": 1, "patience": 3, "batch_size": 100, "optimizer": "adamw",
+                     "lr": 1e-3, "device": "cpu", "max_jets": 300, "max_val_jets": 100,
+                     "model": {"dim": 8}, **training},
+        "runs": [{"name": "baseline", "config": "baseline"}],
+        "jobs": 1, "threads": 1, "workdir": str(tmp_path / "work"),
+        "report": str(tmp_path / "results"),
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(json.dumps(text))  # JSON is YAML
+    return path
+
+
+def test_load_batch_of_shards_is_the_concatenation(sample_path):
+    from ndive_models.data.loader import load_batch
+
+    one, bz = load_batch(sample_path)
+    two, bz2 = load_batch([sample_path, sample_path], N_JETS - 5, N_JETS + 7)
+    assert bz2 == bz and two["valid"].shape[0] == 12
+    for k in one:
+        np.testing.assert_array_equal(two[k][:5].numpy(), one[k][-5:].numpy())
+        np.testing.assert_array_equal(two[k][5:].numpy(), one[k][:7].numpy())
+
+
+def test_existing_shard_with_other_options_is_refused(tmp_path, sample_path):
+    study = paper.load_study(_study(tmp_path, sample_path), {"data.generate.balance": True})
+    with pytest.raises(ValueError, match="balance is False, the study wants True"):
+        paper.ensure_data(study, "clean")
+
+
+def test_missing_shard_is_generated_once(tmp_path, sample_path, generate_extra):
+    study = paper.load_study(_study(tmp_path, sample_path),
+                             {"data.test.shards": {"first": 7, "count": 1, "jets": 30},
+                              "data.train.shards": {"first": 7, "count": 1, "jets": 30},
+                              "data.workers": 1})
+    paper.ensure_data(study, "clean")
+    path = tmp_path / "data" / "clean" / "shard_s7.h5"
+    from ndive_models.data import read_attrs
+
+    assert read_attrs(path)["n_jets"] == 30 and read_attrs(path)["seed"] == 7
+    mtime = path.stat().st_mtime_ns
+    paper.ensure_data(study, "clean")
+    assert path.stat().st_mtime_ns == mtime
+
+
+def test_study_skips_finished_and_resumes_unfinished(tmp_path, sample_path, capsys):
+    path = _study(tmp_path, sample_path)
+    assert cli.main(["paper", "--study", str(path), "--plan"]) == 0
+    assert "| clean | baseline_s1 | todo | 0 / 1 |" in capsys.readouterr().out
+
+    assert cli.main(["paper", "--study", str(path)]) == 0
+    res = tmp_path / "results" / "clean" / "baseline_s1"
+    m = json.loads((res / "metrics.json").read_text())
+    assert set(m["rejection"]) == {"light", "c"} and len(m["bootstrap"]["light"]["0.70"]) == 200
+    assert json.loads((res / "cpu.json").read_text())["train"]["cpu_s"] > 0
+    from ndive_models.train import load_checkpoint
+
+    model, ck = load_checkpoint(res / "best.pt")  # the committed checkpoint is usable
+    assert "optimizer" not in ck
+    assert "Rejections at fixed b-jet efficiency" in (tmp_path / "results" /
+                                                     "report.md").read_text()
+
+    # a fresh clone: the results are there, the workdir is not -> nothing is retrained
+    shutil.rmtree(tmp_path / "work")
+    capsys.readouterr()
+    assert cli.main(["paper", "--study", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "training clean/baseline_s1" not in out and not (tmp_path / "work").exists()
+    assert "| clean | baseline_s1 | done | 1 / 1 |" in out
+    # a study changed afterwards: the finished training is kept and flagged, not retrained
+    capsys.readouterr()
+    assert cli.main(["paper", "--study", str(path), "--lr", "0.5", "--plan"]) == 0
+    assert "done (with other settings: lr: 0.001 -> 0.5)" in capsys.readouterr().out
+
+    # an unfinished training (a last.pt from 1 of 2 epochs) resumes and keeps epoch 1
+    shutil.rmtree(res)
+    work = tmp_path / "work" / "clean" / "runs" / "baseline_s1"
+    study = paper.load_study(path, {"training.epochs": 2})
+    t = paper.study_trainings(study)[0]
+    from dataclasses import replace
+
+    from ndive_models.train import train
+
+    first = train(replace(t.cfg, epochs=1))
+    assert t.status() == "partial" and len(first["history"]) == 1
+    capsys.readouterr()
+    assert cli.main(["paper", "--study", str(path), "--epochs", "2"]) == 0
+    assert "training clean/baseline_s1 (resumed)" in capsys.readouterr().out
+    hist = json.loads((res / "history.json").read_text())
+    assert [e["epoch"] for e in hist] == [1, 2]
+    assert hist[0]["train_loss"] == first["history"][0]["train_loss"]
+    assert (work / "finished.json").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# the label-leak-free reference and the idea beyond the paper
+# --------------------------------------------------------------------------------------------
+def _model(sample_path, **cfg):
+    from ndive_models.data.loader import load_batch
+    from ndive_models.data.normalisation import feature_stats
+    from ndive_models.models import ModelConfig, build_model
+
+    batch, bz = load_batch(sample_path, 0, 300)
+    return build_model(ModelConfig(**cfg), feature_stats(batch, bz), bz), batch
+
+
+def test_secondary_weights_select_displaced_tracks_of_every_flavour(sample_path):
+    import torch
+
+    model, batch = _model(sample_path, name="ndive", weights="secondary")
+    w, w_fit = model.track_weights(batch)
+    displaced = torch.isin(batch["origin"], torch.tensor([3, 4, 5, 6, 7])) & batch["valid"]
+    assert torch.equal(w.bool(), displaced) and torch.equal(w_fit, w)
+    light = batch["flavour"] == 2
+    # unlike the paper's truth weights, light jets get weights (K0s, Lambda, conversions)
+    assert w[light].sum() > 0 and batch["truth_weight"][light].sum() < w[light].sum()
+    assert torch.equal(w[~light & (batch["origin"] < 6).all(1)],
+                       batch["truth_weight"][~light & (batch["origin"] < 6).all(1)])
+
+
+def test_fit_features_reach_the_tagger(sample_path, monkeypatch):
+    import torch
+
+    from ndive_models.models.ftag_ndive import N_FIT_FEATURES, fit_features
+
+    torch.manual_seed(0)
+    model, batch = _model(sample_path, name="ftag_ndive", fit_features=True, dim=8)
+    out = model(batch)
+    f = fit_features(out)
+    assert f.shape == batch["valid"].shape + (N_FIT_FEATURES,) and torch.isfinite(f).all()
+    ok = out["fit_ok"]
+    assert torch.allclose(f[..., 0][ok], torch.log1p(out["track_chi2"][ok]).to(f.dtype))
+    assert (f[~ok][..., 1:4] == 0).all()  # vertex errors withheld where the fit failed
+    loss = sum(w * s / n.clamp_min(1) for s, n, w in model.loss_terms(out, batch).values())
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    # the extra columns are read: zeroing them changes the tagger's output
+    from ndive_models.models import ftag_ndive
+
+    monkeypatch.setattr(ftag_ndive, "fit_features", lambda nd: torch.zeros_like(f))
+    with torch.no_grad():
+        assert not torch.allclose(model(batch)["flavour_logits"], out["flavour_logits"])
+
+
+def test_a_training_another_runner_holds_is_left_alone(tmp_path, sample_path, capsys):
+    path = _study(tmp_path, sample_path)
+    t = paper.study_trainings(paper.load_study(path))[0]
+    held = paper._lock(t)
+    try:
+        assert cli.main(["paper", "--study", str(path), "--plan"]) == 0
+        assert "| clean | baseline_s1 | todo, running |" in capsys.readouterr().out
+        assert cli.main(["paper", "--study", str(path)]) == 0
+        assert "clean/baseline_s1: another runner is on it" in capsys.readouterr().out
+        assert t.status() == "todo" and not (t.out / "train.log").exists()
+    finally:
+        held.close()
+    assert not paper._running(t)
