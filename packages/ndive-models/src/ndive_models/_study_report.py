@@ -199,7 +199,7 @@ def _condition(study, trainings, cond, report: Path, paper: dict) -> list[str]:
               "|---|---|---|---|---|---|"]
         for run, ms in fitted.items():
             ts = [m["track_selection"] for _, m in ms]
-            f = lambda fl, q: np.mean([x[fl][q] for x in ts])  # noqa: E731
+            f = lambda fl, q: np.mean([x[fl][q] for x in ts])
             ok = [np.mean([m["fit_ok_fraction"][fl] for _, m in ms])
                   for fl in ("b", "c", "light")]
             L.append(f"| {DISPLAY.get(run, run)} | {f('b', 'efficiency'):.3f} | "

@@ -42,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._metrics import ratio_uncertainty, seed_mean_uncertainty
+from ._metrics import ratio_uncertainty
 
 __all__ = ["PAPER", "StudyError", "Training", "load_study", "main", "plan",
            "ratio_uncertainty", "run_study", "study_runs", "study_trainings", "write_report"]
@@ -581,7 +581,7 @@ def training_metrics(pred: dict, batch: dict, f_c: float = 0.05,
 
     wps = tuple(wps or _metrics.WORKING_POINTS)
     labels = batch["flavour"].numpy()
-    m = {"n_test_jets": int(len(labels)),
+    m = {"n_test_jets": len(labels),
          "n_per_flavour": {n: int((labels == i).sum()) for i, n in
                            enumerate(("b", "c", "light"))},
          "f_c": f_c, "working_points": list(wps)}

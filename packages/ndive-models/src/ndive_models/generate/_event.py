@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from vertexfit import extrapolate
+from vertexfit import extrapolate, wrap_phi
 
 from ..data.schema import JET_DTYPE, ORIGIN, TRACK_DTYPE, set_track_cov
 from . import _detector, _tracker, _truth, _vertexing
@@ -103,7 +103,7 @@ def _nearest(a_event, a_eta, a_phi, jets, max_dr):
     out = np.full(len(a_event), -1, dtype=np.int64)
     if len(a_idx) == 0:
         return out
-    dphi = _tracker.wrap_phi(a_phi[a_idx] - jets["phi"][j_idx])
+    dphi = wrap_phi(a_phi[a_idx] - jets["phi"][j_idx])
     dr2 = (a_eta[a_idx] - jets["eta"][j_idx]) ** 2 + dphi**2
     order = np.lexsort((dr2, a_idx))
     first = np.r_[True, a_idx[order][1:] != a_idx[order][:-1]]
@@ -360,7 +360,7 @@ def process_batch(
         cov = _detector.covariance(pt, eta, r_prod if det.radial_tracking else 0.0 * pt, bz,
                                    correlated=det.correlated)  # fmt: skip
         meas = _detector.smear(truth, cov, rng)
-        meas[:, 2] = _tracker.wrap_phi(meas[:, 2])
+        meas[:, 2] = wrap_phi(meas[:, 2])
     else:
         meas, cov = _tracker.measure(truth, pt, eta, rng, bz)
     m_pt = _tracker.pt_from_rho(meas[:, 4], bz)
@@ -432,7 +432,7 @@ def process_batch(
     t["pt"] = m_pt[a]
     t["eta"] = m_eta[a]
     t["deta"] = m_eta[a] - jets["eta"][ja]
-    dphi = _tracker.wrap_phi(meas[a, 2] - jets["phi"][ja])
+    dphi = wrap_phi(meas[a, 2] - jets["phi"][ja])
     t["dphi"] = dphi
     sd0 = np.sqrt(cov[a, 0, 0])
     sz0 = np.sqrt(cov[a, 1, 1])

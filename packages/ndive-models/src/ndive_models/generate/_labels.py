@@ -16,8 +16,9 @@ Definitions (``docs/generation.md``):
 from __future__ import annotations
 
 import numpy as np
+from vertexfit import wrap_phi
 
-from . import _tracker, _truth
+from . import _truth
 
 #: Partons considered for PartonTruthLabelID.
 _PARTON_IDS = (1, 2, 3, 4, 5, 21)
@@ -43,7 +44,7 @@ def _parton_label(parts, jets, geo) -> np.ndarray:
     p_idx, j_idx = geo.pairs(parts.event[cand], jets["start"], jets["count"])
     if len(p_idx) == 0:
         return label
-    dphi = _tracker.wrap_phi(phi[p_idx] - jets["phi"][j_idx])
+    dphi = wrap_phi(phi[p_idx] - jets["phi"][j_idx])
     near = (eta[p_idx] - jets["eta"][j_idx]) ** 2 + dphi**2 < PARTON_DR**2
     p_idx, j_idx = p_idx[near], j_idx[near]
     energy = parts.p[cand[p_idx], 3]

@@ -9,7 +9,14 @@ All math in float64.
 from __future__ import annotations
 
 import numpy as np
-from vertexfit import DEFAULT_BZ, K_GEV_PER_T_MM, covariance_from_sigmas, curvature, perigee
+from vertexfit import (
+    DEFAULT_BZ,
+    K_GEV_PER_T_MM,
+    covariance_from_sigmas,
+    curvature,
+    perigee,
+    wrap_phi,
+)
 
 # The one copy of the Delphes ATLAS resolution tables (shared with vertexfit.toy).
 from vertexfit.resolution import sigmas as resolution_sigmas
@@ -29,10 +36,6 @@ def efficiency(pt: np.ndarray, eta: np.ndarray) -> np.ndarray:
     return np.where(pt > 1.0, high, low)
 
 
-def wrap_phi(phi: np.ndarray) -> np.ndarray:
-    """Wrap angles to (-pi, pi]."""
-    out = np.mod(phi + np.pi, 2.0 * np.pi) - np.pi
-    return np.where(out == -np.pi, np.pi, out)
 
 
 def true_perigee(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
+import vertexfit
 from torch import nn
 
 from .layers import Normaliser
@@ -28,10 +29,6 @@ FEATURE_NAMES = (
 MUON_FEATURE_NAMES = ("log_muon_pt_over_5GeV", "muon_pt_over_track_pt")
 #: ``|leptonID|`` of a soft muon.
 _MUON_PDGID = 13
-
-
-def _wrap(x):
-    return torch.remainder(x + math.pi, 2 * math.pi) - math.pi
 
 
 def track_features(params, cov, jet, bz: float):
@@ -58,7 +55,7 @@ def track_features(params, cov, jet, bz: float):
     cols = [
         d0,
         z0,
-        _wrap(phi - jphi),
+        vertexfit.wrap_phi(phi - jphi),
         eta - jeta,
         math.log(K_GEV_PER_T_MM * bz) - torch.log(abs_rho),
         -torch.sign(rho),

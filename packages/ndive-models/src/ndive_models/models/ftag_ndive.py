@@ -17,7 +17,7 @@ from .layers import backbone
 from .losses import gn2_loss_terms, vertex_mae
 from .ndive import NDIVE, finite_grad
 
-__all__ = ["FtagNdive", "N_FIT_FEATURES", "fit_features"]
+__all__ = ["N_FIT_FEATURES", "FtagNdive", "fit_features"]
 
 #: Columns of :func:`fit_features`.
 N_FIT_FEATURES = 6
