@@ -267,7 +267,7 @@ _N_ITER_0 = pytest.mark.xfail(strict=True, reason="issue 14.2: n_iter=0 reports 
 def test_converged_only_where_the_fit_converged(backend, dtype, n):
     @_settings(n)
     # (JAX: n_iter 10 only, each value is another compilation; n_iter=0 under jit is a unit
-    # test in test_reliability.py)
+    # test in test_reliability_fit.py)
     @given(case=batch(), n_iter=st.sampled_from([10] if backend == "jax" else [0, 1, 3, 10]))
     @example(case=_tiny_weights() | {"weights": np.ones((B, T))},
              n_iter=10 if backend == "jax" else 0)
