@@ -65,7 +65,7 @@ class TrainConfig:
         model: :class:`ModelConfig`.
     """
 
-    train: str = ""
+    train: str | list = ""
     val: str | None = None
     val_fraction: float = 0.1
     split_seed: int = 0

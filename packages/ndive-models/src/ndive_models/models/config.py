@@ -179,7 +179,8 @@ class ModelConfig:
         """Names of the flavour outputs, in order."""
         return CLASS_SETS[self.classes]
 
-_SIMPLE = {"int": int, "float": float, "str": str, "bool": bool, "None": type(None)}
+_SIMPLE = {"int": int, "float": float, "str": str, "bool": bool, "None": type(None),
+           "list": list}
 
 
 def check_types(cls, d: dict, prefix: str = "") -> dict:
