@@ -57,8 +57,12 @@ class JetWriter:
         self.tmp.parent.mkdir(parents=True, exist_ok=True)
         self._file = None
         self._lock = None
-        self._lock = _lock_partial(self.tmp)  # nothing to clean up if this fails: not ours
         try:  # an interruption (Ctrl-C, SIGTERM) while setting up leaves no file either
+            # creating and locking the file is one step for a signal (delivered after it,
+            # here, so abort() deletes the file); a FileBusyError leaves _lock None: the
+            # file is another process's and abort() does not touch it
+            with signals_deferred():
+                self._lock = _lock_partial(self.tmp)
             # HDF5's own lock is off: it would be a second lock on the file we hold locked
             self._file = h5py.File(self.tmp, "w", track_order=True, locking=False)
             for key, value in {**schema.CONVENTIONS, **(attrs or {})}.items():
