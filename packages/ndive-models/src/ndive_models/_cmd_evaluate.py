@@ -26,12 +26,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-jets", type=int, default=None, help="use the first N test jets")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--no-plots", action="store_true", help="metrics and predictions only")
+    p.add_argument("--threads", type=int, default=None,
+                   help="PyTorch intra-op threads (default 1; 0: PyTorch's choice)")
 
 
 def run(args) -> int:
+    from ._runtime import set_threads
     from .evaluate import evaluate
 
     try:
+        set_threads(args.threads)
         m = evaluate(args.checkpoints, args.test, args.out, f_c=args.fc,
                      reference=args.reference, max_jets=args.max_jets, device=args.device,
                      plots=not args.no_plots)

@@ -156,7 +156,8 @@ def _train_one(name, cfg, threads: int, workdir: Path) -> dict:
     config.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(config, lambda tmp: tmp.write_text(yaml.safe_dump(cfg.to_dict(),
                                                                    sort_keys=False)))
-    cmd = [sys.executable, "-m", "ndive_models.train", "--config", str(config)]
+    cmd = [sys.executable, "-m", "ndive_models.train", "--config", str(config),
+           "--threads", str(threads)]
     if (out / "last.pt").exists():
         cmd.append("--resume")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
