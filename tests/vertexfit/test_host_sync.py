@@ -46,7 +46,7 @@ def test_implicit_backward_has_no_host_sync(count_host_syncs):
     from vertexfit._implicit import core_vjp
 
     xp, args = _core_args()
-    tracks, cov, weights, seed, cpos, ccov = args
+    tracks, cov, weights, _, cpos, ccov = args
     out = _fit._core(xp, *args, n_iter=10, model="helix")
     cot = (torch.ones_like(out[0]), torch.ones_like(out[1]), None, torch.ones_like(out[3]),
            None)
