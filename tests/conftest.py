@@ -15,6 +15,10 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# the compiled PyTorch fit (fit(compile=True), model.fit_compile, on by default) runs eagerly
+# in the tests, subprocesses included: compiling costs minutes of CPU per process on a cold
+# cache; tests/vertexfit/test_compile.py switches it on and checks it against eager
+os.environ.setdefault("VERTEXFIT_COMPILE", "0")
 
 if importlib.util.find_spec("jax") is not None:
     import jax

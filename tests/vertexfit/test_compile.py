@@ -22,6 +22,11 @@ from vertexfit import _speed  # noqa: E402
 RTOL = 1e-12
 
 
+@pytest.fixture(autouse=True)
+def _compile_on(monkeypatch):
+    monkeypatch.setenv("VERTEXFIT_COMPILE", "1")  # tests/conftest.py switches it off
+
+
 def _jets(n, seed, dtype=torch.float64):
     toy = vertexfit.toy.generate(n, 12, seed=seed, variable=True, min_tracks=3)
     rng = np.random.default_rng(seed)
@@ -124,6 +129,17 @@ def test_failed_compilation_warns_once_and_runs_eagerly(monkeypatch):
         vertexfit.fit(t, c, w, mask=m, compile=True)
     ref = vertexfit.fit(t, c, w, mask=m)
     assert torch.equal(ref.vertex, fast.vertex)
+
+
+def test_compile_switched_off_by_the_environment(monkeypatch):
+    t, c, w, m = _jets(6, seed=10)
+    monkeypatch.setenv("VERTEXFIT_COMPILE", "0")
+    monkeypatch.setattr(_speed, "_UNITS", {})
+    monkeypatch.setattr(_speed, "_SECONDS", {})
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: lambda *a: pytest.fail("compiled"))
+    ref = vertexfit.fit(t, c, w, mask=m)
+    assert torch.equal(ref.vertex, vertexfit.fit(t, c, w, mask=m, compile=True).vertex)
+    assert vertexfit.compile_status()["seconds"] == {}
 
 
 def test_compile_must_be_a_bool():

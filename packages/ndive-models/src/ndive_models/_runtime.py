@@ -34,7 +34,7 @@ def quiet_compile_warnings() -> None:
     warnings.filterwarnings("ignore", message="vertexfit: torch.compile", category=RuntimeWarning)
 
 
-def compile_report(prefix: str, seconds: float | None = None, file=sys.stderr) -> str | None:
+def compile_report(prefix: str, seconds: float | None = None, file=None) -> str | None:
     """One line on the compiled vertex fit after the first step: compiled (how long the
     first step took: compilation or the load from the disk cache) or failed (the run
     continues eagerly). ``None`` (nothing printed) if nothing was compiled or tried."""
@@ -50,5 +50,5 @@ def compile_report(prefix: str, seconds: float | None = None, file=sys.stderr) -
                 f"cached on disk for later runs)")
     else:
         return None
-    print(line, file=file, flush=True)
+    print(line, file=file or sys.stderr, flush=True)
     return line

@@ -296,8 +296,10 @@ def compiled(unit: str, fn):
     ``unit``: dynamic shapes, ``fullgraph``. The first ``fn`` given for a name is the one
     compiled (a unit name stands for one function). It runs eagerly instead (same
     arithmetic) while autograd records (double backward), inside ``torch.func``
-    transforms, while ``torch.compile`` or ``torch.jit.trace`` trace the caller, and after
-    its compilation failed (one ``RuntimeWarning``, then eager for the process).
+    transforms, while ``torch.compile`` or ``torch.jit.trace`` trace the caller, when the
+    environment sets ``VERTEXFIT_COMPILE=0`` (a switch for debugging; the test suite sets
+    it except where it tests compilation), and after its compilation failed (one
+    ``RuntimeWarning``, then eager for the process).
     """
     with _COMPILE_LOCK:
         if unit not in _UNITS:
@@ -334,6 +336,8 @@ def _compile_unit(unit, eager):
 def _can_run_compiled() -> bool:
     import torch
 
+    if os.environ.get("VERTEXFIT_COMPILE", "1") == "0":  # switched off (debugging, tests)
+        return False
     return not (torch.is_grad_enabled() or torch._C._are_functorch_transforms_active()
                 or torch.compiler.is_compiling() or torch.jit.is_tracing())
 
