@@ -121,10 +121,9 @@ def fit(tracks, cov, weights=None, *, mask=None, seed=None, n_iter=10, model="he
 
     Raises:
         ValueError: for an unknown ``adjoint`` or ``model``, a ``compile`` that is not a
-            bool, and on eager backends (NumPy,
-            PyTorch, JAX outside ``jit``) for wrong shapes, NaN/inf in unmasked inputs, a
-            covariance that is not symmetric positive definite, theta outside (0, pi) or
-            negative weights; the message names the argument, the problem and the first
+            bool, and on eager backends (NumPy, PyTorch, JAX outside ``jit``) for wrong
+            shapes, NaN/inf in unmasked inputs, a covariance that is not symmetric positive
+            definite, theta outside (0, pi) or negative weights; the message names the argument, the problem and the first
             offending batch index. Under ``jax.jit`` or ``torch.func.vmap`` values cannot be
             checked: the offending jets are computed on harmless placeholder values and
             flagged ``converged=False`` (never NaN).
@@ -229,7 +228,7 @@ def _core(xp, tracks, cov, weights, seed, cpos, ccov, *, n_iter, model, compiled
 
     # n_iter + 1 steps; the last one only linearises at the solution (the vertex covariance
     # and chi2; its update is dropped): one step function is the whole iteration, one
-    # compiled unit for torch.compile and one copy of the linearisation in an XLA program
+    # compiled unit for torch.compile (and one copy of the linearisation in an XLA program)
     def body(_, carry):
         state, _ = carry
         nxt, at_state = step(prob, state)
