@@ -123,10 +123,10 @@ def fit(tracks, cov, weights=None, *, mask=None, seed=None, n_iter=10, model="he
         ValueError: for an unknown ``adjoint`` or ``model``, a ``compile`` that is not a
             bool, and on eager backends (NumPy, PyTorch, JAX outside ``jit``) for wrong
             shapes, NaN/inf in unmasked inputs, a covariance that is not symmetric positive
-            definite, theta outside (0, pi) or negative weights; the message names the argument, the problem and the first
-            offending batch index. Under ``jax.jit`` or ``torch.func.vmap`` values cannot be
-            checked: the offending jets are computed on harmless placeholder values and
-            flagged ``converged=False`` (never NaN).
+            definite, theta outside (0, pi) or negative weights; the message names the
+            argument, the problem and the first offending batch index. Under ``jax.jit`` or
+            ``torch.func.vmap`` values cannot be checked: the offending jets are computed on
+            harmless placeholder values and flagged ``converged=False`` (never NaN).
     """
     _adjoint.check(adjoint)
     if not isinstance(compile, bool):
