@@ -318,7 +318,11 @@ def _compile_unit(unit, eager):
         first = unit not in _SECONDS
         t0 = time.perf_counter()
         try:
-            out = fast(*args)
+            with warnings.catch_warnings():
+                # tracing array_api_compat's namespace checks: cached pure functions
+                warnings.filterwarnings("ignore", message="Dynamo detected a call to a "
+                                        "`functools.lru_cache`", category=UserWarning)
+                out = fast(*args)
         except Exception as err:  # any compiler failure: this unit runs eagerly from now on
             with _COMPILE_LOCK:
                 _FAILED[unit] = err
