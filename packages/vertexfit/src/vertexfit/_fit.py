@@ -341,7 +341,10 @@ def _step(xp, model, prob, state):
     keep = _not_worse(xp, s_here, state.base_s)
     du = sym_matvec(Minv, rhs, 3)
     dp = [xp.where(tok, d, 0.0) for d in back_substitute(Wbp, E, du)]
-    alpha = xp.where(keep, xp.minimum(2.0 * state.alpha, 1.0), _SHRINK * state.alpha)
+    # min(2 alpha, 1) as a select: xp.minimum with a Python scalar asks for a result type,
+    # which torch.compile cannot trace in one graph
+    grown = 2.0 * state.alpha
+    alpha = xp.where(keep, xp.where(grown < 1.0, grown, 1.0), _SHRINK * state.alpha)
     f = xp.where(keep, alpha, _SHRINK)
     su = [xp.where(keep, du[a], state.su[a]) * f for a in range(3)]
     sp = [xp.where(keep, dp[i], state.sp[i]) * f for i in range(3)]
