@@ -2,13 +2,16 @@
 
 Usage: python benchmarks/bench_fit.py [OUT.json] [--quick] [--jets 1000 10000 100000]
        [--tracks 15] [--n-iter 10] [--backends numpy jax torch] [--dtype float64]
+       [--compile-jets 100 1000 10000]
 
 Toy vertices from ``vertexfit.toy.generate`` (15 tracks per jet, 10 iterations, float64 by
 default). Each case is timed as the best of several repeats after a warm-up call (JAX: the
 compile time is reported separately). Machines are shared and noisy: the headline numbers
 are the ratios within one run (speed-up over SciPy, JAX/NumPy, PyTorch/NumPy). Goals on the
 2-core machines (issue 2): JAX >= 100,000 jets/s, NumPy >= 20,000, PyTorch within 2x of
-NumPy, >= 300x the SciPy reference.
+NumPy, >= 300x the SciPy reference. With PyTorch, eager vs compiled
+(``fit(compile=True)``) rows, forward and forward+backward, one thread, interleaved; goal
+(issue 12): compiled forward+backward >= 20,000 jets/s at batch 100.
 """
 
 from __future__ import annotations
@@ -113,8 +116,64 @@ def bench_reference(n_jets, n_tracks, seed=1):
     }
 
 
+def bench_torch_compile(jet_counts, n_tracks, n_iter, dtype, seed=1, repeats=5):
+    """Rows of eager vs compiled (``fit(..., compile=True)``) PyTorch, forward and
+    forward+backward, one intra-op thread, timed interleaved (eager, compiled, eager, ...)
+    so that both see the same machine load; best of ``repeats`` each.
+
+    The first compiled call compiles (or loads Inductor's disk cache): its time is the
+    ``first_call_s`` of the first compiled row.
+    """
+    import torch
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows = []
+    try:
+        for n in jet_counts:
+            toy = vertexfit.toy.generate(n, n_tracks, seed=seed, variable=True, min_tracks=2)
+            t, c, m = (to_backend("torch", a, dtype) for a in (toy.tracks, toy.cov, toy.mask))
+            w = torch.rand(t.shape[:2], dtype=t.dtype, generator=torch.Generator().manual_seed(0))
+            w = 0.1 + 0.9 * w
+
+            def fwd(compile, t=t, c=c, w=w, m=m):
+                return vertexfit.fit(t, c, w, mask=m, n_iter=n_iter, compile=compile)
+
+            def fwd_bwd(compile, t=t, c=c, w=w, m=m):
+                ws = w.clone().requires_grad_(True)
+                res = vertexfit.fit(t, c, ws, mask=m, n_iter=n_iter, compile=compile)
+                (res.vertex.sum() + res.vertex_cov.sum()).backward()
+                return res
+
+            for mode, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
+                first = {}
+                for compile in (False, True):
+                    t0 = time.perf_counter()
+                    out = fn(compile)
+                    first[compile] = time.perf_counter() - t0
+                times = {False: [], True: []}
+                reps = repeats if n <= 1000 else max(2, repeats // 2)
+                for _ in range(reps):
+                    for compile in (False, True):
+                        t0 = time.perf_counter()
+                        fn(compile)
+                        times[compile].append(time.perf_counter() - t0)
+                for compile in (False, True):
+                    best = min(times[compile])
+                    rows.append({
+                        "backend": "torch-compiled" if compile else "torch",
+                        "mode": mode, "dtype": np.dtype(dtype).name, "n_jets": n,
+                        "n_tracks": n_tracks, "n_iter": n_iter, "seconds": best,
+                        "jets_per_s": n / best, "first_call_s": first[compile],
+                        "converged_fraction": float(out.converged.double().mean()),
+                        "threads": 1})
+    finally:
+        torch.set_num_threads(old_threads)
+    return rows
+
+
 def run(quick: bool = False, *, jets=None, n_tracks=15, n_iter=10, backends=None,
-        dtype="float64", reference_jets=None) -> dict:
+        dtype="float64", reference_jets=None, compile_jets=None) -> dict:
     """Measure; returns ``{"title", "rows", "notes", "ratios"}`` (see the module docstring)."""
     jets = jets or ([1000, 10_000] if quick else [1000, 10_000, 100_000])
     backends = backends or ["numpy", "numpy-1thread", "jax", "torch"]
@@ -128,6 +187,10 @@ def run(quick: bool = False, *, jets=None, n_tracks=15, n_iter=10, backends=None
             continue
         for n in jets:
             rows.append(bench_backend(name, n, n_tracks, n_iter, dtype))
+    compiled = []
+    if "torch" in backends and _has_torch():
+        compile_jets = compile_jets or ([100, 1000] if quick else [100, 1000, 10_000])
+        compiled = bench_torch_compile(compile_jets, n_tracks, n_iter, dtype)
     ref = bench_reference(reference_jets, n_tracks)
     rows.append(ref)
     best = {}
@@ -138,16 +201,33 @@ def run(quick: bool = False, *, jets=None, n_tracks=15, n_iter=10, backends=None
     if "numpy" in best:
         ratios.update({f"{b}/numpy": v / best["numpy"] for b, v in best.items()
                        if b not in ("numpy", "numpy-1thread", "scipy-reference")})
+    by = {(r["backend"], r["mode"], r["n_jets"]): r["jets_per_s"] for r in compiled}
+    for (b, mode, n), v in by.items():
+        if b == "torch-compiled":
+            ratios[f"torch-compiled/torch {mode} @{n} (1 thread)"] = v / by[("torch", mode, n)]
     notes.append("best-of-repeats wall time of a warm call; JAX compile time is in "
                  "first_call_s; ratios use each backend's best jets/s in this run")
-    return {"title": TITLE, "rows": rows, "notes": notes, "ratios": ratios}
+    if compiled:
+        notes.append("torch vs torch-compiled rows: one intra-op thread, eager and compiled "
+                     "calls interleaved; the first compiled call compiles or loads "
+                     "Inductor's disk cache (first_call_s)")
+    return {"title": TITLE, "rows": rows + compiled, "notes": notes, "ratios": ratios}
+
+
+def _has_torch():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def format_table(result) -> str:
-    lines = [f"{'backend':16s} {'dtype':8s} {'jets':>7s} {'jets/s':>10s} {'first call s':>12s} "
-             f"{'converged':>9s}"]
+    lines = [f"{'backend':16s} {'mode':8s} {'dtype':8s} {'jets':>7s} {'jets/s':>10s} "
+             f"{'first call s':>12s} {'converged':>9s}"]
     for r in result["rows"]:
-        lines.append(f"{r['backend']:16s} {r['dtype']:8s} {r['n_jets']:7d} "
+        lines.append(f"{r['backend']:16s} {r.get('mode', 'fwd'):8s} {r['dtype']:8s} "
+                     f"{r['n_jets']:7d} "
                      f"{r['jets_per_s']:10.0f} {r['first_call_s']:12.2f} "
                      f"{r['converged_fraction']:9.3f}")
     for k, v in result["ratios"].items():
@@ -165,9 +245,12 @@ def main(argv=None) -> int:
     p.add_argument("--backends", nargs="+",
                    help="numpy, numpy-1thread, jax, torch (default: all)")
     p.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    p.add_argument("--compile-jets", type=int, nargs="+",
+                   help="batch sizes of the eager vs compiled PyTorch rows (default 100 1000 "
+                        "10000; --quick: 100 1000)")
     args = p.parse_args(argv)
     res = run(args.quick, jets=args.jets, n_tracks=args.tracks, n_iter=args.n_iter,
-              backends=args.backends, dtype=args.dtype)
+              backends=args.backends, dtype=args.dtype, compile_jets=args.compile_jets)
     return emit(res, format_table(res), args.out)
 
 

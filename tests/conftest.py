@@ -15,6 +15,10 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# the compiled PyTorch fit (fit(compile=True), model.fit_compile, on by default) runs eagerly
+# in the tests, subprocesses included: compiling costs minutes of CPU per process on a cold
+# cache; tests/vertexfit/test_compile.py switches it on and checks it against eager
+os.environ.setdefault("VERTEXFIT_COMPILE", "0")
 
 if importlib.util.find_spec("jax") is not None:
     import jax
@@ -128,3 +132,25 @@ def backend32(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(20231012)
+
+
+@pytest.fixture
+def count_host_syncs():
+    """A context manager counting host synchronisations of PyTorch (``.item()``,
+    ``bool(t)``, ``if t``...: all go through ``aten._local_scalar_dense``) in its block;
+    ``mode.syncs`` after the block. Works on CPU tensors: the CUDA hot path, tested without
+    a GPU."""
+    torch = pytest.importorskip("torch")
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountSyncs(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.syncs = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:
+                self.syncs += 1
+            return func(*args, **(kwargs or {}))
+
+    return CountSyncs

@@ -185,3 +185,16 @@ def test_config_rejects_unknown_names():
         ModelConfig(weights="oracle")
     with pytest.raises(ValueError, match="unknown model options"):
         ModelConfig.from_dict({"dimm": 3})
+
+
+def test_finite_grad_has_no_host_sync(count_host_syncs):
+    # a Python `if` on a CUDA value would stall every training step (issue 12)
+    from ndive_models.models import finite_grad
+
+    x = torch.ones(4, 3, requires_grad=True)
+    scale = torch.tensor([[1.0], [float("nan")], [1.0], [1.0]])
+    y = (finite_grad(x) * scale).sum()
+    with count_host_syncs() as mode:
+        y.backward()
+    assert mode.syncs == 0
+    assert torch.equal(x.grad[1], torch.zeros(3))

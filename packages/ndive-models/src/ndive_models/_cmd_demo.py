@@ -6,6 +6,7 @@ are listed in the docstring of ndive_models.demo.
 from __future__ import annotations
 
 import argparse
+import sys
 
 NAME = "demo"
 HELP = "the main job: vertex fits, gradients, a short training, a report"
@@ -36,9 +37,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch part")
     p.add_argument("--no-train", action="store_true", help="skip the training part")
     p.add_argument("--no-plots", action="store_true", help="no PNG plots")
+    p.add_argument("--threads", type=int, default=None,
+                   help="PyTorch intra-op threads (default 1; 0: PyTorch's choice)")
+    p.add_argument("--no-compile", action="store_true",
+                   help="run the PyTorch vertex fit eagerly (default: torch.compile)")
 
 
 def run(args) -> int:
+    from ._runtime import set_threads
     from .demo import run as run_demo
 
+    try:
+        set_threads(args.threads)
+    except ValueError as err:
+        print(f"ndive demo: error: {err}", file=sys.stderr)
+        return 2
     return run_demo(args)

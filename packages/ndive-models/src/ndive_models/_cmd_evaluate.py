@@ -34,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(pip install 'ndive-models[ftag]')")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the results of a previous evaluation in --out")
+    p.add_argument("--threads", type=int, default=None,
+                   help="PyTorch intra-op threads (default 1; 0: PyTorch's choice)")
 
 
 def check_args(args) -> None:
@@ -51,9 +53,11 @@ def check_args(args) -> None:
 
 
 def run(args) -> int:
+    from ._runtime import set_threads
     from .evaluate import evaluate
 
     check_args(args)  # errors: one line from cli.main
+    set_threads(args.threads)
     m = evaluate(args.checkpoints, args.test, args.out, f_c=args.fc, reference=args.reference,
                  max_jets=args.max_jets, device=args.device, plots=not args.no_plots,
                  puma=args.puma)

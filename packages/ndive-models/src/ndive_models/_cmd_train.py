@@ -32,6 +32,7 @@ _FLAGS = (
     ("--max-jets", "max_jets", int, "use at most N training jets"),
     ("--patience", "patience", int, "early-stopping patience (epochs)"),
     ("--device", "device", str, "auto | cpu | cuda | cuda:N"),
+    ("--threads", "threads", int, "PyTorch intra-op threads (default 1; 0: PyTorch's choice)"),
 )
 
 
@@ -44,6 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, dest=key.replace(".", "__"), type=typ, default=None,
                        metavar=flag[2:].upper().replace("-", "_"),
                        help=f"{helptext} (overrides '{key}')")
+    p.add_argument("--compile", dest="model__fit_compile", default=None,
+                   action=argparse.BooleanOptionalAction,
+                   help="torch.compile the vertex fit (default: on; overrides "
+                        "'model.fit_compile')")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set model.dim=64 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -69,6 +74,8 @@ def config_from_args(args):
         v = getattr(args, key.replace(".", "__"))
         if v is not None:
             over[key] = v
+    if args.model__fit_compile is not None:
+        over["model.fit_compile"] = args.model__fit_compile
     if args.no_progress:
         over["progress"] = False
     from .train import load_config

@@ -508,7 +508,9 @@ def _section_training(path: Path, args, rep: Report) -> dict:
                           epochs=args.epochs, batch_size=100, optimizer="adamw",
                           lr=args.train_lr, seed=args.seed, progress=False,
                           patience=max(args.epochs, 1), device="cpu",
-                          model=ModelConfig(name=name, dim=args.dim))
+                          threads=_threads(args),
+                          model=ModelConfig(name=name, dim=args.dim,
+                                            fit_compile=not getattr(args, "no_compile", False)))
         t0 = time.perf_counter()
         summary = train(cfg)
         seconds = time.perf_counter() - t0
@@ -553,6 +555,13 @@ def main(argv: list[str] | None = None) -> int:
     from .cli import main as cli_main
 
     return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
+
+
+def _threads(args) -> int:
+    from ._runtime import DEFAULT_THREADS
+
+    threads = getattr(args, "threads", None)
+    return DEFAULT_THREADS if threads is None else threads
 
 
 def run(args: argparse.Namespace) -> int:

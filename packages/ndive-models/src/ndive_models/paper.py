@@ -457,7 +457,8 @@ def _train(t: Training, threads: int) -> None:
     config = t.out / "config.yaml"
     atomic_write(config, lambda tmp: tmp.write_text(yaml.safe_dump(t.cfg.to_dict(),
                                                                    sort_keys=False)))
-    cmd = [sys.executable, "-m", "ndive_models.train", "--config", str(config)]
+    cmd = [sys.executable, "-m", "ndive_models.train", "--config", str(config),
+           "--threads", str(threads)]
     if (t.out / "last.pt").exists():
         cmd.append("--resume")
     print(f"{time.strftime('%H:%M:%S')} training {t.key}"
@@ -685,8 +686,8 @@ def plan(study: dict, trainings: list[Training]) -> tuple[str, float]:
     rates: dict[str, list] = {}
     for t in trainings:
         rates.setdefault(t.cfg.model.name, []).extend(e["jets_per_s"] for e in _history(t))
-    lines = ["| condition | training | status | epochs done / max | CPU h spent | "
-             "CPU h left (at most) |", "|---|---|---|---|---|---|"]
+    lines = [("| condition | training | status | epochs done / max | CPU h spent | "
+              "CPU h left (at most) |"), "|---|---|---|---|---|---|"]
     left_total = spent_total = 0.0
     for t in trainings:
         st = t.status()
@@ -714,14 +715,14 @@ def plan(study: dict, trainings: list[Training]) -> tuple[str, float]:
                 if not p.exists():
                     missing.append(p)
                     gen_left += o["n_jets"] / GENERATION_JETS_PER_S
-    lines += ["", f"Trainings: {sum(t.status() == 'done' for t in trainings)} done, "
+    lines += ["", (f"Trainings: {sum(t.status() == 'done' for t in trainings)} done, "
               f"{sum(t.status() == 'trained' for t in trainings)} to evaluate, "
               f"{sum(t.status() == 'partial' for t in trainings)} partial, "
               f"{sum(t.status() == 'todo' for t in trainings)} to start. "
               f"CPU hours spent {spent_total / 3600:.1f}; left at most "
               f"{left_total / 3600:.1f} for trainings and {gen_left / 3600:.1f} for "
               f"{len(missing)} missing shard(s) (at the clean generator's "
-              f"{GENERATION_JETS_PER_S:.0f} jets/s; presets with pileup are slower)."]
+              f"{GENERATION_JETS_PER_S:.0f} jets/s; presets with pileup are slower).")]
     return "\n".join(lines), (left_total + gen_left) / 3600
 
 
@@ -769,7 +770,7 @@ def run_study(study: dict, *, skip_references: bool = False, only_conditions=Non
                 continue
             test = [str(p) for p, _ in shards(study, cond, "test")]
             with ThreadPoolExecutor(jobs) as pool:
-                failures += [r for r in pool.map(lambda t: _one(t, test, threads), ts)
+                failures += [r for r in pool.map(lambda t, test=test: _one(t, test, threads), ts)
                              if r[1] is not None]
     write_report(study, every)
     print(plan(study, every)[0])

@@ -36,6 +36,7 @@ import torch
 
 from . import _runlog
 from ._files import atomic_write
+from ._runtime import compile_report, quiet_compile_warnings, set_threads
 from .models import ModelConfig, build_model, combine, total_loss
 from .models.config import check_types
 
@@ -62,6 +63,11 @@ class TrainConfig:
         seed: initialisation and data order. patience: early-stopping patience (epochs).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``...
         progress: show a progress bar.
+        threads: PyTorch intra-op threads of this process (``torch.set_num_threads``);
+            default 1: at batch 100 the operations are too small for more threads to pay,
+            and on a shared machine extra threads only compete (two trainings with
+            PyTorch's default threads on 2 busy cores ran 6x slower than with one each;
+            docs/training.md). 0 keeps PyTorch's choice (all cores).
         model: :class:`ModelConfig`.
     """
 
@@ -81,6 +87,7 @@ class TrainConfig:
     patience: int = 5
     device: str = "auto"
     progress: bool = True
+    threads: int = 1
     model: ModelConfig = field(default_factory=ModelConfig)
 
     @classmethod
@@ -383,6 +390,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
 
     if cfg.batch_size < 1 or cfg.epochs < 0:
         raise ValueError("batch_size must be >= 1 and epochs >= 0")
+    set_threads(cfg.threads)
     dev = _pick_device(cfg.device)
     started_dist = _maybe_init_distributed(dev.type)
     rank, world = _dist_info()
@@ -461,6 +469,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
             checkpoint(0, True)
 
         model.train()
+        report_compile = rank == 0 and cfg.model.name != "baseline" and cfg.model.fit_compile
+        if report_compile:
+            quiet_compile_warnings()  # compile_report says it in one line
         for epoch in range(start + 1, n_epochs + 1):
             sampler.set_epoch(epoch)
             idx = torch.tensor(list(sampler), dtype=torch.long)
@@ -475,6 +486,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
                 bar = tqdm(total=n_steps * local_bs * world, unit="jet", leave=False,
                            desc=f"{cfg.model.name} epoch {epoch}/{n_epochs}", file=sys.stderr)
             for step in range(n_steps):
+                t_step = time.perf_counter()
                 bidx = idx[step * local_bs:(step + 1) * local_bs].to(dev)
                 b = index_batch(data_dev, bidx)
                 outp = ddp(b)
@@ -489,6 +501,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
                 opt.step()
                 run_sum += lval
                 step_losses.append(lval)
+                if report_compile:  # the first step compiled the fit (or loaded it)
+                    compile_report(f"[{cfg.model.name}]", time.perf_counter() - t_step)
+                    report_compile = False
                 if bar is not None and (step % 10 == 0 or step == n_steps - 1):
                     el = time.perf_counter() - t0
                     bar.n = (step + 1) * local_bs * world

@@ -19,6 +19,7 @@ from ._perigee import (
     perigee,
     to_acts,
 )
+from ._speed import compile_status
 
 __version__ = "0.1.0"
 
@@ -28,6 +29,7 @@ __all__ = [
     "K_GEV_PER_T_MM",
     "VertexFit",
     "chi2",
+    "compile_status",
     "covariance_from_sigmas",
     "curvature",
     "extrapolate",

@@ -27,6 +27,7 @@ Gauss-Newton step on fixed shapes with step control, ``n_iter`` times.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -80,7 +81,7 @@ class VertexFit(NamedTuple):
 
 
 def fit(tracks, cov, weights=None, *, mask=None, seed=None, n_iter=10, model="helix",
-        constraint=None, ref=None, adjoint="implicit"):
+        constraint=None, ref=None, adjoint="implicit", compile=False):
     """Fit a common vertex to each jet's tracks (batched, masked, weighted, differentiable).
 
     Args:
@@ -109,6 +110,13 @@ def fit(tracks, cov, weights=None, *, mask=None, seed=None, n_iter=10, model="he
             jet, memory independent of ``n_iter``. ``"unrolled"``: plain autodiff through
             the ``n_iter`` iterations (a baseline; memory grows with ``n_iter``, and the
             derivative is that of the last iterate). Values are identical; NumPy ignores it.
+        compile: PyTorch only (ignored elsewhere; on JAX use ``jax.jit``): run the
+            Gauss-Newton step (step control included) and the implicit backward compiled by
+            ``torch.compile`` (Inductor; ``vertexfit._speed``), the same arithmetic as the
+            eager path (agreement to 1e-12 in float64 is tested). The first call in a process
+            compiles (about a minute of CPU per unit; Inductor's disk cache serves later
+            processes); a failed compilation warns once and runs eagerly. See docs/fit.md
+            ("Speed").
 
     Returns:
         :class:`VertexFit` with arrays of the input namespace, dtype and device.
@@ -118,21 +126,24 @@ def fit(tracks, cov, weights=None, *, mask=None, seed=None, n_iter=10, model="he
     does not depend on the thread count.
 
     Raises:
-        ValueError: for an unknown ``adjoint`` or ``model``, and on eager backends (NumPy,
-            PyTorch, JAX outside ``jit``) for wrong shapes, NaN/inf in unmasked inputs, a
-            covariance that is not symmetric positive definite, theta outside (0, pi) or
-            negative weights; the message names the argument, the problem and the first
-            offending batch index. Under ``jax.jit`` or ``torch.func.vmap`` values cannot be
-            checked: the offending jets are computed on harmless placeholder values and
-            flagged ``converged=False`` (never NaN).
+        ValueError: for an unknown ``adjoint`` or ``model``, a ``compile`` that is not a
+            bool, and on eager backends (NumPy, PyTorch, JAX outside ``jit``) for wrong
+            shapes, NaN/inf in unmasked inputs, a covariance that is not symmetric positive
+            definite, theta outside (0, pi) or negative weights; the message names the
+            argument, the problem and the first offending batch index. Under ``jax.jit`` or
+            ``torch.func.vmap`` values cannot be checked: the offending jets are computed on
+            harmless placeholder values and flagged ``converged=False`` (never NaN).
     """
     _adjoint.check(adjoint)
+    if not isinstance(compile, bool):
+        raise ValueError(f"compile must be True or False, got {compile!r}")
 
     def whole(tracks, cov, weights, mask, seed, constraint, ref):
         xp, prep = prepare(tracks, cov, weights, mask, seed, constraint, ref, n_iter, model)
         core = _adjoint.differentiable(xp, _chunked_core, adjoint)
+        extra = {"compiled": True} if compile and _xp.backend_name(xp) == "torch" else {}
         with _xp.quiet(xp):  # padding and degenerate jets are handled by masks, not warnings
-            out = core(xp, *prep.flat(xp), n_iter=n_iter, model=model)
+            out = core(xp, *prep.flat(xp), n_iter=n_iter, model=model, **extra)
         return _finish(xp, prep, out)
 
     args = (tracks, cov, weights, mask, seed, constraint, ref)
@@ -180,9 +191,11 @@ def _finish(xp, prep, out):
 # --------------------------------------------------------------------------------------------
 # the core: validated inputs on one jet axis B; track-major (T, B) inside
 # --------------------------------------------------------------------------------------------
-def _chunked_core(xp, tracks, cov, weights, seed, cpos, ccov, *, n_iter, model):
+def _chunked_core(xp, tracks, cov, weights, seed, cpos, ccov, *, n_iter, model,
+                  compiled=False):
     """:func:`_core` on cache-sized chunks of jets (:func:`_batching.core_in_chunks`)."""
-    return _batching.core_in_chunks(_core, xp, tracks, cov, weights, seed, cpos, ccov,
+    core = functools.partial(_core, compiled=True) if compiled else _core
+    return _batching.core_in_chunks(core, xp, tracks, cov, weights, seed, cpos, ccov,
                                     n_iter=n_iter, model=model)
 
 
@@ -199,7 +212,8 @@ class _Problem(NamedTuple):
 
 class _State(NamedTuple):
     """The loop state: vertex ``u`` (3 x (B,)), momenta ``p`` (3 x (T, B)) and ``(sin, cos)``
-    of the momenta's phi; for the step control the last point whose step was kept (``base_u``,
+    of the momenta's phi (``None`` in a compiled step, which computes them where it needs
+    them); for the step control the last point whose step was kept (``base_u``,
     ``base_p`` and its objective ``base_s`` (B,)), the step taken from it (``su``, ``sp``)
     and the step length factor ``alpha`` (B,), 1 for a plain Gauss-Newton step."""
 
@@ -219,20 +233,34 @@ class _State(NamedTuple):
 _SHRINK = 0.25
 
 
-def _core(xp, tracks, cov, weights, seed, cpos, ccov, *, n_iter, model):
+def _core(xp, tracks, cov, weights, seed, cpos, ccov, *, n_iter, model, compiled=False):
     """Fit on sanitised inputs: tracks (B,T,5), cov (B,T,5,5) SPD, weights (B,T) (0 in
     masked slots), seed (B,3) local, cpos (B,3) local and ccov (B,3,3) or ``None``.
 
     Returns ``(u (B,3), vertex_cov (B,3,3), momenta (B,T,3), chi2 (B,), track_chi2 (B,T),
-    ok (B,) bool)``; ``u`` is relative to the reference point.
+    ok (B,) bool)``; ``u`` is relative to the reference point. ``compiled`` (PyTorch):
+    :func:`_step` compiled by ``torch.compile`` (:func:`vertexfit._speed.compiled`).
     """
-    prob, state = _setup(xp, tracks, cov, weights, seed, cpos, ccov)
-    state = _speed.fori_loop(xp, n_iter, lambda _, s: _step(xp, model, prob, s), state)
+    prob, state = _setup(xp, tracks, cov, weights, seed, cpos, ccov, sincos=not compiled)
+    step = functools.partial(_step, xp, model)
+    if compiled:
+        step = _speed.compiled(f"fit step [{model}]", step)
+
+    # n_iter + 1 steps; the last one only linearises at the solution (the vertex covariance,
+    # chi2 and the step that would come next, for `converged`; its update is dropped): one
+    # step function is the whole iteration, one compiled unit for torch.compile (and one
+    # copy of the linearisation in an XLA program)
+    def body(_, carry):
+        state, _ = carry
+        nxt, at_state = step(prob, state)
+        return nxt, (state, at_state)
+
+    zero = xp.zeros_like(state.u[0])
+    at0 = (state, ({k: zero for k in _UPPER3}, xp.zeros_like(prob.singular),
+                   [zero for _ in range(3)], xp.zeros_like(prob.w), zero))
+    state, (Minv, bad, du, track_chi2, total) = _speed.fori_loop(
+        xp, n_iter + 1, body, (state, at0))[1]
     u, p = state.u, state.p
-    # final pass: covariance and chi2 at the solution, and the step that would come next
-    Minv, bad, rhs, _, track_chi2 = _normal_equations(xp, model, prob, state)
-    total = _objective(xp, prob, u, track_chi2)
-    du = sym_matvec(Minv, rhs, 3)
     sig = [xp.sqrt(Minv[(k, k)]) for k in range(3)]
     scale = xp.abs(u[0]) + xp.abs(u[1]) + xp.abs(u[2]) + 1.0
     tiny = 16.0 * _xp.eps(xp, scale.dtype) * scale
@@ -261,10 +289,12 @@ def _not_worse(xp, s_new, s_old):
 
 
 _UPPER5 = [(i, j) for i in range(5) for j in range(i, 5)]
+_UPPER3 = [(i, j) for i in range(3) for j in range(i, 3)]
 
 
-def _setup(xp, tracks, cov, weights, seed, cpos, ccov):
-    """The fixed :class:`_Problem` and the starting :class:`_State`.
+def _setup(xp, tracks, cov, weights, seed, cpos, ccov, sincos=True):
+    """The fixed :class:`_Problem` and the starting :class:`_State` (``sincos`` False: no
+    phi ``(sin, cos)`` in it).
 
     The inputs are packed once into one track-major ``(21, T, B)`` array (the 5 track
     parameters, the 15 upper covariance components, the weight), so that per-jet sums over
@@ -284,15 +314,20 @@ def _setup(xp, tracks, cov, weights, seed, cpos, ccov):
     cpos = None if cpos is None else list(_xp.unstack(xp, cpos, axis=-1))
     u0 = list(_xp.unstack(xp, seed, axis=-1))
     p0 = list(X[2:5])
-    state = _State(u0, p0, _speed.sincos(xp, p0[0]), u0, p0, xp.full_like(u0[0], math.inf),
+    state = _State(u0, p0, _speed.sincos(xp, p0[0]) if sincos else None, u0, p0,
+                   xp.full_like(u0[0], math.inf),
                    [xp.zeros_like(u0[0]) for _ in range(3)],
                    [xp.zeros_like(p0[0]) for _ in range(3)], xp.ones_like(u0[0]))
     return _Problem(list(X[:5]), G, w, P, cpos, singular), state
 
 
 def _step(xp, model, prob, state):
-    """One Gauss-Newton step with step control: the next :class:`_State` (same shapes, no
-    data-dependent control flow, so a compiler can build it once and reuse it).
+    """One Gauss-Newton step with step control (same shapes in and out, no data-dependent
+    control flow, so a compiler can build it once and reuse it for every iteration).
+
+    Returns ``(next_state, (Minv, bad, du, track_chi2, S))``: the next :class:`_State`, and,
+    linearised at ``state``, the inverse vertex information, bad-jet flags, the full
+    Gauss-Newton vertex step, the track chi2 (T, B) and the objective S (B,).
 
     The linearisation at the current point also gives the objective S there. If S did not
     rise (beyond rounding), the point is kept and the next step is the Gauss-Newton step from
@@ -301,12 +336,15 @@ def _step(xp, model, prob, state):
     point. A fit whose S never rises takes the plain Gauss-Newton steps, bit for bit
     (``alpha`` stays exactly 1). Low-momentum tracks need this (docs/fit.md).
     """
-    Minv, _, rhs, (E, Wbp, tok), tchi2 = _normal_equations(xp, model, prob, state)
+    Minv, bad, rhs, (E, Wbp, tok), tchi2 = _normal_equations(xp, model, prob, state)
     s_here = _objective(xp, prob, state.u, tchi2)
     keep = _not_worse(xp, s_here, state.base_s)
     du = sym_matvec(Minv, rhs, 3)
     dp = [xp.where(tok, d, 0.0) for d in back_substitute(Wbp, E, du)]
-    alpha = xp.where(keep, xp.minimum(2.0 * state.alpha, 1.0), _SHRINK * state.alpha)
+    # min(2 alpha, 1) as a select: xp.minimum with a Python scalar asks for a result type,
+    # which torch.compile cannot trace in one graph
+    grown = 2.0 * state.alpha
+    alpha = xp.where(keep, xp.where(grown < 1.0, grown, 1.0), _SHRINK * state.alpha)
     f = xp.where(keep, alpha, _SHRINK)
     su = [xp.where(keep, du[a], state.su[a]) * f for a in range(3)]
     sp = [xp.where(keep, dp[i], state.sp[i]) * f for i in range(3)]
@@ -317,7 +355,9 @@ def _step(xp, model, prob, state):
     p = [base_p[i] + sp[i] for i in range(3)]
     # sin/cos of the new phi travel in the state: computed once here, so that XLA cannot
     # re-fuse (duplicate) them into the many consumers of the next linearisation
-    return _State(u, p, _speed.sincos(xp, p[0]), base_u, base_p, base_s, su, sp, alpha)
+    trig = None if state.phi_sincos is None else _speed.sincos(xp, p[0])
+    return (_State(u, p, trig, base_u, base_p, base_s, su, sp, alpha),
+            (Minv, bad, du, tchi2, s_here))
 
 
 def _normal_equations(xp, model, prob, state):

@@ -8,6 +8,8 @@
   trip count), a Python loop elsewhere.
 * :func:`map_jets`: run a function over cache-sized chunks of jets (``jax.lax.map`` in one
   program, NumPy threads, or a loop); :data:`CHUNK_ELEMENTS` and :func:`num_threads` size it.
+* :func:`compiled`: a unit of the fit (one Gauss-Newton step, the implicit backward) behind
+  ``torch.compile``; :func:`compile_status` says what was compiled and what failed.
 
 The measurements behind each choice are in ``docs/fit.md`` ("Speed").
 """
@@ -18,6 +20,9 @@ import concurrent.futures
 import functools
 import math
 import os
+import threading
+import time
+import warnings
 
 from ._xp import backend_name
 
@@ -26,6 +31,8 @@ __all__ = [
     "atan",
     "barrier",
     "chunk_jets",
+    "compile_status",
+    "compiled",
     "cot",
     "fori_loop",
     "map_jets",
@@ -252,3 +259,93 @@ def _pad(xp, a, pad, value):
         return a
     v = xp.broadcast_to(xp.asarray(value, dtype=a.dtype), (pad,) + tuple(a.shape[1:]))
     return xp.concat([a, v], axis=0)
+
+
+# --------------------------------------------------------------------------------------------
+# torch.compile
+# --------------------------------------------------------------------------------------------
+# Inductor fuses all the elementwise work of a traced region into one C++ (or Triton)
+# kernel. Traced whole, the fit (eleven linearisations) becomes a kernel on which gcc 12
+# dies (internal compiler error in gimple_duplicate_bb; max_fusion_size does not split
+# it). The units compiled here are one Gauss-Newton step (vertexfit._fit._step, ~1,300
+# tensor operations, called n_iter + 1 times per fit) and the implicit backward
+# (vertexfit._implicit.core_vjp), each one kernel that gcc compiles. dynamic=True: one
+# compilation serves every batch size and track-slot count. Inductor's on-disk cache
+# (TORCHINDUCTOR_CACHE_DIR, on by default) keeps the kernels across processes.
+_COMPILE_LOCK = threading.Lock()
+_UNITS: dict = {}     # unit name -> its runner (one torch.compile wrapper per unit)
+_SECONDS: dict = {}   # unit name -> seconds of its first compiled call
+_FAILED: dict = {}    # unit name -> the exception that made it eager
+
+
+def compile_status() -> dict:
+    """What ``fit(..., compile=True)`` compiled in this process.
+
+    Returns ``{"seconds": {unit: s}, "failed": {unit: message}}``: for each compiled unit
+    (``"fit step [helix]"``, ``"backward [helix]"``) the seconds of its first call
+    (compilation, or the load from Inductor's disk cache, plus one run), and for each unit
+    whose compilation failed (it runs eagerly since) the error in one line.
+    """
+    with _COMPILE_LOCK:
+        return {"seconds": dict(_SECONDS),
+                "failed": {k: _one_line(e) for k, e in _FAILED.items()}}
+
+
+def compiled(unit: str, fn):
+    """``fn`` (PyTorch tensors in and out) compiled by ``torch.compile`` as one unit named
+    ``unit``: dynamic shapes, ``fullgraph``. The first ``fn`` given for a name is the one
+    compiled (a unit name stands for one function). It runs eagerly instead (same
+    arithmetic) while autograd records (double backward), inside ``torch.func``
+    transforms, while ``torch.compile`` or ``torch.jit.trace`` trace the caller, when the
+    environment sets ``VERTEXFIT_COMPILE=0`` (a switch for debugging; the test suite sets
+    it except where it tests compilation), and after its compilation failed (one
+    ``RuntimeWarning``, then eager for the process).
+    """
+    with _COMPILE_LOCK:
+        if unit not in _UNITS:
+            _UNITS[unit] = _compile_unit(unit, fn)
+        return _UNITS[unit]
+
+
+def _compile_unit(unit, eager):
+    import torch
+
+    fast = torch.compile(eager, dynamic=True, fullgraph=True)
+
+    def run(*args):
+        if unit in _FAILED or not _can_run_compiled():
+            return eager(*args)
+        first = unit not in _SECONDS
+        t0 = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                # tracing array_api_compat's namespace checks: cached pure functions
+                warnings.filterwarnings("ignore", message="Dynamo detected a call to a "
+                                        "`functools.lru_cache`", category=UserWarning)
+                out = fast(*args)
+        except Exception as err:  # any compiler failure: this unit runs eagerly from now on
+            with _COMPILE_LOCK:
+                _FAILED[unit] = err
+            warnings.warn(f"vertexfit: torch.compile of the {unit} failed ({_one_line(err)}); "
+                          f"running it eagerly", RuntimeWarning, stacklevel=2)
+            return eager(*args)
+        if first:
+            with _COMPILE_LOCK:
+                _SECONDS.setdefault(unit, time.perf_counter() - t0)
+        return out
+
+    return run
+
+
+def _can_run_compiled() -> bool:
+    import torch
+
+    if os.environ.get("VERTEXFIT_COMPILE", "1") == "0":  # switched off (debugging, tests)
+        return False
+    return not (torch.is_grad_enabled() or torch._C._are_functorch_transforms_active()
+                or torch.compiler.is_compiling() or torch.jit.is_tracing())
+
+
+def _one_line(err) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:200] if text else ''}"

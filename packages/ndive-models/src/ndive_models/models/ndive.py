@@ -83,7 +83,7 @@ class NDIVE(FeatureModel):
         dt = getattr(torch, self.cfg.fit_dtype)
         res = vertexfit.fit(batch["params"].to(dt), batch["cov"].to(dt),
                             finite_grad(w_fit.to(dt)), mask=valid, n_iter=self.cfg.fit_iter,
-                            model=self.cfg.fit_model)
+                            model=self.cfg.fit_model, compile=self.cfg.fit_compile)
         vertex = res.vertex
         n_used = ((w_fit > 0) & valid).sum(-1)
         ok = (torch.isfinite(vertex).all(-1) & torch.isfinite(res.vertex_cov).all((-2, -1))
@@ -114,10 +114,9 @@ def finite_grad(x):
         return x
 
     def hook(g):
+        # unconditional where: no host synchronisation (a Python `if` on a CUDA value)
         bad = ~torch.isfinite(g).reshape(g.shape[0], -1).all(-1)
-        if bool(bad.any()):
-            g = torch.where(bad.reshape((-1,) + (1,) * (g.ndim - 1)), torch.zeros_like(g), g)
-        return g
+        return torch.where(bad.reshape((-1,) + (1,) * (g.ndim - 1)), torch.zeros_like(g), g)
 
     x = x.view_as(x)
     x.register_hook(hook)
