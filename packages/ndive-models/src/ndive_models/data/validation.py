@@ -25,11 +25,13 @@ def pulls(tracks: np.ndarray) -> np.ndarray:
     Returns:
         ``(k, 5)`` float64 pulls in the order d0, z0, phi, theta, rho (phi difference wrapped).
     """
+    from vertexfit import wrap_phi
+
     out = np.empty((len(tracks), 5))
     for i, name in enumerate(TRACK_PARAMS):
         diff = tracks[name].astype(np.float64) - tracks["true_" + name].astype(np.float64)
         if name == "phi":
-            diff = np.mod(diff + np.pi, 2 * np.pi) - np.pi
+            diff = wrap_phi(diff)
         out[:, i] = diff / np.sqrt(tracks[f"cov_{name}_{name}"].astype(np.float64))
     return out
 

@@ -24,6 +24,7 @@ as a real one does.
 from __future__ import annotations
 
 import numpy as np
+from vertexfit import wrap_phi
 
 try:  # the public name once vertexfit exposes its resolution tables
     from vertexfit.resolution import sigmas as resolution_sigmas
@@ -170,7 +171,7 @@ def fake_tracks(event, eta, phi, z0, n_events: int, rate: float, pt_min: float, 
     f_eta = np.clip(eta[seed] + FAKE_DIRECTION_JITTER * rng.standard_normal(len(fev)),
                     -2.499, 2.499)  # fmt: skip
     f_phi = phi[seed] + FAKE_DIRECTION_JITTER * rng.standard_normal(len(fev))
-    f_phi = np.mod(f_phi + np.pi, 2 * np.pi) - np.pi
+    f_phi = wrap_phi(f_phi)
     f_pt = pt_min * (1.0 - rng.random(len(fev))) ** (-1.0 / FAKE_PT_INDEX)
     charge = np.where(rng.random(len(fev)) < 0.5, -1, 1)
     from vertexfit import curvature
