@@ -499,7 +499,7 @@ def test_family_study_parses_and_a_small_study_runs(sample_path, tmp_path):
         shutil.copy(sample_path, work / name)
     study = {"title": "tiny family", "reference": "tiny GN2",
              "data": {"train": {"jets": n, "seed": seed}, "test": {"jets": n, "seed": seed},
-                      "workers": 1},
+                      "workers": 2, "generate": {"balance": False}},  # the sample's options
              "seeds": 1, "training": {"epochs": 1, "max_jets": 200, "device": "cpu"},
              "runs": [{"name": "dips", "config": "dips",
                        "set": {"model.dim": 8, "model.label": "tiny DIPS"}},
@@ -512,9 +512,10 @@ def test_family_study_parses_and_a_small_study_runs(sample_path, tmp_path):
     assert cli_main(["paper", "--study", str(cfg)]) == 0
     text = (tmp_path / "rep" / "report.md").read_text()
     assert text.startswith("# tiny family")
-    assert "| tiny DIPS | 70% |" in text and "| tiny GN2 | 70% |" in text
-    m = json.loads((tmp_path / "rep" / "metrics.json").read_text())
-    assert set(m["models"]) == {"tiny DIPS", "tiny GN2"}
+    assert "| tiny DIPS | 1 | 70% |" in text and "| tiny GN2 | 1 | 70% |" in text
+    assert "### Ratio to tiny GN2" in text
+    m = json.loads((tmp_path / "rep" / "dips_s1" / "metrics.json").read_text())
+    assert set(m["rejection"]) == {"light", "c"}
     mtime = (work / "runs" / "gn2_s1" / "last.pt").stat().st_mtime_ns
     assert cli_main(["paper", "--study", str(cfg)]) == 0
     assert (work / "runs" / "gn2_s1" / "last.pt").stat().st_mtime_ns == mtime

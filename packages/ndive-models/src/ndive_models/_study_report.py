@@ -42,6 +42,14 @@ def _load(t) -> dict | None:
     return m
 
 
+def _display(trainings) -> None:
+    """Runs whose model config has a ``label`` are shown by it."""
+    for t in trainings:
+        label = getattr(t.cfg.model, "label", "")
+        if label:
+            DISPLAY.setdefault(t.run, label)
+
+
 def _models(trainings, condition) -> dict:
     """``{run: [(training, metrics), ...]}`` of the finished trainings of ``condition``."""
     out: dict[str, list] = {}
@@ -127,7 +135,8 @@ def _condition(study, trainings, cond, report: Path, paper: dict) -> list[str]:
     L.append("")
     # ratios
     ratios = {}
-    ref = study.get("reference") or "baseline"
+    ref = study.get("reference") or "baseline"  # a run name or a model label
+    ref = next((r for r in tagged if ref in (r, DISPLAY.get(r))), ref)
     if ref in tagged:
         L += [f"### Ratio to {DISPLAY.get(ref, ref)}", "",
               "Ratio of the seed means; ± the total uncertainty (seed and test statistics "
@@ -355,6 +364,7 @@ def write(study: dict, trainings: list, paper: dict, remaining: str) -> str:
     (:func:`ndive_models.paper.plan`); returns the text."""
     report = Path(study["report"])
     report.mkdir(parents=True, exist_ok=True)
+    _display(trainings)
     done = [t for t in trainings if (t.result / "metrics.json").exists()]
     title = study.get("title") or (f"Study {study.get('shown') or study['source']}: "
                                    "baseline vs FTAG+NDIVE")
