@@ -20,6 +20,12 @@ from ._implicit import core_jvp, core_vjp
 
 __all__ = ["fit_core"]
 
+#: The implicit backward as a torch.compile unit. Off: since the step control and the weight
+#: normalisation joined the linearisation, gcc 12 dies on the backward's C++ kernel (internal
+#: compiler error in gimple_duplicate_bb) and every first call would spend minutes in gcc
+#: before falling back; the forward step compiles. See docs/fit.md, Speed.
+COMPILE_BACKWARD = False
+
 
 def fit_core(core, xp_, tracks, cov, weights, seed, cpos, ccov, *, n_iter, model,
              compiled=False):
@@ -61,7 +67,7 @@ class _FitCore(torch.autograd.Function):
         if all(c is None for c in (u_bar, cov_bar, mom_bar, chi2_bar, tchi2_bar)):
             return (None,) * 10
         vjp = functools.partial(core_vjp, xp, model=ctx.model)
-        if ctx.compiled:  # (eager where autograd records it: double backward)
+        if ctx.compiled and COMPILE_BACKWARD:  # (eager where autograd records it)
             vjp = _speed.compiled(f"backward [{ctx.model}]", vjp)
         grads = vjp(tracks, cov, weights, cpos, ccov, (u, C, mom),
                     (u_bar, cov_bar, mom_bar, chi2_bar, tchi2_bar))
