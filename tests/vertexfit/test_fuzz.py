@@ -316,15 +316,9 @@ def _near_beam_axis():
     return {"tracks": tracks, "cov": cov, "mask": mask, "weights": w, "vertex": np.zeros((B, 3))}
 
 
-# NaN in float32 before the weight normalisation and step control; fixed on PyTorch, on JAX
-# not yet confirmed (non-strict until a run shows it)
-_NEAR_BEAM_JAX = pytest.mark.xfail(strict=False, reason="fuzz: theta ~ 5e-4, float32 JAX")
-
-
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("backend, dtype", [
-    ("torch", "float64"), ("torch", "float32"), ("jax", "float64"),
-    pytest.param("jax", "float32", marks=_NEAR_BEAM_JAX)])
+    ("torch", "float64"), ("torch", "float32"), ("jax", "float64"), ("jax", "float32")])
 def test_gradients_have_no_nan_and_none_in_masked_slots(backend, dtype, n):
     @_settings(n)
     @given(case=batch())
