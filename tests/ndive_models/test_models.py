@@ -198,3 +198,32 @@ def test_finite_grad_has_no_host_sync(count_host_syncs):
         y.backward()
     assert mode.syncs == 0
     assert torch.equal(x.grad[1], torch.zeros(3))
+
+
+@pytest.mark.parametrize("kw", [{}, {"inputs": ["tracks", "muons"]}, {"backbone": "dips"}])
+def test_ftag_ndive_encodes_both_views_in_one_call_as_in_two(data, kw):
+    """FtagNdive runs its backbone once on the PV view and the NDIVE-vertex view stacked along
+    the jets; each jet's embedding equals the one of a call on its view alone."""
+    batch, _, _ = data
+    b = index_batch(batch, slice(0, 40))
+    if "muons" in kw.get("inputs", []) and "lepton_id" not in b:
+        pytest.skip("sample without soft-lepton fields")
+    model = _model(data, "ftag_ndive", **kw).eval()
+    B = b["params"].shape[0]
+    pos = torch.randn((2, B) + tuple(b["params"].shape[1:2]) + (3,),
+                      generator=torch.Generator().manual_seed(3))
+    params2 = b["params"] + 0.01 * torch.randn(b["params"].shape)
+    with torch.no_grad():
+        one = [model.inputs(b, p, b["cov"], x) for p, x in ((b["params"], pos[0]),
+                                                             (params2, pos[1]))]
+        both = model.inputs(b, torch.cat([b["params"], params2]), torch.cat([b["cov"]] * 2),
+                            torch.cat([pos[0], pos[1]]))
+        e_both = model.encoder(both)
+        for view, inp in enumerate(one):
+            for k, (f, v) in inp.items():
+                assert torch.equal(both[k][0][view * B:(view + 1) * B], f)
+                assert torch.equal(both[k][1][view * B:(view + 1) * B], v)
+            e = model.encoder(inp)
+            for k in e:
+                torch.testing.assert_close(e_both[k][view * B:(view + 1) * B], e[k],
+                                           rtol=1e-5, atol=1e-6)

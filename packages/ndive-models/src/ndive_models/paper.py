@@ -68,10 +68,6 @@ STUDY_KEYS = ("data", "seeds", "training", "runs", "jobs", "threads", "workdir",
 #: ``reference`` (default ``baseline``).
 OPTIONAL_STUDY_KEYS = ("conditions", "title", "reference")
 RUN_KEYS = ("name", "config", "set", "seeds", "reference")
-#: ``ndive train`` keys a study may set that older versions of TrainConfig lack: dropped
-#: (with a note) where the installed ``ndive train`` does not know them.
-OPTIONAL_TRAINING_KEYS = ("compile", "threads")
-_NOTED: set = set()
 
 
 def _check_sample(d: dict, part: str, where: str) -> None:
@@ -154,20 +150,7 @@ def study_runs(study: dict, train_file, workdir, *, skip_references: bool = Fals
                 shared[f"{prefix}{k}"] = v
 
     flatten(study["training"])
-    from dataclasses import fields as _fields
-
-    from .train import TrainConfig
-
-    known = {f.name for f in _fields(TrainConfig)}
-    for k in OPTIONAL_TRAINING_KEYS:
-        if k in shared and k not in known:
-            v = shared.pop(k)
-            if (k, v) not in _NOTED:
-                _NOTED.add((k, v))
-                print(f"note: this ndive train has no option {k!r}; the study's value "
-                      f"{v!r} is ignored", file=sys.stderr)
-    if "threads" in known and "threads" not in shared:
-        shared["threads"] = study["threads"]
+    shared.setdefault("threads", study["threads"])
     train = ([str(f) for f in train_file] if isinstance(train_file, (list, tuple))
              else str(train_file))
     runs = []

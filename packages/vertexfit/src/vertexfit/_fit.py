@@ -242,24 +242,26 @@ def _core(xp, tracks, cov, weights, seed, cpos, ccov, *, n_iter, model, compiled
     :func:`_step` compiled by ``torch.compile`` (:func:`vertexfit._speed.compiled`).
     """
     prob, state = _setup(xp, tracks, cov, weights, seed, cpos, ccov, sincos=not compiled)
-    step = functools.partial(_step, xp, model)
     if compiled:
-        step = _speed.compiled(f"fit step [{model}]", step)
+        state, (Minv, bad, du, track_chi2, total) = _compiled_steps(xp, model, prob, state,
+                                                                    n_iter)
+    else:
+        step = functools.partial(_step, xp, model)
 
-    # n_iter + 1 steps; the last one only linearises at the solution (the vertex covariance,
-    # chi2 and the step that would come next, for `converged`; its update is dropped): one
-    # step function is the whole iteration, one compiled unit for torch.compile (and one
-    # copy of the linearisation in an XLA program)
-    def body(_, carry):
-        state, _ = carry
-        nxt, at_state = step(prob, state)
-        return nxt, (state, at_state)
+        # n_iter + 1 steps; the last one only linearises at the solution (the vertex
+        # covariance, chi2 and the step that would come next, for `converged`; its update is
+        # dropped): one step function is the whole iteration (one copy of the linearisation
+        # in an XLA program)
+        def body(_, carry):
+            state, _ = carry
+            nxt, at_state = step(prob, state)
+            return nxt, (state, at_state)
 
-    zero = xp.zeros_like(state.u[0])
-    at0 = (state, ({k: zero for k in _UPPER3}, xp.zeros_like(prob.singular),
-                   [zero for _ in range(3)], xp.zeros_like(prob.w), zero))
-    state, (Minv, bad, du, track_chi2, total) = _speed.fori_loop(
-        xp, n_iter + 1, body, (state, at0))[1]
+        zero = xp.zeros_like(state.u[0])
+        at0 = (state, ({k: zero for k in _UPPER3}, xp.zeros_like(prob.singular),
+                       [zero for _ in range(3)], xp.zeros_like(prob.w), zero))
+        state, (Minv, bad, du, track_chi2, total) = _speed.fori_loop(
+            xp, n_iter + 1, body, (state, at0))[1]
     u, p = state.u, state.p
     sig = [xp.sqrt(Minv[(k, k)]) for k in range(3)]
     scale = xp.abs(u[0]) + xp.abs(u[1]) + xp.abs(u[2]) + 1.0
@@ -271,6 +273,75 @@ def _core(xp, tracks, cov, weights, seed, cpos, ccov, *, n_iter, model, compiled
     return (xp.stack(u, axis=-1), sym_to_array(xp, Minv, 3),
             xp.permute_dims(momenta, (1, 0, 2)), total, xp.permute_dims(track_chi2, (1, 0)),
             ok)
+
+
+def _compiled_steps(xp, model, prob, state, n_iter):
+    """The ``n_iter + 1`` steps of :func:`_core` with :func:`_step` compiled as one unit
+    (:func:`vertexfit._speed.compiled`), called on a few packed arrays: every array a
+    compiled call takes or returns costs guards and bookkeeping on each of the calls, which
+    at small batches cost more than the step's arithmetic (docs/fit.md, "Speed").
+
+    Returns what the loop of :func:`_core` returns: the state at which the last step
+    linearised and that step's ``(Minv, bad, du, track_chi2, S)``.
+    """
+    step = _speed.compiled(f"fit step [{model}]", functools.partial(_packed_step, xp, model))
+    fixed = _pack_problem(xp, prob)
+    carry = _pack_state(xp, state)
+    for _ in range(n_iter + 1):
+        at_state = carry
+        *carry, AJ, bad, track_chi2 = step(*fixed, *carry)
+    Minv, du, total = _unpack(_xp.unstack(xp, AJ, axis=0), (_UPPER3, 3, 1))
+    return _unpack_state(xp, *at_state), (Minv, bad, du, track_chi2, total[0])
+
+
+def _packed_step(xp, model, PT, PJ, singular, ST, SJ):
+    """:func:`_step` on packed arrays (:func:`_pack_problem`, :func:`_pack_state`); returns
+    the next state's ``(ST, SJ)``, then ``AJ`` = (Minv components, du, S) (10, B), ``bad``
+    (B,) and the track chi2 (T, B)."""
+    q, G, w = _unpack(_xp.unstack(xp, PT, axis=0), (5, _UPPER5, 1))
+    P = cpos = None
+    if PJ is not None:
+        P, cpos = _unpack(_xp.unstack(xp, PJ, axis=0), (_UPPER3, 3))
+    prob = _Problem(q, G, w[0], P, cpos, singular)
+    nxt, (Minv, bad, du, tchi2, total) = _step(xp, model, prob, _unpack_state(xp, ST, SJ))
+    AJ = xp.stack([*(Minv[k] for k in _UPPER3), *du, total], axis=0)
+    return (*_pack_state(xp, nxt), AJ, bad, tchi2)
+
+
+def _pack_problem(xp, prob):
+    """``(PT (21, T, B): q, G upper components, w; PJ (9, B): P upper components, cpos, or
+    None; singular (B,))``."""
+    PT = xp.stack([*prob.q, *(prob.G[k] for k in _UPPER5), prob.w], axis=0)
+    PJ = None
+    if prob.P is not None:
+        PJ = xp.stack([*(prob.P[k] for k in _UPPER3), *prob.cpos], axis=0)
+    return PT, PJ, prob.singular
+
+
+def _pack_state(xp, state):
+    """``(ST (9, T, B): p, base_p, sp; SJ (11, B): u, base_u, base_s, su, alpha)`` of a
+    :class:`_State` without phi ``(sin, cos)``."""
+    ST = xp.stack([*state.p, *state.base_p, *state.sp], axis=0)
+    SJ = xp.stack([*state.u, *state.base_u, state.base_s, *state.su, state.alpha], axis=0)
+    return ST, SJ
+
+
+def _unpack_state(xp, ST, SJ):
+    p, base_p, sp = _unpack(_xp.unstack(xp, ST, axis=0), (3, 3, 3))
+    u, base_u, base_s, su, alpha = _unpack(_xp.unstack(xp, SJ, axis=0), (3, 3, 1, 3, 1))
+    return _State(u, p, None, base_u, base_p, base_s[0], su, sp, alpha[0])
+
+
+def _unpack(rows, layout):
+    """Split ``rows`` into consecutive groups: an int ``n`` -> a list of n rows, a list of
+    index pairs -> a dict of symmetric components."""
+    out, i = [], 0
+    for part in layout:
+        n = part if isinstance(part, int) else len(part)
+        group = list(rows[i:i + n])
+        out.append(group if isinstance(part, int) else dict(zip(part, group)))
+        i += n
+    return out
 
 
 def _objective(xp, prob, u, track_chi2):

@@ -17,6 +17,7 @@ The measurements behind each choice are in ``docs/fit.md`` ("Speed").
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import math
 import os
@@ -264,14 +265,18 @@ def _pad(xp, a, pad, value):
 # --------------------------------------------------------------------------------------------
 # torch.compile
 # --------------------------------------------------------------------------------------------
-# Inductor fuses all the elementwise work of a traced region into one C++ (or Triton)
-# kernel. Traced whole, the fit (eleven linearisations) becomes a kernel on which gcc 12
-# dies (internal compiler error in gimple_duplicate_bb; max_fusion_size does not split
-# it). The units compiled here are one Gauss-Newton step (vertexfit._fit._step, ~1,300
-# tensor operations, called n_iter + 1 times per fit) and the implicit backward
-# (vertexfit._implicit.core_vjp), each one kernel that gcc compiles. dynamic=True: one
-# compilation serves every batch size and track-slot count. Inductor's on-disk cache
-# (TORCHINDUCTOR_CACHE_DIR, on by default) keeps the kernels across processes.
+# Inductor's C++ backend writes all the loop nests of a traced region into one C++ function
+# until that function has MAX_FUSED_KERNEL_ARGS_NUM (500) buffer arguments. Traced whole,
+# the fit (eleven linearisations), and the implicit backward alone (order-2 jets: a
+# 2.5 MB, 23,000-line function), become functions on which gcc 12 dies (internal compiler
+# error in gimple_duplicate_bb; max_fusion_size does not split them). The units compiled
+# here are one Gauss-Newton step (vertexfit._fit._step, ~1,300 tensor operations, called
+# n_iter + 1 times per fit) and the implicit backward (vertexfit._implicit.core_vjp), with
+# at most _KERNEL_ARGS buffers per C++ function: the same loops, in several functions of
+# a size gcc compiles (the backward: 0.4 MB of C++). dynamic=True: one compilation serves
+# every batch size and track-slot count. Inductor's on-disk cache (TORCHINDUCTOR_CACHE_DIR,
+# on by default) keeps the kernels across processes.
+_KERNEL_ARGS = 64
 _COMPILE_LOCK = threading.Lock()
 _UNITS: dict = {}     # unit name -> its runner (one torch.compile wrapper per unit)
 _SECONDS: dict = {}   # unit name -> seconds of its first compiled call
@@ -309,8 +314,20 @@ def compiled(unit: str, fn):
 
 def _compile_unit(unit, eager):
     import torch
+    from torch.utils._pytree import tree_map_only
 
-    fast = torch.compile(eager, dynamic=True, fullgraph=True)
+    # a partial's function is compiled itself, its bound arguments (namespace, model name)
+    # passed: every unit keeps its own code object, hence its own Dynamo cache (partials
+    # share one wrapper's code object, and with it one cache and one recompile limit)
+    func, bound, kw = ((eager.func, eager.args, eager.keywords)
+                       if isinstance(eager, functools.partial) else (eager, (), {}))
+    compiled_func = torch.compile(func, dynamic=True, fullgraph=True)
+
+    def fast(*args):
+        # detached: a compiled unit runs without autograd recording, and requires_grad
+        # (which differs from caller to caller) must not make Dynamo compile it again
+        args = tree_map_only(torch.Tensor, lambda t: t.detach(), args)
+        return compiled_func(*bound, *args, **kw)
 
     def run(*args):
         if unit in _FAILED or not _can_run_compiled():
@@ -322,7 +339,8 @@ def _compile_unit(unit, eager):
                 # tracing array_api_compat's namespace checks: cached pure functions
                 warnings.filterwarnings("ignore", message="Dynamo detected a call to a "
                                         "`functools.lru_cache`", category=UserWarning)
-                out = fast(*args)
+                with _small_cpp_functions():
+                    out = fast(*args)
         except Exception as err:  # any compiler failure: this unit runs eagerly from now on
             with _COMPILE_LOCK:
                 _FAILED[unit] = err
@@ -335,6 +353,27 @@ def _compile_unit(unit, eager):
         return out
 
     return run
+
+
+@contextlib.contextmanager
+def _small_cpp_functions():
+    """Inductor's C++ functions split at :data:`_KERNEL_ARGS` buffer arguments while a unit
+    compiles (a class attribute of Inductor's C++ scheduler, restored after; a PyTorch
+    without it compiles as it would)."""
+    try:
+        from torch._inductor.codegen.cpp import CppScheduling
+    except ImportError:
+        yield
+        return
+    old = getattr(CppScheduling, "MAX_FUSED_KERNEL_ARGS_NUM", None)
+    if old is None:
+        yield
+        return
+    CppScheduling.MAX_FUSED_KERNEL_ARGS_NUM = min(old, _KERNEL_ARGS)
+    try:
+        yield
+    finally:
+        CppScheduling.MAX_FUSED_KERNEL_ARGS_NUM = old
 
 
 def _can_run_compiled() -> bool:

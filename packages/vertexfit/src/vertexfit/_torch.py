@@ -20,13 +20,6 @@ from ._implicit import core_jvp, core_vjp
 
 __all__ = ["fit_core"]
 
-#: The implicit backward as a torch.compile unit. Off: since the step control and the weight
-#: normalisation joined the linearisation, gcc 12 dies on the backward's C++ kernel (internal
-#: compiler error in gimple_duplicate_bb) and every first call would spend minutes in gcc
-#: before falling back; the forward step compiles. See docs/fit.md, Speed.
-COMPILE_BACKWARD = False
-
-
 def fit_core(core, xp_, tracks, cov, weights, seed, cpos, ccov, *, n_iter, model,
              compiled=False):
     """``core(xp, tracks, ...)`` (the plain fit core, on torch tensors) with the implicit
@@ -67,10 +60,14 @@ class _FitCore(torch.autograd.Function):
         if all(c is None for c in (u_bar, cov_bar, mom_bar, chi2_bar, tchi2_bar)):
             return (None,) * 10
         vjp = functools.partial(core_vjp, xp, model=ctx.model)
-        if ctx.compiled and COMPILE_BACKWARD:  # (eager where autograd records it)
+        cot = (u_bar, cov_bar, mom_bar, chi2_bar, tchi2_bar)
+        if ctx.compiled:  # (eager where autograd records it: double backward)
             vjp = _speed.compiled(f"backward [{ctx.model}]", vjp)
-        grads = vjp(tracks, cov, weights, cpos, ccov, (u, C, mom),
-                    (u_bar, cov_bar, mom_bar, chi2_bar, tchi2_bar))
+            # zeros for the unused outputs: one compiled backward for every choice of
+            # outputs a loss uses (a None would make Dynamo compile it again)
+            like = (u, C, mom, u[:, 0], mom[..., 0])
+            cot = tuple(torch.zeros_like(x) if c is None else c for c, x in zip(cot, like))
+        grads = vjp(tracks, cov, weights, cpos, ccov, (u, C, mom), cot)
         tracks_bar, cov_bar_in, weights_bar, cpos_bar, ccov_bar = grads
         # the converged fit does not depend on its starting point
         seed_bar = tracks.new_zeros(ctx.seed_shape) if ctx.needs_input_grad[3] else None

@@ -120,15 +120,22 @@ class FeatureModel(nn.Module):
 
     def inputs(self, batch, params, cov, extra=None) -> dict:
         """The backbone's inputs ``{type: (features, valid)}`` from tracks ``params`` /
-        ``cov`` (B, T, 5) / (B, T, 5, 5) (the batch's, or re-expressed at another point).
+        ``cov`` (B, T, 5) / (B, T, 5, 5) (the batch's, or re-expressed at another point;
+        ``k B`` jets: k views of the batch's jets stacked, each view's rows in batch order).
 
-        ``tracks``: the normalised track features (+ ``extra`` (B, T, k) columns).
+        ``tracks``: the normalised track features (+ ``extra`` (k B, T, n) columns).
         ``muons`` (``"muons" in cfg.inputs``): one token per track slot, valid where the track
         is a reconstructed soft muon (``|lepton_id| = 13``): the track's features followed
         by :data:`MUON_FEATURE_NAMES` from the muon reconstruction's pT.
         """
-        valid = batch["valid"]
-        f = self.features(params, cov, batch["jet"])
+        # k views of the same jets stacked along the jet axis (FtagNdive: PV and NDIVE vertex)
+        k = params.shape[0] // batch["valid"].shape[0]
+
+        def rep(x):
+            return x if k == 1 else torch.cat([x] * k)
+
+        valid = rep(batch["valid"])
+        f = self.features(params, cov, rep(batch["jet"]))
         if extra is not None:
             f = torch.cat([f, extra], -1)
         out = {"tracks": (f, valid)}
@@ -138,8 +145,8 @@ class FeatureModel(nn.Module):
                                  "fields (track field 'leptonID': generate with soft leptons)")
             from vertexfit import K_GEV_PER_T_MM
 
-            mu = valid & (batch["lepton_id"].abs() == _MUON_PDGID)
-            mpt = batch["lepton_pt"].to(f.dtype).clamp_min(1e-3)
+            mu = valid & (rep(batch["lepton_id"]).abs() == _MUON_PDGID)
+            mpt = rep(batch["lepton_pt"]).to(f.dtype).clamp_min(1e-3)
             tpt = K_GEV_PER_T_MM * self.bz / (params[..., 4].to(f.dtype).abs() + 1e-12)
             mf = torch.stack([torch.log(mpt / 5.0), (mpt / tpt).clamp(0.0, 10.0)], -1)
             out["muons"] = (torch.cat([f, mf], -1), mu)
