@@ -223,8 +223,8 @@ def _has_torch():
 
 
 def format_table(result) -> str:
-    lines = [f"{'backend':16s} {'mode':8s} {'dtype':8s} {'jets':>7s} {'jets/s':>10s} "
-             f"{'first call s':>12s} {'converged':>9s}"]
+    lines = [(f"{'backend':16s} {'mode':8s} {'dtype':8s} {'jets':>7s} {'jets/s':>10s} "
+             f"{'first call s':>12s} {'converged':>9s}")]
     for r in result["rows"]:
         lines.append(f"{r['backend']:16s} {r.get('mode', 'fwd'):8s} {r['dtype']:8s} "
                      f"{r['n_jets']:7d} "

@@ -194,14 +194,14 @@ def run(
     for name, cfg in cases[2:]:
         per_event.append({"case": name, **_cost_per_event(cfg, 2 if quick else 10)})
     notes = [
-        f"python {sys.version.split()[0]}, {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"load average {os.getloadavg()[0]:.1f} at the end",
-        "goal (issue 4, idle 2-core machine, 2 workers, MPI on): >= 1,300 jets/s all, "
-        ">= 450 jets/s balanced; compare steady_jets_per_s",
-        "'pythia only': the same workers running Pythia alone for the events of 'all' (jets "
-        "counted at the jets per event of 'all'): the ceiling; all / pythia only = efficiency",
-        "'run3 mu=M': --preset run3 with pileup M; 'pythia only mu=60': its ttbar and "
-        "minimum-bias Pythia alone (the ceiling of 'run3 mu=60')",
+        (f"python {sys.version.split()[0]}, {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f} at the end"),
+        ("goal (issue 4, idle 2-core machine, 2 workers, MPI on): >= 1,300 jets/s all, "
+        ">= 450 jets/s balanced; compare steady_jets_per_s"),
+        ("'pythia only': the same workers running Pythia alone for the events of 'all' (jets "
+        "counted at the jets per event of 'all'): the ceiling; all / pythia only = efficiency"),
+        ("'run3 mu=M': --preset run3 with pileup M; 'pythia only mu=60': its ttbar and "
+        "minimum-bias Pythia alone (the ceiling of 'run3 mu=60')"),
     ]
     notes.append("per_event: CPU per event of one worker after a warm-up batch (thread time, "
                  "insensitive to other load): ttbar Pythia, pileup Pythia, the rest (jets, "

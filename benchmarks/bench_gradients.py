@@ -210,8 +210,8 @@ def run(quick: bool = False, *, jets=None, backends=None, n_iters=None) -> dict:
 
 
 def format_table(result) -> str:
-    lines = [f"{'backend':8s} {'jets':>6s} {'fwd jets/s':>11s} {'fwd+bwd jets/s':>15s} "
-             f"{'ratio':>6s}"]
+    lines = [(f"{'backend':8s} {'jets':>6s} {'fwd jets/s':>11s} {'fwd+bwd jets/s':>15s} "
+             f"{'ratio':>6s}")]
     for r in result["rows"]:
         if r["table"] == "throughput":
             lines.append(f"{r['backend']:8s} {r['n_jets']:6d} {r['forward_jets_per_s']:11.0f} "

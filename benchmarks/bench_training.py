@@ -150,12 +150,12 @@ def run(quick: bool = False, threads: int = 1) -> dict:
         },
         "notes": ["toy jets (vertexfit.toy, 2-15 tracks), batch 100, float64 fit",
                   f"{n_threads} intra-op thread(s) (torch.set_num_threads)",
-                  "paper models: NovoGrad, dim 32, taking steps in turn (interleaved); "
+                  ("paper models: NovoGrad, dim 32, taking steps in turn (interleaved); "
                   "*.yaml: the shipped config at its real size with its optimiser and loss "
-                  "balancing (its NDIVE fit as the config sets fit_compile)",
-                  "median over steps after the first (warm-up / compiling) step, whose time "
+                  "balancing (its NDIVE fit as the config sets fit_compile)"),
+                  ("median over steps after the first (warm-up / compiling) step, whose time "
                   "is first_step_s; family ratios from CPU time (wall times on a shared "
-                  "machine include waits)",
+                  "machine include waits)"),
                   "goal (issue 12): ftag_ndive / baseline >= 0.5 (stretch 0.8)"],
     }
 

@@ -234,9 +234,9 @@ def machine_lines(info: dict) -> list[str]:
     v = {k: x for k, x in info["versions"].items() if x}
     gpu = ", ".join(info["cuda"]) if info["cuda"] else "none"
     return [
-        f"- CPU: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), "
+        (f"- CPU: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), "
         f"RAM {info['ram_gib']} GiB, load average {info['load_average_start']} at the start, "
-        f"{info.get('load_average_end')} at the end",
+        f"{info.get('load_average_end')} at the end"),
         f"- CUDA devices: {gpu}",
         f"- {info['platform']}, Python {info['python']}; "
         + ", ".join(f"{k} {x}" for k, x in v.items()),
@@ -255,8 +255,8 @@ def markdown(result: dict, plots: list[str]) -> str:
         lines.append(f"- {note}")
     for topic, res in result["topics"].items():
         lines += ["", f"## {res.get('title', topic)} (`bench_{topic}.py`)", "",
-                  f"{res['status']}, {res['date']}, {'quick' if res['quick'] else 'full'}, "
-                  f"{res['seconds']} s, load average {res.get('load_average')} at the start",
+                  (f"{res['status']}, {res['date']}, {'quick' if res['quick'] else 'full'}, "
+                  f"{res['seconds']} s, load average {res.get('load_average')} at the start"),
                   ""]
         groups = {}
         for r in res["rows"]:
@@ -356,11 +356,11 @@ def write_docs(results_dir: Path, docs: Path = ROOT / "docs") -> Path:
             results.append(r)
     results.sort(key=lambda r: r["machine"]["date"], reverse=True)
     lines = ["# Benchmarks", "",
-             "Measured by `nox -s bench` (`python benchmarks/run.py`), which runs every "
+             ("Measured by `nox -s bench` (`python benchmarks/run.py`), which runs every "
              "`benchmarks/bench_*.py` and writes `benchmarks/results/<machine>.json`, a "
              "markdown table and PNG plots. Machines are shared and noisy: the ratios within "
              "one run (speed-up over SciPy, backward/forward, JAX/NumPy) are the headline. "
-             "Below: the latest committed results, one section per machine, newest first.", ""]
+             "Below: the latest committed results, one section per machine, newest first."), ""]
     if not results:
         lines.append("No results are committed yet.")
     for r in results:

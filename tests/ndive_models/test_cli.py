@@ -279,7 +279,8 @@ def test_worker_failure_is_a_clear_cli_error(monkeypatch, tmp_path, capsys):
 def test_convert_cli_errors_are_one_line(sample_path, tmp_path, capsys):
     assert cli.main(["convert", str(sample_path), str(tmp_path / "y.h5"), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"already schema {schema.SCHEMA_VERSION}: nothing to convert" in err
+    assert err.count("\n") == 1
+    assert f"already schema {schema.SCHEMA_VERSION}: nothing to convert" in err
     assert not (tmp_path / "y.h5").exists()
     assert cli.main(["convert", str(tmp_path / "missing.h5"), str(tmp_path / "z.h5")]) == 2
     assert "missing.h5" in capsys.readouterr().err

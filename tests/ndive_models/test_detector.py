@@ -14,8 +14,7 @@ import pytest
 
 import vertexfit
 from ndive_models import cli
-from ndive_models.data import read_attrs, read_jets
-from ndive_models.data import schema
+from ndive_models.data import read_attrs, read_jets, schema
 from ndive_models.data.schema import ORIGIN, TRACK_PARAMS, reference_pv
 from ndive_models.data.validation import pulls
 from ndive_models.generate import GenerationConfig, _detector, _vertexing, generate

@@ -585,7 +585,8 @@ def test_files_without_the_new_truth_fields_still_load(sample_path, tmp_path):
             f.attrs[k] = v
     batch, _ = load_batch(path)
     assert "jet_class" not in batch and "pt_truth" not in batch
-    assert torch.equal(class_labels(batch, 3), torch.from_numpy(np.ascontiguousarray(jets["flavour_label"])).long())
+    labels = torch.from_numpy(np.ascontiguousarray(jets["flavour_label"])).long()
+    assert torch.equal(class_labels(batch, 3), labels)
     with pytest.raises(ValueError, match="jet_class"):
         class_labels(batch, 6)
 
@@ -631,4 +632,5 @@ def test_schema_1_files_have_the_new_truth_fields_as_not_available(sample_path, 
         assert (j["jet_class"] == -1).all() and (j["pt_truth_nu_mu"] == -1).all()
         batch, _ = load_batch(p)
         assert "jet_class" not in batch and "pt_truth" not in batch
-        assert torch.equal(batch["flavour"], torch.from_numpy(np.ascontiguousarray(jets["flavour_label"])).long())
+        labels = torch.from_numpy(np.ascontiguousarray(jets["flavour_label"])).long()
+        assert torch.equal(batch["flavour"], labels)

@@ -171,7 +171,7 @@ def test_study_skips_finished_and_resumes_unfinished(tmp_path, sample_path, caps
     assert json.loads((res / "cpu.json").read_text())["train"]["cpu_s"] > 0
     from ndive_models.train import load_checkpoint
 
-    model, ck = load_checkpoint(res / "best.pt")  # the committed checkpoint is usable
+    _model, ck = load_checkpoint(res / "best.pt")  # the committed checkpoint is usable
     assert "optimizer" not in ck
     assert "Rejections at fixed b-jet efficiency" in (tmp_path / "results" /
                                                      "report.md").read_text()

@@ -57,7 +57,8 @@ def brute_force_perigee(v, phi, theta, rho, n_grid=4001, n_newton=8):
 
 
 def centre_form(v, phi, theta, rho):
-    """docs/conventions.md, the exact helix (circle-centre form), in whatever float type the inputs have."""
+    """docs/conventions.md, the exact helix (circle-centre form), in whatever float type the
+    inputs have."""
     x, y, z = v[..., 0], v[..., 1], v[..., 2]
     cx, cy = x - np.sin(phi) / rho, y + np.cos(phi) / rho
     s = np.sign(rho)
@@ -117,7 +118,8 @@ def test_helix_matches_brute_force_hypothesis(x, y, z, phi, theta, log_rho, sign
 
 
 def test_straight_line_limit_exact(backend, rng):
-    """rho = 0 exactly is the straight line of docs/conventions.md (the exact helix) (no NaN, no division)."""
+    """rho = 0 exactly is the straight line of docs/conventions.md (the exact helix) (no NaN,
+    no division)."""
     n = 100
     v, phi, theta, _ = random_helices(rng, n)
     x, y, z = v.T
@@ -211,9 +213,9 @@ def test_billoir_differs_from_helix_at_order_rho_squared(backend, rng):
 
 
 def test_billoir_sign_convention_matches_helix():
-    """docs/conventions.md (the first-order model): with this package's signs the first-order model is second-order
-    close to the helix at the paper's kinematics (|rho| ~ 2e-4 /mm, mm displacements); with
-    the curvature sign flipped it would be wrong at first order."""
+    """docs/conventions.md (the first-order model): with this package's signs the first-order
+    model is second-order close to the helix at the paper's kinematics (|rho| ~ 2e-4 /mm, mm
+    displacements); with the curvature sign flipped it would be wrong at first order."""
     rng = np.random.default_rng(7)
     n = 500
     v = rng.normal(0, 2.0, (n, 3))

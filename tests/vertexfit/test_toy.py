@@ -88,7 +88,8 @@ def test_variable_track_counts_and_padding():
 
 
 def test_resolution_tables():
-    # docs/conventions.md (resolutions of the toy generator) numbers: d0/z0 bins closed on the right, low-pT angular values
+    # docs/conventions.md (resolutions of the toy generator) numbers: d0/z0 bins closed on the
+    # right, low-pT angular values
     s = sigmas(np.array([0.7, 1.0, 1.5, 5.0, 12.0, 20.0, 100.0]), 0.1)
     np.testing.assert_allclose(s[:, 0], [0.080, 0.080, 0.045, 0.020, 0.014, 0.014, 0.0115])
     np.testing.assert_allclose(s[:, 1], [0.140, 0.140, 0.096, 0.058, 0.055, 0.050, 0.047])

@@ -115,12 +115,12 @@ def _condition(study, trainings, cond, report: Path, paper: dict) -> list[str]:
         return L + ["No finished tagger training yet.", ""]
     m0 = next(iter(tagged.values()))[0][1]
     npf = m0["n_per_flavour"]
-    L += [f"Test jets: {npf['b']} b, {npf['c']} c, {npf['light']} light "
-          f"({', '.join(m0['test_files'])}); f_c = {m0['f_c']}.", ""]
+    L += [(f"Test jets: {npf['b']} b, {npf['c']} c, {npf['light']} light "
+          f"({', '.join(m0['test_files'])}); f_c = {m0['f_c']}."), ""]
     # rejections
     L += ["### Rejections at fixed b-jet efficiency", "",
-          "Mean over seeds ± seed (standard error from the seed spread) ± stat (bootstrap "
-          "over test jets).", "",
+          ("Mean over seeds ± seed (standard error from the seed spread) ± stat (bootstrap "
+          "over test jets)."), "",
           "| model | seeds | WP | light rejection | c rejection |", "|---|---|---|---|---|"]
     summary = {}
     for run, ms in tagged.items():
@@ -139,8 +139,8 @@ def _condition(study, trainings, cond, report: Path, paper: dict) -> list[str]:
     ref = next((r for r in tagged if ref in (r, DISPLAY.get(r))), ref)
     if ref in tagged:
         L += [f"### Ratio to {DISPLAY.get(ref, ref)}", "",
-              "Ratio of the seed means; ± the total uncertainty (seed and test statistics "
-              "in quadrature; see the end of this report).", "",
+              ("Ratio of the seed means; ± the total uncertainty (seed and test statistics "
+              "in quadrature; see the end of this report)."), "",
               "| model | background | " + " | ".join(f"{float(w):.0%}" for w in WPS)
               + " | per-seed ratios at 70% |", "|---|---|" + "---|" * len(WPS) + "---|"]
         for run, ms in tagged.items():
@@ -201,21 +201,21 @@ def _condition(study, trainings, cond, report: Path, paper: dict) -> list[str]:
     if fitted:
         pe = paper["track_selection_efficiency"]
         L += ["### NDIVE track selection and the fit", "",
-              "Selection: weight > 0.5 x the jet's largest weight, against the tracks from "
+              ("Selection: weight > 0.5 x the jet's largest weight, against the tracks from "
               f"the b/c decay chain (paper: efficiency {pe['b']} b, {pe['c']} c). Mean over "
-              "seeds.", "",
+              "seeds."), "",
               "| model | eff. b | purity b | eff. c | purity c | fit usable b / c / light |",
               "|---|---|---|---|---|---|"]
         for run, ms in fitted.items():
             ts = [m["track_selection"] for _, m in ms]
-            f = lambda fl, q: np.mean([x[fl][q] for x in ts])
+            f = lambda fl, q, ts=ts: np.mean([x[fl][q] for x in ts])
             ok = [np.mean([m["fit_ok_fraction"][fl] for _, m in ms])
                   for fl in ("b", "c", "light")]
             L.append(f"| {DISPLAY.get(run, run)} | {f('b', 'efficiency'):.3f} | "
                      f"{f('b', 'purity'):.3f} | {f('c', 'efficiency'):.3f} | "
                      f"{f('c', 'purity'):.3f} | {' / '.join(f'{x:.3f}' for x in ok)} |")
-        L += ["", "Vertex residuals (fitted - true heavy-flavour decay vertex, b- and c-jets "
-              "with a usable fit; first seed): half the 16-84% interval.", "",
+        L += ["", ("Vertex residuals (fitted - true heavy-flavour decay vertex, b- and c-jets "
+              "with a usable fit; first seed): half the 16-84% interval."), "",
               "| model | jets | sigma68 x, y, z [mm] | pull sigma68 x, y, z |",
               "|---|---|---|---|"]
         for run, ms in fitted.items():
@@ -227,8 +227,8 @@ def _condition(study, trainings, cond, report: Path, paper: dict) -> list[str]:
                      f"{', '.join(f'{x:.2f}' for x in v['pull']['sigma68'])} |")
         L.append("")
     # cost
-    L += ["### Cost", "", "| model | trainings | CPU h per training (train) | "
-          "CPU h per training (evaluation) | epochs | jets/s (training, median) |",
+    L += ["### Cost", "", ("| model | trainings | CPU h per training (train) | "
+          "CPU h per training (evaluation) | epochs | jets/s (training, median) |"),
           "|---|---|---|---|---|---|"]
     for run, ms in models.items():
         if not ms:
@@ -369,24 +369,24 @@ def write(study: dict, trainings: list, paper: dict, remaining: str) -> str:
     title = study.get("title") or (f"Study {study.get('shown') or study['source']}: "
                                    "baseline vs FTAG+NDIVE")
     L = [f"# {title}", "",
-         f"{len(done)} of {len(trainings)} trainings have finished. This page is rewritten "
+         (f"{len(done)} of {len(trainings)} trainings have finished. This page is rewritten "
          "by `ndive paper` from the per-training results in this directory "
          "(`<condition>/<training>/metrics.json`); rerun the study's command to continue "
-         "it, or `--report-only` to rewrite this page.", ""]
+         "it, or `--report-only` to rewrite this page."), ""]
     tr = study["training"]
     L += ["## Settings", "",
-          f"- training: at most {tr.get('epochs')} epochs, patience {tr.get('patience')}, "
+          (f"- training: at most {tr.get('epochs')} epochs, patience {tr.get('patience')}, "
           f"batch {tr.get('batch_size')}, {tr.get('optimizer')} lr {tr.get('lr')}, "
-          f"validation fraction {tr.get('val_fraction', 0.1)}, model {tr.get('model')}",
-          f"- data: {_sample(study['data']['train'])} for training (a fraction "
+          f"validation fraction {tr.get('val_fraction', 0.1)}, model {tr.get('model')}"),
+          (f"- data: {_sample(study['data']['train'])} for training (a fraction "
           f"{tr.get('val_fraction', 0.1)} validates), {_sample(study['data']['test'])} for "
-          "the test",
+          "the test"),
           f"- {study['jobs']} trainings at a time, {study['threads']} thread(s) each", ""]
     for cond in dict.fromkeys(t.condition for t in trainings):
         L += _condition(study, trainings, cond, report, paper)
     L += ["## What remains", "", remaining, "",
           "## How the uncertainties are combined", "",
-          "Every training is evaluated on the same test jets. Its rejections are computed on "
+          ("Every training is evaluated on the same test jets. Its rejections are computed on "
           "the full test set and on 200 bootstrap replicates (test jets drawn with "
           "replacement, seed 17: the same replicates for every training). For a model, the "
           "number quoted is the mean over its seeds; **seed** is the standard error of that "
@@ -396,7 +396,7 @@ def write(study: dict, trainings: list, paper: dict, remaining: str) -> str:
           "each replicate (both models see the same resampled jets, so their correlation "
           "through the shared test set is kept). **total** = seed and stat in quadrature; "
           "this is conservative, since the spread between seeds on one test set also "
-          "contains part of the test-set fluctuation.", ""]
+          "contains part of the test-set fluctuation."), ""]
     text = "\n".join(L) + "\n"
     (report / "report.md").write_text(text)
     return text

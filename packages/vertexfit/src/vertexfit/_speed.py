@@ -324,9 +324,10 @@ def _compile_unit(unit, eager):
     compiled_func = torch.compile(func, dynamic=True, fullgraph=True)
 
     def fast(*args):
-        # detached: a compiled unit runs without autograd recording, and requires_grad
-        # (which differs from caller to caller) must not make Dynamo compile it again
-        args = tree_map_only(torch.Tensor, lambda t: t.detach(), args)
+        # detached and contiguous: a compiled unit runs without autograd recording, and
+        # requires_grad or strides (a cotangent of a sum is an expanded tensor), which
+        # differ from caller to caller, must not make Dynamo compile it again
+        args = tree_map_only(torch.Tensor, lambda t: t.detach().contiguous(), args)
         return compiled_func(*bound, *args, **kw)
 
     def run(*args):
