@@ -56,3 +56,10 @@ def test_compile_report_is_one_line(monkeypatch, capsys):
     assert "compiled" in line and "first step 75.5 s" in line
     monkeypatch.setattr(vertexfit, "compile_status", lambda: {"seconds": {}, "failed": {}})
     assert _runtime.compile_report("[ndive]") is None
+
+
+def test_the_demo_compiles_only_when_asked():
+    # its trainings are shorter than the compilation of the fit would take
+    parser = cli.build_parser()
+    assert parser.parse_args(["demo"]).compile is False
+    assert parser.parse_args(["demo", "--compile"]).compile is True

@@ -39,8 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-plots", action="store_true", help="no PNG plots")
     p.add_argument("--threads", type=int, default=None,
                    help="PyTorch intra-op threads (default 1; 0: PyTorch's choice)")
-    p.add_argument("--no-compile", action="store_true",
-                   help="run the PyTorch vertex fit eagerly (default: torch.compile)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="torch.compile the vertex fit in the short trainings (default: off; "
+                        "compiling takes minutes of CPU the first time, more than the demo's "
+                        "trainings would save; `ndive train` compiles by default)")
 
 
 def run(args) -> int:

@@ -510,7 +510,7 @@ def _section_training(path: Path, args, rep: Report) -> dict:
                           patience=max(args.epochs, 1), device="cpu",
                           threads=_threads(args),
                           model=ModelConfig(name=name, dim=args.dim,
-                                            fit_compile=not getattr(args, "no_compile", False)))
+                                            fit_compile=getattr(args, "compile", False)))
         t0 = time.perf_counter()
         summary = train(cfg)
         seconds = time.perf_counter() - t0
