@@ -88,6 +88,24 @@ def test_compiled_gradients_match_eager(jets):
         _close(a, b)
 
 
+def test_other_losses_and_inputs_reuse_the_compiled_backward(jets):
+    # which outputs a loss uses (None cotangents), their strides (the cotangent of a sum is
+    # an expanded tensor) and which inputs require grad must not compile the units again
+    from torch._dynamo.utils import counters
+
+    t, c, w, m = jets
+    ws = w.clone().requires_grad_(True)
+    vertexfit.fit(t, c, ws, mask=m, compile=True).vertex.sum().backward()  # compiled (or cached)
+    before = counters["frames"]["ok"]
+    assert before >= 2  # the counter counts compilations: the step's and the backward's
+    for loss in (lambda r: r.vertex.sum(), lambda r: (r.momenta ** 2).sum() + r.chi2.sum(),
+                 lambda r: r.vertex_cov[:, 0, 0].sum()):
+        ts = t.clone().requires_grad_(True)
+        loss(vertexfit.fit(ts, c, w, mask=m, compile=True)).backward()
+        assert torch.isfinite(ts.grad).all()
+    assert counters["frames"]["ok"] == before
+
+
 def test_other_batch_sizes_reuse_the_compiled_step():
     # dynamic shapes: another batch size and track count, same compiled units
     t, c, w, m = _jets(9, seed=5)
