@@ -631,9 +631,11 @@ def finish_training(out, result, test_files) -> dict:
 # --------------------------------------------------------------------------------------------
 # plan
 # --------------------------------------------------------------------------------------------
-#: Training throughput [jets/s, one thread] assumed before a run of the model has finished
-#: (measured on the shared 2-core machine, docs/results/README.md).
-DEFAULT_JETS_PER_S = {"baseline": 1500.0, "ndive": 500.0, "ftag_ndive": 400.0}
+#: Training throughput [jets/s, one thread, epochs with validation] assumed before an epoch
+#: of the model has finished: the study's baseline epochs on the shared 2-core machine (two
+#: trainings at once), NDIVE and FTAG+NDIVE scaled by their step-time ratios to the baseline
+#: in benchmarks/bench_training.py with the compiled fit (0.63 and 0.26).
+DEFAULT_JETS_PER_S = {"baseline": 2300.0, "ndive": 1450.0, "ftag_ndive": 600.0}
 #: Generation speed [jets/s, one worker] (balanced ttbar jets, the clean generator).
 GENERATION_JETS_PER_S = 60.0
 
