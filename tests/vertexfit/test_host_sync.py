@@ -34,10 +34,13 @@ def test_the_counter_sees_a_host_sync(count_host_syncs):
     assert mode.syncs == 1
 
 
-def test_fit_loop_has_no_host_sync(count_host_syncs):
+@pytest.mark.parametrize("compiled", [False, True])
+def test_fit_loop_has_no_host_sync(count_host_syncs, compiled):
+    # compiled: the packed-array loop around the compiled step (run eagerly here:
+    # VERTEXFIT_COMPILE=0 in the tests)
     xp, args = _core_args()
     with count_host_syncs() as mode:
-        out = _fit._core(xp, *args, n_iter=10, model="helix")
+        out = _fit._core(xp, *args, n_iter=10, model="helix", compiled=compiled)
     assert mode.syncs == 0
     assert out[0].shape == (20, 3)
 
