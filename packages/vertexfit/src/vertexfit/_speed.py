@@ -1,4 +1,5 @@
-"""Backend-specific speed helpers, all in one place. None of them changes a number.
+"""Backend-specific speed helpers, all in one place. None of them changes a number (the
+recommended XLA options of :func:`jax_compiler_options` change rounding only).
 
 * :func:`barrier`: materialise intermediate arrays once (JAX: XLA would re-compute them in
   every consumer); identity elsewhere.
