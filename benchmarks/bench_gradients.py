@@ -152,7 +152,9 @@ def bench_memory(name, n_jets, n_iter, unrolled):
             r = vertexfit.fit(t, c, w, mask=m, n_iter=n_iter, adjoint=adjoint)
             return jnp.sum(r.vertex) + jnp.sum(r.chi2)
 
-        compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*args).compile()
+        compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2)),
+                           compiler_options=vertexfit.jax_compiler_options()
+                           ).lower(*args).compile()
         try:
             ma = compiled.memory_analysis()
             row["memory_bytes"] = int(ma.temp_size_in_bytes)
