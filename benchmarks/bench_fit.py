@@ -11,7 +11,10 @@ are the ratios within one run (speed-up over SciPy, JAX/NumPy, PyTorch/NumPy). G
 2-core machines (issue 2): JAX >= 100,000 jets/s, NumPy >= 20,000, PyTorch within 2x of
 NumPy, >= 300x the SciPy reference. With PyTorch, eager vs compiled
 (``fit(compile=True)``) rows, forward and forward+backward, one thread, interleaved; goal
-(issue 12): compiled forward+backward >= 20,000 jets/s at batch 100.
+(issue 12): compiled forward+backward >= 20,000 jets/s at batch 100. With JAX, the compile
+time of ``jax.jit(fit)`` and ``jax.jit(jax.grad(fit))`` at 2,000 jets x 15 tracks, with
+XLA's default options and with ``vertexfit.jax_compiler_options()`` (goal, issue 12: < 5 s
+each).
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ def _fitter(name, n_iter):
         return lambda t, c, m: vertexfit.fit(t, c, mask=m, n_iter=n_iter)
     import jax
 
-    f = jax.jit(lambda t, c, m: vertexfit.fit(t, c, mask=m, n_iter=n_iter))
+    f = jax.jit(lambda t, c, m: vertexfit.fit(t, c, mask=m, n_iter=n_iter),
+                compiler_options=vertexfit.jax_compiler_options())
 
     def run(t, c, m):
         out = f(t, c, m)
@@ -95,6 +99,60 @@ def bench_backend(name, n_jets, n_tracks, n_iter, dtype, seed=1):
         "first_call_s": first,
         "converged_fraction": conv,
     }
+
+
+def bench_jax_compile(n_jets=2000, n_tracks=15, n_iter=10, seed=1, repeats=5):
+    """Rows: seconds to trace, lower and compile ``jax.jit(fit)`` and ``jax.jit(jax.grad(fit))``
+    (float64, weights as the differentiated input, a loss of the vertex, its covariance and
+    the chi2), with XLA's default options and with :func:`vertexfit.jax_compiler_options`,
+    and the warm run time of each compiled program (timed interleaved, best of
+    ``repeats``). ``compile_cpu_s`` is the process CPU time of the compilation (less
+    sensitive to other load on the machine than the wall time ``compile_s``).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    toy = vertexfit.toy.generate(n_jets, n_tracks, seed=seed, variable=True, min_tracks=2)
+    t, c = (to_backend("jax", a) for a in (toy.tracks, toy.cov))
+    m = jnp.asarray(toy.mask)
+    rng = np.random.default_rng(seed)
+    w = jnp.asarray(np.where(toy.mask, 0.5 + 0.5 * rng.random(toy.mask.shape), 0.0))
+
+    def fit(t, c, w, m):
+        return vertexfit.fit(t, c, w, mask=m, n_iter=n_iter)
+
+    def loss(w, t, c, m):
+        r = vertexfit.fit(t, c, w, mask=m, n_iter=n_iter)
+        return jnp.sum(r.vertex) + jnp.sum(r.vertex_cov) + jnp.sum(r.chi2)
+
+    options = {"default": {}, "recommended": vertexfit.jax_compiler_options()}
+    rows = []
+    for what, fn, args in (("jit(fit)", fit, (t, c, w, m)),
+                           ("jit(grad(fit))", jax.grad(loss), (w, t, c, m))):
+        compiled = {}
+        for name, opts in options.items():
+            # a new function object per variant: jax.jit's caches must not serve the other
+            f = jax.jit(lambda *a, fn=fn: fn(*a), compiler_options=opts or None)
+            t0 = time.perf_counter()
+            lowered = f.lower(*args)
+            t1, c1 = time.perf_counter(), time.process_time()
+            compiled[name] = lowered.compile()
+            t2, c2 = time.perf_counter(), time.process_time()
+            jax.block_until_ready(compiled[name](*args))
+            rows.append({"table": f"JAX compile time ({n_jets} jets x {n_tracks} tracks, "
+                                  f"float64, n_iter={n_iter})",
+                         "function": what, "options": name, "n_tracks": n_tracks,
+                         "trace_lower_s": t1 - t0, "compile_s": t2 - t1,
+                         "compile_cpu_s": c2 - c1})
+        times = {name: [] for name in compiled}
+        for _ in range(repeats):
+            for name, exe in compiled.items():
+                t0 = time.perf_counter()
+                jax.block_until_ready(exe(*args))
+                times[name].append(time.perf_counter() - t0)
+        for row in rows[-len(compiled):]:
+            row["run_s"] = min(times[row["options"]])
+    return rows
 
 
 def bench_reference(n_jets, n_tracks, seed=1):
@@ -187,6 +245,10 @@ def run(quick: bool = False, *, jets=None, n_tracks=15, n_iter=10, backends=None
             continue
         for n in jets:
             rows.append(bench_backend(name, n, n_tracks, n_iter, dtype))
+    jax_compile = []
+    if "jax" in backends and _has_jax():
+        jax_compile = bench_jax_compile(n_tracks=n_tracks, n_iter=n_iter,
+                                        repeats=3 if quick else 5)
     compiled = []
     if "torch" in backends and _has_torch():
         compile_jets = compile_jets or ([100, 1000] if quick else [100, 1000, 10_000])
@@ -205,13 +267,33 @@ def run(quick: bool = False, *, jets=None, n_tracks=15, n_iter=10, backends=None
     for (b, mode, n), v in by.items():
         if b == "torch-compiled":
             ratios[f"torch-compiled/torch {mode} @{n} (1 thread)"] = v / by[("torch", mode, n)]
+    by_jc = {(r["function"], r["options"]): r for r in jax_compile}
+    for what in ("jit(fit)", "jit(grad(fit))"):
+        if (what, "default") in by_jc and (what, "recommended") in by_jc:
+            d, r = by_jc[(what, "default")], by_jc[(what, "recommended")]
+            ratios[f"jax compile time {what} recommended/default options"] = (
+                r["compile_s"] / d["compile_s"])
+            ratios[f"jax run time {what} recommended/default options"] = r["run_s"] / d["run_s"]
     notes.append("best-of-repeats wall time of a warm call; JAX compile time is in "
                  "first_call_s; ratios use each backend's best jets/s in this run")
+    if jax_compile:
+        notes.append("JAX rows use jax.jit(..., compiler_options=vertexfit.jax_compiler_options()) "
+                     "(XLA:CPU's classic emitter); the JAX compile table compares it with XLA's "
+                     "default options in one process, run times timed interleaved")
     if compiled:
         notes.append("torch vs torch-compiled rows: one intra-op thread, eager and compiled "
                      "calls interleaved; the first compiled call compiles or loads "
                      "Inductor's disk cache (first_call_s)")
-    return {"title": TITLE, "rows": rows + compiled, "notes": notes, "ratios": ratios}
+    return {"title": TITLE, "rows": rows + compiled + jax_compile, "notes": notes,
+            "ratios": ratios}
+
+
+def _has_jax():
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _has_torch():
@@ -226,12 +308,19 @@ def format_table(result) -> str:
     lines = [(f"{'backend':16s} {'mode':8s} {'dtype':8s} {'jets':>7s} {'jets/s':>10s} "
              f"{'first call s':>12s} {'converged':>9s}")]
     for r in result["rows"]:
+        if "function" in r:  # the JAX compile rows: below
+            continue
         lines.append(f"{r['backend']:16s} {r.get('mode', 'fwd'):8s} {r['dtype']:8s} "
                      f"{r['n_jets']:7d} "
                      f"{r['jets_per_s']:10.0f} {r['first_call_s']:12.2f} "
                      f"{r['converged_fraction']:9.3f}")
+    for r in result["rows"]:
+        if "function" in r:
+            lines.append(f"JAX {r['function']:15s} {r['options']:12s} trace+lower "
+                         f"{r['trace_lower_s']:5.2f} s  compile {r['compile_s']:6.2f} s "
+                         f"({r['compile_cpu_s']:.2f} s CPU)  run {r['run_s']:.3f} s")
     for k, v in result["ratios"].items():
-        lines.append(f"ratio {k}: {v:.1f}")
+        lines.append(f"ratio {k}: {v:.2f}")
     return "\n".join(lines)
 
 

@@ -63,8 +63,10 @@ def _functions(name, n_iter):
             r = vertexfit.fit(t, c, w, mask=m, n_iter=n_iter)
             return jnp.sum(r.vertex) + jnp.sum(r.chi2)
 
-        f = jax.jit(lambda t, c, w, m: vertexfit.fit(t, c, w, mask=m, n_iter=n_iter))
-        g = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+        opts = vertexfit.jax_compiler_options()
+        f = jax.jit(lambda t, c, w, m: vertexfit.fit(t, c, w, mask=m, n_iter=n_iter),
+                    compiler_options=opts)
+        g = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), compiler_options=opts)
         return (lambda *a: jax.block_until_ready(f(*a)),
                 lambda *a: jax.block_until_ready(g(*a)))
     import torch
@@ -150,7 +152,9 @@ def bench_memory(name, n_jets, n_iter, unrolled):
             r = vertexfit.fit(t, c, w, mask=m, n_iter=n_iter, adjoint=adjoint)
             return jnp.sum(r.vertex) + jnp.sum(r.chi2)
 
-        compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*args).compile()
+        compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2)),
+                           compiler_options=vertexfit.jax_compiler_options()
+                           ).lower(*args).compile()
         try:
             ma = compiled.memory_analysis()
             row["memory_bytes"] = int(ma.temp_size_in_bytes)

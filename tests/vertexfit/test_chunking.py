@@ -138,6 +138,37 @@ def test_jax_barrier_is_a_differentiable_identity_that_xla_keeps():
     # the materialising loop survives XLA's simplification passes
     hlo = jax.jit(lambda y: _speed.barrier(jnp, y * 2.0) + 1.0).lower(y).compile().as_text()
     assert " while(" in hlo
+    # a NaN first element (the loop then runs zero times), 0-d and empty arrays
+    z = jnp.asarray([np.nan, -0.0, 2.0])
+    s, e, n = jax.jit(lambda z: _speed.barrier(
+        jnp, (z, jnp.sum(z[1:]), jnp.zeros((0, 3)))))(z)
+    np.testing.assert_array_equal(np.asarray(s), np.asarray(z))
+    assert np.signbit(np.asarray(s)[1]) and float(e) == 2.0 and n.shape == (0, 3)
+
+
+def test_jax_compiler_options_compile_the_fit_to_the_same_numbers():
+    """The recommended XLA options are accepted by jax.jit and change nothing beyond rounding
+    (forward and gradient); they are a fresh dict, empty off the CPU."""
+    jax = _jax()
+    jnp = jax.numpy
+    opts = vf.jax_compiler_options()
+    assert opts == ({"xla_cpu_use_fusion_emitters": False}
+                    if jax.default_backend() == "cpu" else {})
+    opts["mutated"] = 1
+    assert "mutated" not in vf.jax_compiler_options()
+    tracks, cov, w, mask = (jnp.asarray(a) for a in _inputs())
+
+    def loss(w):
+        r = vf.fit(tracks, cov, w, mask=mask)
+        return jnp.sum(r.vertex ** 2) + jnp.sum(r.vertex_cov) + jnp.sum(r.chi2), r
+
+    f = jax.value_and_grad(loss, has_aux=True)
+    (_, a), ga = jax.jit(f)(w)
+    (_, b), gb = jax.jit(lambda w: f(w), compiler_options=vf.jax_compiler_options())(w)
+    for name in FIELDS:
+        np.testing.assert_allclose(np.asarray(getattr(b, name)), np.asarray(getattr(a, name)),
+                                   rtol=1e-12, atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(np.asarray(gb), np.asarray(ga), rtol=1e-9, atol=1e-12)
 
 
 def _primitives(jaxpr, name, out):

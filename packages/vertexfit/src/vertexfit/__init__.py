@@ -19,7 +19,7 @@ from ._perigee import (
     perigee,
     to_acts,
 )
-from ._speed import compile_status
+from ._speed import compile_status, jax_compiler_options
 
 __version__ = "0.1.0"
 
@@ -37,6 +37,7 @@ __all__ = [
     "fit_jvp",
     "fit_vjp",
     "from_acts",
+    "jax_compiler_options",
     "perigee",
     "reference",
     "resolution",

@@ -169,9 +169,11 @@ def _at_solution(xp, model, tracks, cov, weights, cpos, ccov, u, momenta, C, hes
     Sinv, _ = lin.guarded_inverse3(
         xp, Mk, xp.zeros(w.shape[1:], dtype=xp.bool, device=_xp.device(w)))
     # every array materialised once (JAX): XLA would otherwise re-fuse shared per-track
-    # subexpressions (jets, Schur factors) into each consumer of the rule, as in the fit
-    return _speed.barrier(xp, _Lin(w, G, P, d, r, Gr, s, J, H, b, Eg, Z, WN, EN, Sinv,
-                                   sym_from_array(xp, C, 3)))
+    # subexpressions into each consumer of the rule, as in the fit. The jets, G r, the
+    # normal blocks and the Schur factors came out of barriers above; w, Eg, WN, EN are one
+    # select away from them
+    G, P, d, r, Z, Sinv = _speed.barrier(xp, (G, P, d, r, Z, Sinv))
+    return _Lin(w, G, P, d, r, Gr, s, J, H, b, Eg, Z, WN, EN, Sinv, sym_from_array(xp, C, 3))
 
 
 def _arrow_solve(xp, L, gu, gp, transpose=False):
