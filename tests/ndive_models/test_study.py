@@ -183,6 +183,22 @@ def test_study_skips_finished_and_resumes_unfinished(tmp_path, sample_path, caps
     out = capsys.readouterr().out
     assert "training clean/baseline_s1" not in out and not (tmp_path / "work").exists()
     assert "| clean | baseline_s1 | done | 1 / 1 |" in out
+    # results on other test files than the study's (the test set was enlarged): evaluated
+    # again from the committed checkpoint, still without a workdir; history kept
+    m["test_files"] = ["an_older_test_shard.h5"]
+    (res / "metrics.json").write_text(json.dumps(m))
+    history = (res / "history.json").read_text()
+    evals = json.loads((res / "cpu.json").read_text())["evaluate"]["invocations"]
+    assert paper.study_trainings(paper.load_study(path))[0].status() == "stale"
+    capsys.readouterr()
+    assert cli.main(["paper", "--study", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "evaluating clean/baseline_s1 again" in out and "training clean" not in out
+    again = json.loads((res / "metrics.json").read_text())
+    assert again["test_files"] == [f"shard_s{SEED}.h5"]
+    assert again["rejection"] == m["rejection"]  # same checkpoint, same test jets
+    assert (res / "history.json").read_text() == history
+    assert json.loads((res / "cpu.json").read_text())["evaluate"]["invocations"] == evals + 1
     # a study changed afterwards: the finished training is kept and flagged, not retrained
     capsys.readouterr()
     assert cli.main(["paper", "--study", str(path), "--lr", "0.5", "--plan"]) == 0

@@ -318,7 +318,7 @@ def ensure_data(study: dict, condition: str, jobs: int = 1, *, wait: float = 0.0
 # trainings
 # --------------------------------------------------------------------------------------------
 #: Config keys that do not change what a training computes (paths, output, speed options).
-_CONFIG_IGNORED = {"train", "val", "out", "progress", "threads", "compile", "device"}
+_CONFIG_IGNORED = {"train", "val", "out", "progress", "threads", "model.fit_compile", "device"}
 
 
 @dataclass
@@ -332,6 +332,8 @@ class Training:
             shards, out = :attr:`out`).
         out: ``<workdir>/<condition>/runs/<name>`` (checkpoints; not committed).
         result: ``<report>/<condition>/<name>`` (the committed small outputs).
+        tests: names of the condition's test shards (results on other test files are
+            evaluated again, from the committed checkpoint).
     """
 
     condition: str
@@ -341,6 +343,7 @@ class Training:
     cfg: object
     out: Path
     result: Path
+    tests: tuple = ()
 
     @property
     def key(self) -> str:
@@ -372,10 +375,12 @@ class Training:
         return diff
 
     def status(self) -> str:
-        """``done`` (results written), ``trained`` (finished, not yet evaluated),
+        """``done`` (results written), ``stale`` (results written, on other test files than
+        the study's: to evaluate again), ``trained`` (finished, not yet evaluated),
         ``partial`` (a ``last.pt`` to resume from) or ``todo``."""
         if (self.result / "metrics.json").exists():
-            return "done"
+            done_on = json.loads((self.result / "metrics.json").read_text()).get("test_files")
+            return "stale" if self.tests and done_on != list(self.tests) else "done"
         if (self.out / "finished.json").exists():
             return "trained"
         if (self.out / "last.pt").exists():
@@ -392,13 +397,14 @@ def study_trainings(study: dict, *, only_conditions=None, skip_references: bool 
             continue
         work = Path(study["workdir"]) / cond
         train = [str(p) for p, _ in shards(study, cond, "train")]
+        tests = tuple(p.name for p, _ in shards(study, cond, "test"))
         runs = {r["name"]: r for r in study["runs"]}
         for name, cfg in study_runs(study, train, work, skip_references=skip_references):
             run = name.rsplit("_s", 1)[0]
             if only_runs and run not in only_runs:
                 continue
             out.append(Training(cond, name, run, bool(runs[run].get("reference")), cfg,
-                                Path(cfg.out), Path(study["report"]) / cond / name))
+                                Path(cfg.out), Path(study["report"]) / cond / name, tests))
     return out
 
 
@@ -458,18 +464,30 @@ def _train(t: Training, threads: int) -> None:
 
 def _finish(t: Training, test_files: list[str], threads: int) -> None:
     """Evaluate ``t``'s best checkpoint on the test shards (a subprocess) and write its
-    results directory."""
+    results directory; a ``stale`` training is evaluated again from its committed
+    checkpoint (no workdir needed), its history and configuration kept."""
     t0 = time.perf_counter()
-    code = ("import sys; from ndive_models.paper import finish_training; "
-            "finish_training(sys.argv[1], sys.argv[2], sys.argv[3:])")
+    again = t.status() == "stale"
+    if again:
+        args = ["reevaluate_training(sys.argv[1], sys.argv[2:])", str(t.result)]
+    else:
+        args = ["finish_training(sys.argv[1], sys.argv[2], sys.argv[3:])", str(t.out),
+                str(t.result)]
+    code = ("import sys; from ndive_models.paper import finish_training, "
+            f"reevaluate_training; {args[0]}")
+    t.out.mkdir(parents=True, exist_ok=True)
+    if again:
+        print(f"{time.strftime('%H:%M:%S')} evaluating {t.key} again: its results are on "
+              f"other test files than the study's", flush=True)
     with open(t.out / "eval.log", "a") as f:
-        rc, cpu = _run_child([sys.executable, "-c", code, str(t.out), str(t.result),
-                              *test_files], f, threads)
-    _add_cpu(t.out / "cpu.json", "evaluate", cpu, time.perf_counter() - t0)
+        rc, cpu = _run_child([sys.executable, "-c", code, *args[1:], *test_files], f,
+                             threads)
+    record = t.result / "cpu.json" if again else t.out / "cpu.json"
+    _add_cpu(record, "evaluate", cpu, time.perf_counter() - t0)
     if rc != 0:
         raise RuntimeError(f"evaluating {t.key} failed (exit {rc}); see {t.out / 'eval.log'}")
-    # the CPU record is part of the results (the report's cost table)
-    shutil.copy(t.out / "cpu.json", t.result / "cpu.json")
+    if not again:  # the CPU record is part of the results (the report's cost table)
+        shutil.copy(t.out / "cpu.json", t.result / "cpu.json")
     print(f"{time.strftime('%H:%M:%S')} finished {t.key}: results in {t.result}", flush=True)
 
 
@@ -510,7 +528,7 @@ def _one(t: Training, test_files: list[str], threads: int):
     try:
         if t.status() in ("todo", "partial"):
             _train(t, threads)
-        if t.status() == "trained":
+        if t.status() in ("trained", "stale"):
             _finish(t, test_files, threads)
         return t.key, None
     except Exception as err:  # noqa: BLE001 - one failed training must not stop the others
@@ -596,6 +614,37 @@ def training_metrics(pred: dict, batch: dict, f_c: float = 0.05,
     return m
 
 
+def _evaluate(checkpoint: Path, test_files) -> tuple[dict, dict]:
+    """(metrics of ``checkpoint`` on ``test_files``, the checkpoint)."""
+    from .data.loader import load_batch
+    from .evaluate import predict
+    from .train import load_checkpoint
+
+    model, ck = load_checkpoint(checkpoint)
+    batch, _ = load_batch(list(test_files))
+    t0 = time.process_time()
+    m = training_metrics(predict(model, batch), batch)
+    m.update(test_files=[Path(f).name for f in test_files], best_epoch=ck["best_epoch"],
+             best_val=ck["best_val"], n_train=ck.get("n_train"),
+             eval_cpu_s=time.process_time() - t0)
+    return m, ck
+
+
+def _write_metrics(result: Path, m: dict) -> None:
+    from ._files import atomic_write
+
+    text = json.dumps(m, indent=None, separators=(",", ":"), allow_nan=True)
+    atomic_write(result / "metrics.json", lambda tmp: tmp.write_text(text))
+
+
+def reevaluate_training(result, test_files) -> dict:
+    """Evaluate the committed ``<result>/best.pt`` on ``test_files`` and rewrite
+    ``<result>/metrics.json`` (a finished training whose study's test set has changed)."""
+    m, _ = _evaluate(Path(result) / "best.pt", test_files)
+    _write_metrics(Path(result), m)
+    return m
+
+
 def finish_training(out, result, test_files) -> dict:
     """Evaluate ``<out>/best.pt`` on ``test_files`` and write the committed results to
     ``result``: ``config.yaml``, ``history.json``, ``best.pt`` (weights and what
@@ -604,27 +653,16 @@ def finish_training(out, result, test_files) -> dict:
     import torch
 
     from ._files import atomic_write
-    from .data.loader import load_batch
-    from .evaluate import predict
-    from .train import load_checkpoint
 
     out, result = Path(out), Path(result)
-    model, ck = load_checkpoint(out / "best.pt")
-    batch, _ = load_batch(list(test_files))
-    t0 = time.process_time()
-    pred = predict(model, batch)
-    m = training_metrics(pred, batch)
-    m.update(test_files=[Path(f).name for f in test_files], best_epoch=ck["best_epoch"],
-             best_val=ck["best_val"], n_train=ck.get("n_train"),
-             eval_cpu_s=time.process_time() - t0)
+    m, ck = _evaluate(out / "best.pt", test_files)
     result.mkdir(parents=True, exist_ok=True)
     slim = {k: ck[k] for k in ("format", "config", "bz", "stats", "model", "epoch",
                                "best_val", "best_epoch", "n_train") if k in ck}
     atomic_write(result / "best.pt", lambda tmp: torch.save(slim, tmp))
     for name in ("config.yaml", "history.json"):
         atomic_write(result / name, lambda tmp, n=name: shutil.copy(out / n, tmp))
-    text = json.dumps(m, indent=None, separators=(",", ":"), allow_nan=True)
-    atomic_write(result / "metrics.json", lambda tmp: tmp.write_text(text))
+    _write_metrics(result, m)
     return m
 
 
@@ -681,7 +719,7 @@ def plan(study: dict, trainings: list[Training]) -> tuple[str, float]:
         r = rates.get(t.cfg.model.name) or [DEFAULT_JETS_PER_S.get(t.cfg.model.name, 400.0)]
         rate = float(np.median(r))
         per_epoch = (n_tr + n_val / 3.0) / rate  # validation: forward only, ~1/3 of a step
-        left = 0.0 if st in ("done", "trained") else (t.cfg.epochs - done_ep) * per_epoch
+        left = 0.0 if st in ("done", "trained", "stale") else (t.cfg.epochs - done_ep) * per_epoch
         left += 0.0 if st == "done" else (n_tr + n_val) / 20 / rate  # the final evaluation
         spent = _cpu_s(t)
         left_total += left
@@ -701,7 +739,7 @@ def plan(study: dict, trainings: list[Training]) -> tuple[str, float]:
                     missing.append(p)
                     gen_left += o["n_jets"] / GENERATION_JETS_PER_S
     lines += ["", (f"Trainings: {sum(t.status() == 'done' for t in trainings)} done, "
-              f"{sum(t.status() == 'trained' for t in trainings)} to evaluate, "
+              f"{sum(t.status() in ('trained', 'stale') for t in trainings)} to evaluate, "
               f"{sum(t.status() == 'partial' for t in trainings)} partial, "
               f"{sum(t.status() == 'todo' for t in trainings)} to start. "
               f"CPU hours spent {spent_total / 3600:.1f}; left at most "
