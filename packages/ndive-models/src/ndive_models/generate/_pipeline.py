@@ -264,40 +264,79 @@ def _generators(cfg: GenerationConfig, worker: int):
 
 
 def _next_events(pythia, cfg: GenerationConfig, pileup, det_rng):
-    """One batch of hard events and, with pileup, (minimum-bias batch, interactions per event)."""
+    """One batch of hard events and, with pileup, the interactions per event (Poisson(mu))."""
     batch = pythia.nextBatch(cfg.batch_events)
     if pileup is None:
-        return batch, None, None
-    n_pileup = det_rng.poisson(cfg.pileup, len(batch))
-    total = int(n_pileup.sum())
+        return batch, None
+    return batch, det_rng.poisson(cfg.pileup, len(batch))
+
+
+def _pileup_events(pileup, total: int):
+    """``total`` minimum-bias events (None if 0)."""
     pu = pileup.nextBatch(total) if total else None
     if pu is not None and len(pu) != total:
         raise RuntimeError(f"the pileup generator returned {len(pu)} of {total} events")
-    return batch, pu, n_pileup
+    return pu
 
 
 def _pythia_only(worker: int, cfg: GenerationConfig):
     """Worker entry point for benchmarks: events per batch of Pythia alone (no jets, tracks)."""
     pythia, pileup, _, det_rng = _generators(cfg, worker)
     while True:
-        yield len(_next_events(pythia, cfg, pileup, det_rng)[0])
+        batch, n_pileup = _next_events(pythia, cfg, pileup, det_rng)
+        if pileup is not None:
+            _pileup_events(pileup, int(n_pileup.sum()))
+        yield len(batch)
 
 
-def _batches(cfg: GenerationConfig, worker: int):
-    """Endless (jets, tracks) batches of one worker (runs in the worker process)."""
-    from ._event import process_batch
+def needed_events(group: np.ndarray, jet_event: np.ndarray, n_events: int,
+                  remaining: np.ndarray) -> np.ndarray:  # fmt: skip
+    """``(n_events,)`` bool: the events holding a jet that :func:`generate` will write.
+
+    ``group`` (n_jets,) is each jet's quota group (its flavour with ``--balance``, else 0),
+    ``jet_event`` (n_jets,) its event, ``remaining`` (n_groups,) the jets each group still
+    needs. :func:`generate` writes the first ``remaining[g]`` jets of group ``g`` of a batch,
+    so these are exactly the events that contribute; no other event's jet is ever written.
+    """
+    need = np.zeros(n_events, bool)
+    for g, r in enumerate(np.asarray(remaining).tolist()):
+        need[jet_event[np.flatnonzero(group == g)[: max(int(r), 0)]]] = True
+    return need
+
+
+def _batches(cfg: GenerationConfig, worker: int, remaining=None):
+    """Endless (jets, tracks, n_events, stats) batches of one worker.
+
+    ``remaining``: a callable returning the jets each quota group still needs
+    (:func:`needed_events`) when the next batch is about to be simulated, or None. With it
+    and pileup, the pileup (and the hard-scatter tracks) of events that will not be written
+    is not simulated and their jets are not returned: only possible when the consumer is
+    in this process and takes each batch before the next is made (``workers=1``), so that
+    what it still needs is known, deterministically, at that point.
+    """
+    from ._event import hard_scatter, process_batch
 
     pythia, pileup, rng, det_rng = _generators(cfg, worker)
     charge_of = _ChargeTable(pythia.particleData)
     detector = cfg.detector
     for j in itertools.count():
-        batch, pu, n_pileup = _next_events(pythia, cfg, pileup, det_rng)
+        batch, n_pileup = _next_events(pythia, cfg, pileup, det_rng)
         first_event = (j * cfg.workers + worker) * cfg.batch_events
         stats: dict = {}
+        hard, keep, pu = None, None, None
+        if pileup is not None:
+            hard = hard_scatter(batch, detector, det_rng)
+            if remaining is not None:
+                group = hard.flavour if cfg.balance else np.zeros(len(hard.flavour), int)
+                keep = needed_events(group, hard.jets["event"], hard.n_events, remaining())
+                n_pileup = np.where(keep, n_pileup, 0)
+            pu = _pileup_events(pileup, int(n_pileup.sum()))
         jets, tracks = process_batch(
             batch, charge_of, rng, max_tracks=cfg.max_tracks, bz=cfg.bz, event_offset=first_event,
             detector=detector, det_rng=det_rng, pileup=pu, n_pileup=n_pileup, stats=stats,
+            hard=hard, keep_events=keep,
         )  # fmt: skip
+        stats["pileup_events"] = int(n_pileup.sum()) if pileup is not None else 0
         yield jets, tracks, len(batch), stats
 
 
@@ -307,8 +346,8 @@ def _produce(worker: int, cfg: GenerationConfig):
 
 
 class _InProcess:
-    def __init__(self, cfg):
-        self.gen = _batches(cfg, 0)
+    def __init__(self, cfg, remaining=None):
+        self.gen = _batches(cfg, 0, remaining)
 
     def get(self, worker):
         return next(self.gen)
@@ -383,7 +422,8 @@ def _detector_settings(cfg: GenerationConfig) -> dict:
 
 @dataclass
 class GenerationResult:
-    """What a run produced: path, jets per flavour, events generated, wall times [s].
+    """What a run produced: path, jets per flavour, events generated, wall times [s], and the
+    minimum-bias (pileup) events simulated.
 
     ``startup_seconds`` is the time until the first batch arrived (process start, Pythia
     initialisation, first events): :attr:`steady_jets_per_second` excludes it.
@@ -396,6 +436,7 @@ class GenerationResult:
     seconds: float
     startup_seconds: float = 0.0
     first_batch_jets: int = 0
+    n_pileup_events: int = 0
 
     @property
     def steady_jets_per_second(self) -> float:
@@ -425,12 +466,15 @@ def generate(cfg: GenerationConfig, out, *, progress: bool = True) -> Generation
     quotas = _quotas(cfg)
     counts = np.zeros_like(quotas)
     per_flavour = np.zeros(len(FLAVOURS), dtype=np.int64)
-    n_events = 0
+    n_events = n_pileup_events = 0
     efficiency = 0
     t_first, first_jets = None, 0
     source = None
     try:  # an interruption while the workers start ends the ones started (WorkerPool.__init__)
-        source = WorkerPool(cfg.workers, _produce, (cfg,)) if cfg.workers > 1 else _InProcess(cfg)
+        if cfg.workers > 1:
+            source = WorkerPool(cfg.workers, _produce, (cfg,))
+        else:  # what is still needed is known before each batch: only its events get pileup
+            source = _InProcess(cfg, (lambda: quotas - counts) if cfg.pileup > 0 else None)
         with (
             JetWriter(out, cfg.max_tracks, file_attributes(cfg)) as writer,
             tqdm(total=cfg.n_jets, unit="jets", disable=not progress, smoothing=0.05) as bar,
@@ -438,6 +482,7 @@ def generate(cfg: GenerationConfig, out, *, progress: bool = True) -> Generation
             for k in itertools.count():
                 jets, tracks, n_ev, stats = source.get(k % cfg.workers)
                 efficiency += stats["efficiency"]
+                n_pileup_events += stats["pileup_events"]
                 if t_first is None:
                     t_first = time.perf_counter() - t0
                 n_events += n_ev
@@ -456,6 +501,8 @@ def generate(cfg: GenerationConfig, out, *, progress: bool = True) -> Generation
                 if (counts >= quotas).all():
                     break
             writer.attrs["n_events"] = n_events
+            if cfg.pileup > 0:
+                writer.attrs["n_pileup_events"] = n_pileup_events
             writer.attrs["tracking_efficiency"] = json.dumps({
                 "r_edges_mm": list(EFFICIENCY_R_EDGES),
                 "particles": efficiency[0].tolist(),
@@ -471,7 +518,8 @@ def generate(cfg: GenerationConfig, out, *, progress: bool = True) -> Generation
     seconds = time.perf_counter() - t0
     flavours = {f: int(n) for f, n in zip(FLAVOURS, per_flavour)}
     return GenerationResult(
-        path, int(counts.sum()), flavours, n_events, seconds, t_first or 0.0, first_jets
+        path, int(counts.sum()), flavours, n_events, seconds, t_first or 0.0, first_jets,
+        n_pileup_events,
     )
 
 
