@@ -122,7 +122,9 @@ def run(args) -> int:
         return 1
     fl = ", ".join(f"{k} {v}" for k, v in result.n_per_flavour.items())
     print(
-        f"wrote {result.n_jets} jets ({fl}) from {result.n_events} events to {result.path} "
+        f"wrote {result.n_jets} jets ({fl}) from {result.n_events} events"
+        + (f" ({result.n_pileup_events} pileup events simulated)" if cfg.pileup > 0 else "")
+        + f" to {result.path} "
         f"in {result.seconds:.1f} s ({result.jets_per_second:.0f} jets/s)"
     )
     return 0
