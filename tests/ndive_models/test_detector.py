@@ -7,6 +7,7 @@ Pythia); one tiny Pythia file per preset checks the whole chain.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -208,6 +209,9 @@ def test_soft_lepton_efficiency_and_flags():
         ({"beamspot": (0.01, 35.0)}, "beamspot"),
         ({"covariance": "full"}, "covariance"),
         ({"preset": "run4"}, "preset"),
+        ({"pileup": 5.0, "pileup_pool": -3}, "pileup_pool"),
+        ({"pileup": 5.0, "pileup_pool": 2.5}, "pileup_pool"),
+        ({"pileup_pool": 100}, "needs pileup"),
     ],
 )
 def test_bad_detector_options_are_rejected(options, message):
@@ -395,6 +399,27 @@ def test_balanced_run3_simulates_pileup_only_for_written_events(balanced_run3):
         assert 0.01 < frac < 0.3
     pu = lambda t: np.mean(t[t["valid"]]["ftagTruthOriginLabel"] == ORIGIN["Pileup"])  # noqa: E731
     assert pu(ta) == pytest.approx(pu(tf), abs=0.05)
+
+
+def test_pileup_pool_is_opt_in_and_reuses_its_events(balanced_run3, tmp_path):
+    """``pileup_pool``: the interactions come from a fixed set of minimum-bias events."""
+    (a, _, _), cfg = balanced_run3
+    pooled = dataclasses.replace(cfg, pileup_pool=40)
+    r = generate(pooled, tmp_path / "pool.h5", progress=False)
+    jets, tracks = read_jets(r.path)
+    attrs = read_attrs(r.path)
+    assert GenerationConfig(n_jets=1).pileup_pool == 0 and "pool" not in str(
+        read_attrs(a.path)["generator_settings"]["pileup"])  # fmt: skip
+    assert r.n_pileup_events == attrs["n_pileup_events"] == 40
+    assert "pool of 40" in attrs["generator_settings"]["pileup"]
+    assert attrs["generator_settings"]["options"]["pileup_pool"] == 40
+    # same hard-scatter jets, Poisson(mu) interactions, a pileup share like without the pool
+    ja, ta = read_jets(a.path)
+    np.testing.assert_array_equal(jets["eventNumber"], ja["eventNumber"])
+    events = np.unique(jets["eventNumber"], return_index=True)[1]
+    assert jets["n_pileup"][events].mean() == pytest.approx(cfg.pileup, abs=3.0)
+    pu = lambda t: np.mean(t[t["valid"]]["ftagTruthOriginLabel"] == ORIGIN["Pileup"])  # noqa: E731
+    assert pu(tracks) == pytest.approx(pu(ta), abs=0.05) and pu(tracks) > 0.01
 
 
 @pytest.mark.slow

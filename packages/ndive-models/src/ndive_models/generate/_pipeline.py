@@ -109,6 +109,12 @@ class GenerationConfig:
         soft_leptons: reconstruct soft electrons and muons (``leptonID``, ``lepton_pt``).
         track_selection: keep only tracks with |d0| < 3.5 mm and |z0 sin(theta)| < 5 mm
             w.r.t. the PV (the FTAG/GN2 selection).
+        pileup_pool: 0 (default): every pileup interaction is a minimum-bias event of its
+            own. N > 0: each worker simulates N minimum-bias events once and draws the
+            interactions of every event from them at random (with replacement), each at a
+            fresh beam-spot point: much faster, but a minimum-bias event is reused about
+            ``events * pileup / N`` times, so pileup tracks of different jets are correlated
+            (docs/generation.md).
     """
 
     n_jets: int
@@ -130,6 +136,7 @@ class GenerationConfig:
     covariance: str = "diagonal"
     soft_leptons: bool = False
     track_selection: bool = False
+    pileup_pool: int = 0
 
     def __post_init__(self):
         try:
@@ -158,6 +165,10 @@ class GenerationConfig:
             raise ValueError(f"pileup (mu) must be >= 0, got {self.pileup}")
         if not (0.0 <= self.fake_rate <= 1.0):
             raise ValueError(f"fake_rate must be in [0, 1], got {self.fake_rate}")
+        if not (isinstance(self.pileup_pool, int) and self.pileup_pool >= 0):
+            raise ValueError(f"pileup_pool must be an integer >= 0, got {self.pileup_pool!r}")
+        if self.pileup_pool and not self.pileup > 0:
+            raise ValueError(f"pileup_pool {self.pileup_pool} needs pileup (mu) > 0")
         if self.covariance not in COVARIANCES:
             raise ValueError(f"covariance must be one of {', '.join(COVARIANCES)}, "
                              f"got {self.covariance!r}")  # fmt: skip
@@ -319,6 +330,7 @@ def _batches(cfg: GenerationConfig, worker: int, remaining=None):
     pythia, pileup, rng, det_rng = _generators(cfg, worker)
     charge_of = _ChargeTable(pythia.particleData)
     detector = cfg.detector
+    pool = _pileup_events(pileup, cfg.pileup_pool) if pileup is not None else None
     for j in itertools.count():
         batch, n_pileup = _next_events(pythia, cfg, pileup, det_rng)
         first_event = (j * cfg.workers + worker) * cfg.batch_events
@@ -330,13 +342,20 @@ def _batches(cfg: GenerationConfig, worker: int, remaining=None):
                 group = hard.flavour if cfg.balance else np.zeros(len(hard.flavour), int)
                 keep = needed_events(group, hard.jets["event"], hard.n_events, remaining())
                 n_pileup = np.where(keep, n_pileup, 0)
-            pu = _pileup_events(pileup, int(n_pileup.sum()))
+            total = int(n_pileup.sum())
+            if pool is None:
+                pu = _pileup_events(pileup, total)
+            else:  # the opt-in pool: interactions drawn from it (with replacement)
+                pu = pool[det_rng.integers(0, len(pool), total)] if total else None
         jets, tracks = process_batch(
             batch, charge_of, rng, max_tracks=cfg.max_tracks, bz=cfg.bz, event_offset=first_event,
             detector=detector, det_rng=det_rng, pileup=pu, n_pileup=n_pileup, stats=stats,
             hard=hard, keep_events=keep,
         )  # fmt: skip
-        stats["pileup_events"] = int(n_pileup.sum()) if pileup is not None else 0
+        if pileup is None:
+            stats["pileup_events"] = 0
+        else:  # minimum-bias events simulated in this batch
+            stats["pileup_events"] = (cfg.pileup_pool if j == 0 else 0) if pool is not None else total
         yield jets, tracks, len(batch), stats
 
 
@@ -402,6 +421,11 @@ def _detector_settings(cfg: GenerationConfig) -> dict:
             "tracks (origin Pileup) join the jets by the same association; jets are clustered "
             "from the hard scatter only (pileup-subtracted jets)"
         )
+        if cfg.pileup_pool:
+            out["pileup"] += (
+                f"; drawn at random, with replacement, from a pool of {cfg.pileup_pool} "
+                "minimum-bias events per worker, each use at a fresh beam-spot point"
+            )
     if cfg.radial_tracking or cfg.covariance == "correlated" or cfg.fake_rate > 0:
         from ._detector import LAYERS, RADIAL_EFFICIENCY
 
