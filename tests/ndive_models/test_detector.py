@@ -7,6 +7,7 @@ Pythia); one tiny Pythia file per preset checks the whole chain.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -18,7 +19,7 @@ from ndive_models.data import read_attrs, read_jets, schema
 from ndive_models.data.schema import ORIGIN, TRACK_PARAMS, reference_pv
 from ndive_models.data.validation import pulls
 from ndive_models.generate import GenerationConfig, _detector, _vertexing, generate
-from ndive_models.generate._pipeline import PRESETS
+from ndive_models.generate._pipeline import PRESETS, needed_events
 
 BZ = vertexfit.DEFAULT_BZ
 
@@ -208,6 +209,9 @@ def test_soft_lepton_efficiency_and_flags():
         ({"beamspot": (0.01, 35.0)}, "beamspot"),
         ({"covariance": "full"}, "covariance"),
         ({"preset": "run4"}, "preset"),
+        ({"pileup": 5.0, "pileup_pool": -3}, "pileup_pool"),
+        ({"pileup": 5.0, "pileup_pool": 2.5}, "pileup_pool"),
+        ({"pileup_pool": 100}, "needs pileup"),
     ],
 )
 def test_bad_detector_options_are_rejected(options, message):
@@ -328,6 +332,96 @@ def test_run3_file_labels_and_fields(run3_files):
     opts = attrs["generator_settings"]["options"]
     assert opts["preset"] == "run3" and opts["pileup"] == 10.0 and opts["reco_pv"]
     assert "pileup_pythia" in attrs["generator_settings"]
+
+
+def test_needed_events_are_exactly_those_generate_writes_from():
+    """The events given pileup are those holding a jet of the first ``remaining[g]`` of each
+    quota group, in batch order, the rule by which ``generate`` takes jets."""
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        n_events = int(rng.integers(1, 30))
+        jet_event = np.sort(rng.integers(0, n_events, int(rng.integers(0, 80))))
+        group = rng.integers(0, 3, len(jet_event))
+        remaining = rng.integers(-1, 8, 3)
+        need = needed_events(group, jet_event, n_events, remaining)
+        taken = np.concatenate([np.flatnonzero(group == g)[: max(r, 0)]
+                                for g, r in enumerate(remaining)]).astype(int)  # fmt: skip
+        expected = np.zeros(n_events, bool)
+        expected[jet_event[taken]] = True
+        np.testing.assert_array_equal(need, expected)
+    # full quotas: no event is needed, whatever its jets
+    assert not needed_events(np.zeros(4, int), np.arange(4), 4, np.array([0])).any()
+
+
+@pytest.fixture(scope="module")
+def balanced_run3(tmp_path_factory):
+    """A balanced run3 file twice, and once with pileup simulated for every event (as
+    before the events were chosen first)."""
+    from ndive_models.generate import _pipeline
+
+    for mod in ("pythia8mc", "fastjet", "awkward"):
+        pytest.importorskip(mod)
+    d = tmp_path_factory.mktemp("balanced")
+    cfg = GenerationConfig.from_preset("run3", n_jets=30, seed=5, workers=1, batch_events=10,
+                                       pileup=10.0, balance=True)  # fmt: skip
+    runs = [generate(cfg, d / f"r{i}.h5", progress=False) for i in range(2)]
+    every_event = _pipeline._InProcess
+    try:
+        _pipeline._InProcess = lambda cfg, remaining=None: every_event(cfg, None)
+        runs.append(generate(cfg, d / "all.h5", progress=False))
+    finally:
+        _pipeline._InProcess = every_event
+    return runs, cfg
+
+
+def test_balanced_run3_simulates_pileup_only_for_written_events(balanced_run3):
+    (a, b, full), cfg = balanced_run3
+    ja, ta = read_jets(a.path)
+    jb, tb = read_jets(b.path)
+    jf, tf = read_jets(full.path)
+    # deterministic
+    assert ja.tobytes() == jb.tobytes() and ta.tobytes() == tb.tobytes()
+    # the same hard-scatter jets, per-flavour counts and events as with pileup everywhere
+    assert a.n_per_flavour == full.n_per_flavour == {"bjets": 10, "cjets": 10, "ujets": 10}
+    assert a.n_events == full.n_events
+    for name in ("eventNumber", "pt", "eta", "phi", "flavour_label", "hadron_pt", "Lxy"):
+        np.testing.assert_array_equal(ja[name], jf[name], err_msg=name)
+    # far fewer minimum-bias events simulated, and the file says how many
+    assert a.n_pileup_events < 0.8 * full.n_pileup_events
+    assert read_attrs(a.path)["n_pileup_events"] == a.n_pileup_events
+    assert full.n_pileup_events == read_attrs(full.path)["n_pileup_events"]
+    # the written events still carry Poisson(mu) pileup, overlaid as before
+    for jets, tracks in ((ja, ta), (jf, tf)):
+        events = np.unique(jets["eventNumber"], return_index=True)[1]
+        assert jets["n_pileup"][events].mean() == pytest.approx(cfg.pileup, abs=3.0)
+        assert 0.01 < _pileup_share(tracks) < 0.3
+    assert _pileup_share(ta) == pytest.approx(_pileup_share(tf), abs=0.05)
+
+
+def _pileup_share(tracks):
+    """Fraction of the stored tracks that come from pileup."""
+    return np.mean(tracks[tracks["valid"]]["ftagTruthOriginLabel"] == ORIGIN["Pileup"])
+
+
+def test_pileup_pool_is_opt_in_and_reuses_its_events(balanced_run3, tmp_path):
+    """``pileup_pool``: the interactions come from a fixed set of minimum-bias events."""
+    (a, _, _), cfg = balanced_run3
+    pooled = dataclasses.replace(cfg, pileup_pool=40)
+    r = generate(pooled, tmp_path / "pool.h5", progress=False)
+    jets, tracks = read_jets(r.path)
+    attrs = read_attrs(r.path)
+    assert GenerationConfig(n_jets=1).pileup_pool == 0 and "pool" not in str(
+        read_attrs(a.path)["generator_settings"]["pileup"])  # fmt: skip
+    assert r.n_pileup_events == attrs["n_pileup_events"] == 40
+    assert "pool of 40" in attrs["generator_settings"]["pileup"]
+    assert attrs["generator_settings"]["options"]["pileup_pool"] == 40
+    # same hard-scatter jets, Poisson(mu) interactions, a pileup share like without the pool
+    ja, ta = read_jets(a.path)
+    np.testing.assert_array_equal(jets["eventNumber"], ja["eventNumber"])
+    events = np.unique(jets["eventNumber"], return_index=True)[1]
+    assert jets["n_pileup"][events].mean() == pytest.approx(cfg.pileup, abs=3.0)
+    assert _pileup_share(tracks) == pytest.approx(_pileup_share(ta), abs=0.05)
+    assert _pileup_share(tracks) > 0.01
 
 
 @pytest.mark.slow

@@ -80,10 +80,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="reconstruct soft electrons and muons (leptonID, lepton_pt)")  # fmt: skip
     g.add_argument("--track-selection", action=argparse.BooleanOptionalAction, default=None,
                    help="FTAG selection |d0| < 3.5 mm, |z0 sin(theta)| < 5 mm w.r.t. the PV")  # fmt: skip
+    g.add_argument("--pileup-pool", type=int, metavar="N", default=None,
+                   help="draw the pileup from N minimum-bias events simulated once per worker "
+                   "(faster; reused events correlate the pileup of different jets; default 0: "
+                   "every interaction is new)")  # fmt: skip
 
 
 _DETECTOR_OPTIONS = ("beamspot", "pileup", "reco_pv", "fake_rate", "radial_tracking",
-                     "covariance", "soft_leptons", "track_selection")  # fmt: skip
+                     "covariance", "soft_leptons", "track_selection", "pileup_pool")  # fmt: skip
 
 
 def check_output(path, overwrite: bool, option: str = "--out") -> None:
@@ -122,7 +126,9 @@ def run(args) -> int:
         return 1
     fl = ", ".join(f"{k} {v}" for k, v in result.n_per_flavour.items())
     print(
-        f"wrote {result.n_jets} jets ({fl}) from {result.n_events} events to {result.path} "
+        f"wrote {result.n_jets} jets ({fl}) from {result.n_events} events"
+        + (f" ({result.n_pileup_events} pileup events simulated)" if cfg.pileup > 0 else "")
+        + f" to {result.path} "
         f"in {result.seconds:.1f} s ({result.jets_per_second:.0f} jets/s)"
     )
     return 0

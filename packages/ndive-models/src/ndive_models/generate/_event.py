@@ -271,6 +271,51 @@ def _efficiency_counts(stats, cand, charge, pt, eta, r_prod, sel, found, jets):
     ])  # fmt: skip
 
 
+@dataclass
+class HardScatter:
+    """The hard-scatter part of a batch (:func:`hard_scatter`): everything that decides which
+    jets exist and their labels, before any track or pileup is simulated."""
+
+    parts: Particles
+    n_events: int
+    pv_event: np.ndarray  # (n_events, 3) true PV [mm]
+    jets: dict  # cluster_jets
+    flavour: np.ndarray  # (n_jets,) flavour_label
+    cone: np.ndarray  # (n_jets,) HadronConeExclTruthLabelID
+    hadron: np.ndarray  # (n_jets,) global index of the labelling hadron, -1 = none
+    weak_b: np.ndarray  # (n_particles,) weakly decaying b hadrons
+    weak_c: np.ndarray
+
+
+def hard_scatter(batch, detector: Detector | None = None, det_rng=None) -> HardScatter:
+    """Flatten ``batch``, move it to its beam-spot points (``det_rng``), cluster and label jets.
+
+    Jets and their labels come from the hard scatter alone, so the caller can decide from
+    this which events it needs before simulating their pileup (``process_batch(hard=...)``).
+    """
+    det = detector or Detector()
+    parts = flatten(batch)
+    n_events = len(parts.start)
+    sigma_bs = np.asarray(det.beamspot_sigma, dtype=np.float64)
+    if sigma_bs.any():  # the hard scatter (and everything it makes) moves to its beam-spot point
+        parts.vprod = parts.vprod + (sigma_bs * det_rng.standard_normal((n_events, 3)))[parts.event]
+    pv_event = parts.vprod[parts.start + _HARD_PARTON]
+    jets = cluster_jets(parts, n_events)
+    weak_b = _truth.weakly_decaying(_truth.is_b_hadron(parts.pdgid), parts.mother)
+    weak_c = _truth.weakly_decaying(_truth.is_c_hadron(parts.pdgid), parts.mother)
+    flavour, cone, hadron = _label_jets(parts, jets, weak_b, weak_c)
+    return HardScatter(parts, n_events, pv_event, jets, flavour, cone, hadron, weak_b, weak_c)
+
+
+def _select_events(hard: HardScatter, keep: np.ndarray):
+    """(jets, flavour, cone, hadron) of ``hard`` restricted to the events flagged in ``keep``."""
+    sel = keep[hard.jets["event"]]
+    jets = {k: hard.jets[k][sel] for k in ("p", "pt", "eta", "phi", "mass", "event")}
+    jets["count"] = np.where(keep, hard.jets["count"], 0)
+    jets["start"] = np.concatenate([[0], np.cumsum(jets["count"])[:-1]])
+    return jets, hard.flavour[sel], hard.cone[sel], hard.hadron[sel]
+
+
 def process_batch(
     batch,
     charge_of,
@@ -284,6 +329,8 @@ def process_batch(
     pileup=None,
     n_pileup: np.ndarray | None = None,
     stats: dict | None = None,
+    hard: HardScatter | None = None,
+    keep_events: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Jets and tracks of one batch of events.
 
@@ -304,26 +351,32 @@ def process_batch(
             ``(2, len(EFFICIENCY_R_EDGES) - 1)`` in bins of production radius: charged
             particles with pT > 0.5 GeV, |eta| < 2.5 within dR < 0.4 of a jet, and those of
             them that became tracks (before the max-tracks cut and any track selection).
+        hard: :func:`hard_scatter` of ``batch`` if already computed (it draws the beam spot
+            from ``det_rng``: compute it once).
+        keep_events: ``(n_events,)`` bool: only these events' jets are returned (and only
+            their hard-scatter tracks simulated); ``pileup``/``n_pileup`` need to cover only
+            them (``n_pileup`` 0 elsewhere). Default: all events.
 
     Returns:
         ``(jets (n_jets,) JET_DTYPE, tracks (n_jets, max_tracks) TRACK_DTYPE)``.
     """
     det = detector or Detector()
-    parts = flatten(batch)
-    n_events = len(parts.start)
+    if hard is None:
+        hard = hard_scatter(batch, det, det_rng)
+    parts, n_events, pv_event = hard.parts, hard.n_events, hard.pv_event
+    jets, flavour, cone, hadron = hard.jets, hard.flavour, hard.cone, hard.hadron
+    weak_b, weak_c = hard.weak_b, hard.weak_c
+    if keep_events is not None:
+        keep_events = np.asarray(keep_events, bool)
+        jets, flavour, cone, hadron = _select_events(hard, keep_events)
+    n_jets = len(jets["pt"])
     n_pileup = np.zeros(n_events, np.int64) if n_pileup is None else np.asarray(n_pileup)
     sigma_bs = np.asarray(det.beamspot_sigma, dtype=np.float64)
-    if sigma_bs.any():  # the hard scatter (and everything it makes) moves to its beam-spot point
-        parts.vprod = parts.vprod + (sigma_bs * det_rng.standard_normal((n_events, 3)))[parts.event]
-    pv_event = parts.vprod[parts.start + _HARD_PARTON]  # (n_events, 3)
-    jets = cluster_jets(parts, n_events)
-    n_jets = len(jets["pt"])
-    weak_b = _truth.weakly_decaying(_truth.is_b_hadron(parts.pdgid), parts.mother)
-    weak_c = _truth.weakly_decaying(_truth.is_c_hadron(parts.pdgid), parts.mother)
-    flavour, cone, hadron = _label_jets(parts, jets, weak_b, weak_c)
 
     # --- tracks: charged stable particles in the acceptance, then the efficiency ---
     cand = _candidates(parts, np.arange(n_events), _HARD)
+    if keep_events is not None:  # the dropped events' hard-scatter tracks would reach no jet
+        cand = {k: a[keep_events[cand["event"]]] for k, a in cand.items()}
     if pileup is not None and n_pileup.sum() > 0:
         pu = flatten(pileup)
         n_pu = len(pu.start)

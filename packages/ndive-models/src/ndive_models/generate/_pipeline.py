@@ -109,6 +109,12 @@ class GenerationConfig:
         soft_leptons: reconstruct soft electrons and muons (``leptonID``, ``lepton_pt``).
         track_selection: keep only tracks with |d0| < 3.5 mm and |z0 sin(theta)| < 5 mm
             w.r.t. the PV (the FTAG/GN2 selection).
+        pileup_pool: 0 (default): every pileup interaction is a minimum-bias event of its
+            own. N > 0: each worker simulates N minimum-bias events once and draws the
+            interactions of every event from them at random (with replacement), each at a
+            fresh beam-spot point: much faster, but a minimum-bias event is reused about
+            ``events * pileup / N`` times, so pileup tracks of different jets are correlated
+            (docs/generation.md).
     """
 
     n_jets: int
@@ -130,6 +136,7 @@ class GenerationConfig:
     covariance: str = "diagonal"
     soft_leptons: bool = False
     track_selection: bool = False
+    pileup_pool: int = 0
 
     def __post_init__(self):
         try:
@@ -158,6 +165,10 @@ class GenerationConfig:
             raise ValueError(f"pileup (mu) must be >= 0, got {self.pileup}")
         if not (0.0 <= self.fake_rate <= 1.0):
             raise ValueError(f"fake_rate must be in [0, 1], got {self.fake_rate}")
+        if not (isinstance(self.pileup_pool, int) and self.pileup_pool >= 0):
+            raise ValueError(f"pileup_pool must be an integer >= 0, got {self.pileup_pool!r}")
+        if self.pileup_pool and not self.pileup > 0:
+            raise ValueError(f"pileup_pool {self.pileup_pool} needs pileup (mu) > 0")
         if self.covariance not in COVARIANCES:
             raise ValueError(f"covariance must be one of {', '.join(COVARIANCES)}, "
                              f"got {self.covariance!r}")  # fmt: skip
@@ -264,40 +275,87 @@ def _generators(cfg: GenerationConfig, worker: int):
 
 
 def _next_events(pythia, cfg: GenerationConfig, pileup, det_rng):
-    """One batch of hard events and, with pileup, (minimum-bias batch, interactions per event)."""
+    """One batch of hard events and, with pileup, the interactions per event (Poisson(mu))."""
     batch = pythia.nextBatch(cfg.batch_events)
     if pileup is None:
-        return batch, None, None
-    n_pileup = det_rng.poisson(cfg.pileup, len(batch))
-    total = int(n_pileup.sum())
+        return batch, None
+    return batch, det_rng.poisson(cfg.pileup, len(batch))
+
+
+def _pileup_events(pileup, total: int):
+    """``total`` minimum-bias events (None if 0)."""
     pu = pileup.nextBatch(total) if total else None
     if pu is not None and len(pu) != total:
         raise RuntimeError(f"the pileup generator returned {len(pu)} of {total} events")
-    return batch, pu, n_pileup
+    return pu
 
 
 def _pythia_only(worker: int, cfg: GenerationConfig):
     """Worker entry point for benchmarks: events per batch of Pythia alone (no jets, tracks)."""
     pythia, pileup, _, det_rng = _generators(cfg, worker)
     while True:
-        yield len(_next_events(pythia, cfg, pileup, det_rng)[0])
+        batch, n_pileup = _next_events(pythia, cfg, pileup, det_rng)
+        if pileup is not None:
+            _pileup_events(pileup, int(n_pileup.sum()))
+        yield len(batch)
 
 
-def _batches(cfg: GenerationConfig, worker: int):
-    """Endless (jets, tracks) batches of one worker (runs in the worker process)."""
-    from ._event import process_batch
+def needed_events(group: np.ndarray, jet_event: np.ndarray, n_events: int,
+                  remaining: np.ndarray) -> np.ndarray:  # fmt: skip
+    """``(n_events,)`` bool: the events holding a jet that :func:`generate` will write.
+
+    ``group`` (n_jets,) is each jet's quota group (its flavour with ``--balance``, else 0),
+    ``jet_event`` (n_jets,) its event, ``remaining`` (n_groups,) the jets each group still
+    needs. :func:`generate` writes the first ``remaining[g]`` jets of group ``g`` of a batch,
+    so these are exactly the events that contribute; no other event's jet is ever written.
+    """
+    need = np.zeros(n_events, bool)
+    for g, r in enumerate(np.asarray(remaining).tolist()):
+        need[jet_event[np.flatnonzero(group == g)[: max(int(r), 0)]]] = True
+    return need
+
+
+def _batches(cfg: GenerationConfig, worker: int, remaining=None):
+    """Endless (jets, tracks, n_events, stats) batches of one worker.
+
+    ``remaining``: a callable returning the jets each quota group still needs
+    (:func:`needed_events`) when the next batch is about to be simulated, or None. With it
+    and pileup, the pileup (and the hard-scatter tracks) of events that will not be written
+    is not simulated and their jets are not returned: only possible when the consumer is
+    in this process and takes each batch before the next is made (``workers=1``), so that
+    what it still needs is known, deterministically, at that point.
+    """
+    from ._event import hard_scatter, process_batch
 
     pythia, pileup, rng, det_rng = _generators(cfg, worker)
     charge_of = _ChargeTable(pythia.particleData)
     detector = cfg.detector
+    pool = _pileup_events(pileup, cfg.pileup_pool) if pileup is not None else None
     for j in itertools.count():
-        batch, pu, n_pileup = _next_events(pythia, cfg, pileup, det_rng)
+        batch, n_pileup = _next_events(pythia, cfg, pileup, det_rng)
         first_event = (j * cfg.workers + worker) * cfg.batch_events
         stats: dict = {}
+        hard, keep, pu = None, None, None
+        if pileup is not None:
+            hard = hard_scatter(batch, detector, det_rng)
+            if remaining is not None:
+                group = hard.flavour if cfg.balance else np.zeros(len(hard.flavour), int)
+                keep = needed_events(group, hard.jets["event"], hard.n_events, remaining())
+                n_pileup = np.where(keep, n_pileup, 0)
+            total = int(n_pileup.sum())
+            if pool is None:
+                pu = _pileup_events(pileup, total)
+            else:  # the opt-in pool: interactions drawn from it (with replacement)
+                pu = pool[det_rng.integers(0, len(pool), total)] if total else None
         jets, tracks = process_batch(
             batch, charge_of, rng, max_tracks=cfg.max_tracks, bz=cfg.bz, event_offset=first_event,
             detector=detector, det_rng=det_rng, pileup=pu, n_pileup=n_pileup, stats=stats,
+            hard=hard, keep_events=keep,
         )  # fmt: skip
+        if pileup is None:
+            stats["pileup_events"] = 0
+        else:  # minimum-bias events simulated in this batch
+            stats["pileup_events"] = (cfg.pileup_pool if j == 0 else 0) if pool is not None else total
         yield jets, tracks, len(batch), stats
 
 
@@ -307,8 +365,8 @@ def _produce(worker: int, cfg: GenerationConfig):
 
 
 class _InProcess:
-    def __init__(self, cfg):
-        self.gen = _batches(cfg, 0)
+    def __init__(self, cfg, remaining=None):
+        self.gen = _batches(cfg, 0, remaining)
 
     def get(self, worker):
         return next(self.gen)
@@ -363,6 +421,11 @@ def _detector_settings(cfg: GenerationConfig) -> dict:
             "tracks (origin Pileup) join the jets by the same association; jets are clustered "
             "from the hard scatter only (pileup-subtracted jets)"
         )
+        if cfg.pileup_pool:
+            out["pileup"] += (
+                f"; drawn at random, with replacement, from a pool of {cfg.pileup_pool} "
+                "minimum-bias events per worker, each use at a fresh beam-spot point"
+            )
     if cfg.radial_tracking or cfg.covariance == "correlated" or cfg.fake_rate > 0:
         from ._detector import LAYERS, RADIAL_EFFICIENCY
 
@@ -383,7 +446,8 @@ def _detector_settings(cfg: GenerationConfig) -> dict:
 
 @dataclass
 class GenerationResult:
-    """What a run produced: path, jets per flavour, events generated, wall times [s].
+    """What a run produced: path, jets per flavour, events generated, wall times [s], and the
+    minimum-bias (pileup) events simulated.
 
     ``startup_seconds`` is the time until the first batch arrived (process start, Pythia
     initialisation, first events): :attr:`steady_jets_per_second` excludes it.
@@ -396,6 +460,7 @@ class GenerationResult:
     seconds: float
     startup_seconds: float = 0.0
     first_batch_jets: int = 0
+    n_pileup_events: int = 0
 
     @property
     def steady_jets_per_second(self) -> float:
@@ -425,12 +490,15 @@ def generate(cfg: GenerationConfig, out, *, progress: bool = True) -> Generation
     quotas = _quotas(cfg)
     counts = np.zeros_like(quotas)
     per_flavour = np.zeros(len(FLAVOURS), dtype=np.int64)
-    n_events = 0
+    n_events = n_pileup_events = 0
     efficiency = 0
     t_first, first_jets = None, 0
     source = None
     try:  # an interruption while the workers start ends the ones started (WorkerPool.__init__)
-        source = WorkerPool(cfg.workers, _produce, (cfg,)) if cfg.workers > 1 else _InProcess(cfg)
+        if cfg.workers > 1:
+            source = WorkerPool(cfg.workers, _produce, (cfg,))
+        else:  # what is still needed is known before each batch: only its events get pileup
+            source = _InProcess(cfg, (lambda: quotas - counts) if cfg.pileup > 0 else None)
         with (
             JetWriter(out, cfg.max_tracks, file_attributes(cfg)) as writer,
             tqdm(total=cfg.n_jets, unit="jets", disable=not progress, smoothing=0.05) as bar,
@@ -438,6 +506,7 @@ def generate(cfg: GenerationConfig, out, *, progress: bool = True) -> Generation
             for k in itertools.count():
                 jets, tracks, n_ev, stats = source.get(k % cfg.workers)
                 efficiency += stats["efficiency"]
+                n_pileup_events += stats["pileup_events"]
                 if t_first is None:
                     t_first = time.perf_counter() - t0
                 n_events += n_ev
@@ -456,6 +525,8 @@ def generate(cfg: GenerationConfig, out, *, progress: bool = True) -> Generation
                 if (counts >= quotas).all():
                     break
             writer.attrs["n_events"] = n_events
+            if cfg.pileup > 0:
+                writer.attrs["n_pileup_events"] = n_pileup_events
             writer.attrs["tracking_efficiency"] = json.dumps({
                 "r_edges_mm": list(EFFICIENCY_R_EDGES),
                 "particles": efficiency[0].tolist(),
@@ -471,7 +542,8 @@ def generate(cfg: GenerationConfig, out, *, progress: bool = True) -> Generation
     seconds = time.perf_counter() - t0
     flavours = {f: int(n) for f, n in zip(FLAVOURS, per_flavour)}
     return GenerationResult(
-        path, int(counts.sum()), flavours, n_events, seconds, t_first or 0.0, first_jets
+        path, int(counts.sum()), flavours, n_events, seconds, t_first or 0.0, first_jets,
+        n_pileup_events,
     )
 
 
