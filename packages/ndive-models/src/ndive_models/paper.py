@@ -674,8 +674,9 @@ def finish_training(out, result, test_files) -> dict:
 #: trainings at once), NDIVE and FTAG+NDIVE scaled by their step-time ratios to the baseline
 #: in benchmarks/bench_training.py with the compiled fit (0.63 and 0.26).
 DEFAULT_JETS_PER_S = {"baseline": 2300.0, "ndive": 1450.0, "ftag_ndive": 600.0}
-#: Generation speed [jets/s, one worker] (balanced ttbar jets, the clean generator).
-GENERATION_JETS_PER_S = 60.0
+#: Generation speed [jets per CPU second, one worker] (balanced ttbar jets, the clean
+#: generator: the study's 20k-jet shards took 1-2 CPU minutes each).
+GENERATION_JETS_PER_S = 200.0
 
 
 def _history(t: Training) -> list:
@@ -745,7 +746,8 @@ def plan(study: dict, trainings: list[Training]) -> tuple[str, float]:
               f"CPU hours spent {spent_total / 3600:.1f}; left at most "
               f"{left_total / 3600:.1f} for trainings and {gen_left / 3600:.1f} for "
               f"{len(missing)} missing shard(s) (at the clean generator's "
-              f"{GENERATION_JETS_PER_S:.0f} jets/s; presets with pileup are slower).")]
+              f"{GENERATION_JETS_PER_S:.0f} jets per CPU second; presets with pileup are "
+              "slower).")]
     return "\n".join(lines), (left_total + gen_left) / 3600
 
 
