@@ -669,11 +669,11 @@ def finish_training(out, result, test_files) -> dict:
 # --------------------------------------------------------------------------------------------
 # plan
 # --------------------------------------------------------------------------------------------
-#: Training throughput [jets/s, one thread, epochs with validation] assumed before an epoch
-#: of the model has finished: the study's baseline epochs on the shared 2-core machine (two
-#: trainings at once), NDIVE and FTAG+NDIVE scaled by their step-time ratios to the baseline
+#: Training throughput [jets per CPU second, one thread, validation included] assumed until a
+#: training of the model has finished: the study's first clean baseline (20 epochs of 306k
+#: jets in 996 CPU s), NDIVE and FTAG+NDIVE scaled by their step-time ratios to the baseline
 #: in benchmarks/bench_training.py with the compiled fit (0.63 and 0.26).
-DEFAULT_JETS_PER_S = {"baseline": 2300.0, "ndive": 1450.0, "ftag_ndive": 600.0}
+DEFAULT_JETS_PER_S = {"baseline": 6000.0, "ndive": 3800.0, "ftag_ndive": 1550.0}
 #: Generation speed [jets per CPU second, one worker] (balanced ttbar jets, the clean
 #: generator: the study's 20k-jet shards took 1-2 CPU minutes each).
 GENERATION_JETS_PER_S = 200.0
@@ -684,6 +684,14 @@ def _history(t: Training) -> list:
         if p.exists():
             return [e for e in json.loads(p.read_text()) if "jets_per_s" in e]
     return []
+
+
+def _train_cpu_s(t: Training) -> float:
+    """CPU seconds of ``t``'s training processes so far (0 if none is recorded)."""
+    for p in (t.result / "cpu.json", t.out / "cpu.json"):
+        if p.exists():
+            return json.loads(p.read_text()).get("train", {}).get("cpu_s", 0.0)
+    return 0.0
 
 
 def _cpu_s(t: Training) -> float:
@@ -703,13 +711,16 @@ def _n_jets(t: Training, study: dict) -> tuple[int, int]:
 def plan(study: dict, trainings: list[Training]) -> tuple[str, float]:
     """What is done and what remains: ``(text, remaining CPU hours)``. Remaining hours
     assume every training runs to its epoch limit (early stopping can only shorten it), at
-    the median throughput of the finished epochs of the same model (else
+    the median CPU throughput of the finished trainings of the same model (else
     :data:`DEFAULT_JETS_PER_S`), plus the missing shards at :data:`GENERATION_JETS_PER_S`."""
     import numpy as np
 
     rates: dict[str, list] = {}
     for t in trainings:
-        rates.setdefault(t.cfg.model.name, []).extend(e["jets_per_s"] for e in _history(t))
+        cpu, epochs = _train_cpu_s(t), len(_history(t))
+        if t.status() in ("done", "trained", "stale") and cpu > 0 and epochs:
+            n_tr, n_val = _n_jets(t, study)
+            rates.setdefault(t.cfg.model.name, []).append(epochs * (n_tr + n_val / 3.0) / cpu)
     lines = [("| condition | training | status | epochs done / max | CPU h spent | "
               "CPU h left (at most) |"), "|---|---|---|---|---|---|"]
     left_total = spent_total = 0.0
