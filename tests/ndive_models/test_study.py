@@ -78,7 +78,8 @@ def test_shipped_study_describes_the_shards_and_runs(tmp_path):
     tr = paper.shards(study, "clean", "train")
     te = paper.shards(study, "clean", "test")
     assert [p.name for p, _ in tr] == [f"shard_s{s}.h5" for s in range(1001, 1018)]
-    assert [p.name for p, _ in te] == [f"shard_s{s}.h5" for s in range(2001, 2007)]
+    # 24 test shards: 160k jets per flavour (docs/results/README.md, "Run 3")
+    assert [p.name for p, _ in te] == [f"shard_s{s}.h5" for s in range(2001, 2025)]
     assert tr[0][0].parent == tmp_path / "clean"
     # `ndive generate --jets 20000 --seed 1001 --workers 1 --balance`
     assert paper.generation_config(tr[0][1]) == GenerationConfig(
@@ -93,6 +94,9 @@ def test_shipped_study_describes_the_shards_and_runs(tmp_path):
     assert by["ftag_ndive_fitinfo_s1"].model.fit_features
     assert by["baseline_s3"].epochs == 30 and by["baseline_s3"].seed == 3
     assert len(by["baseline_s1"].train) == 17
+    assert by["ftag_ndive_dim64_s1"].model.dim == 64 and runs[-2:] == ["baseline_dim64",
+                                                                        "ftag_ndive_dim64"]
+    assert by["ftag_ndive_s1"].model.fit_compile and by["ftag_ndive_s1"].model.dim == 32
 
 
 def test_unavailable_preset_is_one_clear_error():
