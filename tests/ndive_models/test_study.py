@@ -85,6 +85,8 @@ def test_shipped_study_describes_the_shards_and_runs(tmp_path):
     assert paper.generation_config(tr[0][1]) == GenerationConfig(
         n_jets=20000, seed=1001, workers=1, balance=True)
     assert paper.shards(study, "realistic", "test")[0][1]["preset"] == "run3"
+    # the realistic condition sizes its own test sample: 12 shards (80k jets per flavour)
+    assert len(paper.shards(study, "realistic", "test")) == 12
     ts = paper.study_trainings(study, only_conditions=["clean"])
     runs = [t.run for t in ts]
     assert runs[:10] == ["baseline"] * 5 + ["ftag_ndive"] * 5  # baseline seeds first
@@ -292,3 +294,21 @@ def test_a_training_another_runner_holds_is_left_alone(tmp_path, sample_path, ca
     finally:
         held.close()
     assert not paper._running(t)
+
+
+def test_a_condition_sizes_its_own_test_sample_and_a_bad_one_is_named(tmp_path, sample_path):
+    import yaml
+
+    path = _study(tmp_path, sample_path)
+    d = yaml.safe_load(path.read_text())
+    d["conditions"]["clean"]["test"] = {"shards": {"first": 7, "count": 2, "jets": 50}}
+    path.write_text(json.dumps(d))
+    study = paper.load_study(path)
+    assert [p.name for p, _ in paper.shards(study, "clean", "test")] == ["shard_s7.h5",
+                                                                        "shard_s8.h5"]
+    assert paper.study_trainings(study)[0].tests == ("shard_s7.h5", "shard_s8.h5")
+    d["conditions"]["clean"]["test"] = {"jets": 50}  # no seed
+    path.write_text(json.dumps(d))
+    with pytest.raises(paper.StudyError, match=r"conditions.clean: data.test needs 'jets' and "
+                                               r"'seed'"):
+        paper.load_study(path)

@@ -114,9 +114,14 @@ def load_study(study="paper/default", overrides: dict | None = None) -> dict:
         _check_sample(d, part, where)
     conds = d.get("conditions")
     if conds is not None and not (isinstance(conds, dict) and conds and all(
-            isinstance(c, dict) and set(c) <= {"generate", "note"} for c in conds.values())):
+            isinstance(c, dict) and set(c) <= {"generate", "note", "test"}
+            for c in conds.values())):
         raise StudyError(f"{where}: conditions must map names to {{generate: {{...}}, "
-                         f"note: ...}}, got {conds!r}")
+                         f"note: ..., test: (optional, as data.test)}}, got {conds!r}")
+    for name, c in (conds or {}).items():
+        if "test" in c:
+            _check_sample({"data": {"test": c["test"]}}, "test",
+                          f"{where}: conditions.{name}")
     if not isinstance(d["seeds"], int) or d["seeds"] < 1:
         raise StudyError(f"{where}: seeds must be a positive integer, got {d['seeds']!r}")
     if not isinstance(d["training"], dict) or not isinstance(d["runs"], list):
@@ -194,10 +199,13 @@ def shards(study: dict, condition: str, part: str) -> list[tuple[Path, dict]]:
     seeds ``first, first + 1, ...``; a ``{jets, seed}`` sample is one file ``<part>.h5``.
     Options: ``n_jets``, ``seed``, ``workers`` (``data.workers``, default 1: part of the
     event sequence), ``balance: true``, then ``data.generate`` and the condition's
-    ``generate`` keys (e.g. ``preset: run3``).
+    ``generate`` keys (e.g. ``preset: run3``). A condition's own ``test`` (same form as
+    ``data.test``) replaces ``data.test`` for it.
     """
     d = study["data"]
     spec = d[part]
+    if part == "test" and condition:  # a condition may size its own test sample
+        spec = (study.get("conditions") or {}).get(condition, {}).get("test", spec)
     common = {"workers": d.get("workers", 1), "balance": True, **(d.get("generate") or {}),
               **conditions(study)[condition]}
     where = data_dir(study, condition)
