@@ -694,19 +694,21 @@ def _history(t: Training) -> list:
     return []
 
 
-def _train_cpu_s(t: Training) -> float:
-    """CPU seconds of ``t``'s training processes so far (0 if none is recorded)."""
+def _cpu_record(t: Training) -> dict:
+    """``t``'s ``cpu.json`` (``{"train"|"evaluate": {"cpu_s", ...}}``; empty if none)."""
     for p in (t.result / "cpu.json", t.out / "cpu.json"):
         if p.exists():
-            return json.loads(p.read_text()).get("train", {}).get("cpu_s", 0.0)
-    return 0.0
+            return json.loads(p.read_text())
+    return {}
+
+
+def _train_cpu_s(t: Training) -> float:
+    """CPU seconds of ``t``'s training processes so far (0 if none is recorded)."""
+    return _cpu_record(t).get("train", {}).get("cpu_s", 0.0)
 
 
 def _cpu_s(t: Training) -> float:
-    for p in (t.result / "cpu.json", t.out / "cpu.json"):
-        if p.exists():
-            return sum(e["cpu_s"] for e in json.loads(p.read_text()).values())
-    return 0.0
+    return sum(e["cpu_s"] for e in _cpu_record(t).values())
 
 
 def _n_jets(t: Training, study: dict) -> tuple[int, int]:
