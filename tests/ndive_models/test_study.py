@@ -229,6 +229,17 @@ def test_study_skips_finished_and_resumes_unfinished(tmp_path, sample_path, caps
     assert hist[0]["train_loss"] == first["history"][0]["train_loss"]
     assert (work / "finished.json").exists()
 
+    # a finished training in the workdir made with other settings is not published as the
+    # study's (say a learning-rate schedule was added to the study after it finished)
+    shutil.rmtree(res)
+    capsys.readouterr()
+    assert cli.main(["paper", "--study", str(path), "--epochs", "2",
+                     "--lr-schedule", "cosine"]) == 1
+    err = capsys.readouterr().err
+    assert "finished with other settings than the study's (lr_schedule: 'constant' -> " \
+        "'cosine')" in err and "move it away" in err
+    assert not res.exists()
+
 
 # --------------------------------------------------------------------------------------------
 # the label-leak-free reference and the idea beyond the paper

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from ndive_models._optim import NovoGrad
-from ndive_models.train import TrainConfig, load_checkpoint, load_config, train
+from ndive_models.train import (TrainConfig, learning_rate, load_checkpoint, load_config,
+                                 train)
 
 
 def test_novograd_matches_hand_computed_updates():
@@ -103,6 +104,72 @@ def test_resume_is_bit_for_bit(sample_path, tmp_path):
     assert all(float(r[4]) == 1e-3 for r in rows[1:])
     epoch1 = [float(r[3]) for r in rows[1:5]]
     assert np.mean(epoch1) == pytest.approx(full["history"][0]["train_loss"], rel=1e-12)
+
+
+def test_learning_rate_schedules():
+    cos = TrainConfig.from_dict(dict(lr=2e-3, epochs=10, lr_schedule="cosine",
+                                     warmup_epochs=0.5))
+    per_epoch = 40
+    rates = [learning_rate(cos, s, per_epoch) for s in range(10 * per_epoch)]
+    # linear warm-up over 20 steps to the peak, then cosine down to ~0 at the last step
+    assert rates[0] == pytest.approx(2e-3 / 20) and rates[19] == pytest.approx(2e-3)
+    assert rates[20] == pytest.approx(2e-3)
+    assert rates[20 + 190] == pytest.approx(1e-3)  # half-way through the 380 decay steps
+    assert all(a >= b for a, b in zip(rates[20:], rates[21:]))
+    assert rates[-1] < 1e-7
+    const = TrainConfig.from_dict(dict(lr=2e-3, epochs=10))
+    assert {learning_rate(const, s, per_epoch) for s in range(400)} == {2e-3}
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        TrainConfig.from_dict(dict(lr_schedule="linear"))
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        TrainConfig.from_dict(dict(warmup_epochs=-1))
+
+
+def test_cosine_schedule_resumes_on_its_curve(sample_path, tmp_path, monkeypatch):
+    """An interrupted cosine training resumed from last.pt ends bit for bit where the
+    uninterrupted one ends, with the per-step rates of the schedule in steps.csv; the
+    schedule's length cannot change on resume."""
+    import ndive_models.train as tr
+
+    kw = dict(epochs=3, lr_schedule="cosine", warmup_epochs=0.5)
+    train(_cfg(sample_path, tmp_path / "full", **kw))
+    real, calls = tr.validate, []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(tr, "validate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(sample_path, tmp_path / "split", **kw))
+    monkeypatch.setattr(tr, "validate", real)
+    with pytest.raises(ValueError, match="epochs: 3 -> 4"):
+        train(_cfg(sample_path, tmp_path / "split", **{**kw, "epochs": 4}), resume=True)
+    train(_cfg(sample_path, tmp_path / "split", **kw), resume=True)
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=False)
+    b = torch.load(tmp_path / "split" / "last.pt", weights_only=False)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    rows = [r.split(",") for r in (tmp_path / "split" / "steps.csv").read_text().splitlines()]
+    cfg = _cfg(sample_path, tmp_path, **kw)
+    assert [float(r[4]) for r in rows[1:]] == [learning_rate(cfg, s, 4) for s in range(12)]
+    assert float(rows[-1][4]) < 0.05 * cfg.lr
+
+
+def test_resume_accepts_a_checkpoint_older_than_an_option(sample_path, tmp_path):
+    """A checkpoint written before an option existed resumes (it ran with the default)."""
+    train(_cfg(sample_path, tmp_path / "old", epochs=1))
+    last = tmp_path / "old" / "last.pt"
+    ck = torch.load(last, weights_only=False)
+    del ck["config"]["lr_schedule"], ck["config"]["warmup_epochs"]
+    torch.save(ck, last)
+    res = train(_cfg(sample_path, tmp_path / "old", epochs=2), resume=True)
+    assert [h["epoch"] for h in res["history"]] == [1, 2]
+    with pytest.raises(ValueError, match="lr_schedule: 'constant' -> 'cosine'"):
+        train(_cfg(sample_path, tmp_path / "old", epochs=3, lr_schedule="cosine"),
+              resume=True)
 
 
 def test_run_logs_config_and_provenance(sample_path, tmp_path, monkeypatch):

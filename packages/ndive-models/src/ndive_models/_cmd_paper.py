@@ -23,6 +23,7 @@ OPTIONS = (
     ("--seeds", "seeds", "trainings per model (paper: 5)", int),
     ("--batch-size", "training.batch_size", "jets per step", int),
     ("--lr", "training.lr", "learning rate (paper: 1e-4 over many more steps)", float),
+    ("--lr-schedule", "training.lr_schedule", "constant | cosine", str),
     ("--optimizer", "training.optimizer", "novograd | adamw | lion", str),
     ("--patience", "training.patience", "early-stopping patience (epochs)", int),
     ("--dim", "training.model.dim", "model embedding size", int),

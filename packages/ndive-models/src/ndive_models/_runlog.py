@@ -100,12 +100,14 @@ class StepLog:
                 self.rows = [r for r in reader if r and int(r[0]) <= resume_epoch]
         self.writer = _summary_writer(Path(out) / "tensorboard")
 
-    def epoch(self, epoch: int, losses: list[float], lr: float, summary: dict) -> None:
-        """Record the step ``losses`` of ``epoch`` (learning rate ``lr``) and its
-        ``summary`` (``train_loss``, ``val`` loss); rewrites ``steps.csv`` atomically."""
+    def epoch(self, epoch: int, losses: list[float], lr, summary: dict) -> None:
+        """Record the step ``losses`` of ``epoch`` (learning rate ``lr``: one value, or one
+        per step) and its ``summary`` (``train_loss``, ``val`` loss); rewrites
+        ``steps.csv`` atomically."""
         start = len(self.rows)
-        for step, loss in enumerate(losses):
-            self.rows.append([epoch, step, start + step, repr(float(loss)), repr(float(lr))])
+        lrs = list(lr) if isinstance(lr, (list, tuple)) else [lr] * len(losses)
+        for step, (loss, rate) in enumerate(zip(losses, lrs, strict=True)):
+            self.rows.append([epoch, step, start + step, repr(float(loss)), repr(float(rate))])
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(STEP_COLUMNS)
@@ -113,9 +115,9 @@ class StepLog:
         text = buf.getvalue()
         atomic_write(self.path, lambda f: f.write_text(text))
         if self.writer is not None:
-            for step, loss in enumerate(losses):
+            for step, (loss, rate) in enumerate(zip(losses, lrs, strict=True)):
                 self.writer.add_scalar("loss/step", float(loss), start + step)
-                self.writer.add_scalar("lr", float(lr), start + step)
+                self.writer.add_scalar("lr", float(rate), start + step)
             self.writer.add_scalar("loss/train_epoch", summary["train_loss"], epoch)
             self.writer.add_scalar("loss/val_epoch", summary["val"], epoch)
             self.writer.flush()

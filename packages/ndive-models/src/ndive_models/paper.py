@@ -357,16 +357,18 @@ class Training:
     def key(self) -> str:
         return f"{self.condition}/{self.name}" if self.condition else self.name
 
-    def config_differences(self) -> list[str]:
-        """Keys whose value in the committed ``config.yaml`` differs from the study's
-        (paths, progress bar and speed options aside): a ``done`` training was made with
-        other settings than the study now asks for."""
+    def config_differences(self, path: Path | None = None) -> list[str]:
+        """Keys whose value in the committed ``config.yaml`` (or in the ``config.yaml`` at
+        ``path``) differs from the study's (paths, progress bar and speed options aside): a
+        training was made with other settings than the study now asks for."""
         import yaml
 
-        p = self.result / "config.yaml"
+        from .train import with_defaults
+
+        p = path or self.result / "config.yaml"
         if not p.exists():
             return []
-        old, new = yaml.safe_load(p.read_text()), self.cfg.to_dict()
+        old, new = with_defaults(yaml.safe_load(p.read_text())), self.cfg.to_dict()
         diff = []
 
         def walk(a, b, prefix=""):
@@ -534,6 +536,10 @@ def _one(t: Training, test_files: list[str], threads: int):
               flush=True)
         return t.key, None
     try:
+        diff = t.config_differences(t.out / "config.yaml") if t.status() == "trained" else []
+        if diff:
+            raise ValueError(f"{t.key}: {t.out} finished with other settings than the "
+                             f"study's ({'; '.join(diff)}); move it away to train it again")
         if t.status() in ("todo", "partial"):
             _train(t, threads)
         if t.status() in ("trained", "stale"):
