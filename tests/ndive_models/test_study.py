@@ -89,12 +89,21 @@ def test_shipped_study_describes_the_shards_and_runs(tmp_path):
     assert len(paper.shards(study, "realistic", "test")) == 12
     ts = paper.study_trainings(study, only_conditions=["clean"])
     runs = [t.run for t in ts]
-    assert runs[:10] == ["baseline"] * 5 + ["ftag_ndive"] * 5  # baseline seeds first
+    # seed by seed: the compared models have as many seeds wherever the study stops;
+    # the runs with their own seeds after them, in the study's order
+    assert [t.name for t in ts[:4]] == ["baseline_s1", "ftag_ndive_s1", "baseline_s2",
+                                        "ftag_ndive_s2"]
+    assert runs[:10] == ["baseline", "ftag_ndive"] * 5 and runs[10] == "ndive"
+    plain = paper.study_trainings({**study, "order": "runs"}, only_conditions=["clean"])
+    assert [t.run for t in plain][:10] == ["baseline"] * 5 + ["ftag_ndive"] * 5
+    with pytest.raises(paper.StudyError, match="order must be one of"):
+        paper.load_study("paper/study", {"order": "random"})
     by = {t.name: t.cfg for t in ts}
     assert by["ftag_ndive_truth_s1"].model.weights == "truth"
     assert by["ftag_ndive_secondary_s1"].model.weights == "secondary"
     assert by["ftag_ndive_fitinfo_s1"].model.fit_features
-    assert by["baseline_s3"].epochs == 30 and by["baseline_s3"].seed == 3
+    assert by["baseline_s3"].epochs == 20 and by["baseline_s3"].seed == 3
+    assert by["baseline_s3"].lr_schedule == "cosine" and by["baseline_s3"].warmup_epochs == 1
     assert len(by["baseline_s1"].train) == 17
     assert by["ftag_ndive_dim64_s1"].model.dim == 64 and runs[-2:] == ["baseline_dim64",
                                                                         "ftag_ndive_dim64"]

@@ -33,6 +33,7 @@ end of a session) and continued later, on this machine or on a fresh clone:
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -65,8 +66,12 @@ class StudyError(ValueError):
 STUDY_KEYS = ("data", "seeds", "training", "runs", "jobs", "threads", "workdir", "report")
 #: Optional keys: ``conditions`` ({name: {generate: {...}, note: text}}; default one
 #: unnamed condition), the report's ``title`` and the run every other is compared with,
-#: ``reference`` (default ``baseline``).
-OPTIONAL_STUDY_KEYS = ("conditions", "title", "reference")
+#: ``reference`` (default ``baseline``), and the training ``order``: ``runs`` (default:
+#: every seed of a run, then the next run) or ``seeds`` (seed 1 of every run that takes the
+#: study's ``seeds``, then seed 2 of each, ...; runs with their own ``seeds`` list after them,
+#: so a study stopped at any point has as many seeds of each compared model).
+OPTIONAL_STUDY_KEYS = ("conditions", "title", "reference", "order")
+ORDERS = ("runs", "seeds")
 RUN_KEYS = ("name", "config", "set", "seeds", "reference")
 
 
@@ -122,6 +127,8 @@ def load_study(study="paper/default", overrides: dict | None = None) -> dict:
         if "test" in c:
             _check_sample({"data": {"test": c["test"]}}, "test",
                           f"{where}: conditions.{name}")
+    if d.get("order", "runs") not in ORDERS:
+        raise StudyError(f"{where}: order must be one of {ORDERS}, got {d['order']!r}")
     if not isinstance(d["seeds"], int) or d["seeds"] < 1:
         raise StudyError(f"{where}: seeds must be a positive integer, got {d['seeds']!r}")
     if not isinstance(d["training"], dict) or not isinstance(d["runs"], list):
@@ -136,7 +143,8 @@ def load_study(study="paper/default", overrides: dict | None = None) -> dict:
 
 
 def study_runs(study: dict, train_file, workdir, *, skip_references: bool = False) -> list:
-    """The trainings of a study: ``[(run name, TrainConfig), ...]`` in the study's order.
+    """The trainings of a study: ``[(run name, TrainConfig), ...]`` in the study's order
+    (its ``order`` key: run by run, or seed by seed).
 
     A run's config is its model config file, then the study's ``training`` keys, then the
     run's ``set`` keys, then the seed, training file (or list of shards) and output
@@ -159,16 +167,18 @@ def study_runs(study: dict, train_file, workdir, *, skip_references: bool = Fals
     train = ([str(f) for f in train_file] if isinstance(train_file, (list, tuple))
              else str(train_file))
     runs = []
-    for run in study["runs"]:
+    for r, run in enumerate(study["runs"]):
         if skip_references and run.get("reference"):
             continue
         seeds = run.get("seeds") or range(1, study["seeds"] + 1)
-        for seed in seeds:
+        for k, seed in enumerate(seeds):
             name = f"{run['name']}_s{seed}"
             over = {**shared, **(run.get("set") or {}), "seed": seed, "train": train,
                     "out": str(Path(workdir) / "runs" / name), "progress": False}
-            runs.append((name, load_config(find(run["config"]), over)))
-    return runs
+            by_seed = k if not run.get("seeds") else math.inf
+            key = (by_seed, r, k) if study.get("order") == "seeds" else (r, k)
+            runs.append((key, name, load_config(find(run["config"]), over)))
+    return [(name, cfg) for _, name, cfg in sorted(runs, key=lambda x: x[0])]
 
 
 # --------------------------------------------------------------------------------------------
