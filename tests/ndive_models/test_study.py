@@ -78,8 +78,8 @@ def test_shipped_study_describes_the_shards_and_runs(tmp_path):
     tr = paper.shards(study, "clean", "train")
     te = paper.shards(study, "clean", "test")
     assert [p.name for p, _ in tr] == [f"shard_s{s}.h5" for s in range(1001, 1018)]
-    # 24 test shards: 160k jets per flavour (docs/results/README.md, "Run 3")
-    assert [p.name for p, _ in te] == [f"shard_s{s}.h5" for s in range(2001, 2025)]
+    # 96 test shards: 640k jets per flavour (docs/results/README.md, "Run 3")
+    assert [p.name for p, _ in te] == [f"shard_s{s}.h5" for s in range(2001, 2097)]
     assert tr[0][0].parent == tmp_path / "clean"
     # `ndive generate --jets 20000 --seed 1001 --workers 1 --balance`
     assert paper.generation_config(tr[0][1]) == GenerationConfig(
@@ -248,6 +248,44 @@ def test_study_skips_finished_and_resumes_unfinished(tmp_path, sample_path, caps
     assert "finished with other settings than the study's (lr_schedule: 'constant' -> " \
         "'cosine')" in err and "move it away" in err
     assert not res.exists()
+
+
+def test_evaluation_reads_the_test_shards_one_at_a_time(tmp_path, sample_path, monkeypatch):
+    """The metrics of a training evaluated shard by shard (memory for one shard) are those
+    of the whole test set loaded at once: rejections, ROC, track selection, vertex."""
+    import torch
+
+    from ndive_models.data import loader
+    from ndive_models.evaluate import predict
+    from ndive_models.train import TrainConfig, load_checkpoint, train
+
+    cfg = TrainConfig.from_dict(dict(
+        train=str(sample_path), out=str(tmp_path / "m"), epochs=1, batch_size=100,
+        max_jets=200, max_val_jets=100, lr=1e-3, progress=False, device="cpu",
+        model=dict(name="ftag_ndive", dim=8, fit_compile=False)))
+    train(cfg)
+    second = tmp_path / "second.h5"
+    shutil.copy(sample_path, second)
+    files = [str(sample_path), str(second)]
+    sizes = []
+    real = loader.load_batch
+
+    def counting(paths, *a, **k):
+        if isinstance(paths, (list, tuple)):
+            sizes.append(len(paths))
+        return real(paths, *a, **k)
+
+    monkeypatch.setattr(loader, "load_batch", counting)
+    streamed, _ = paper._evaluate(tmp_path / "m" / "best.pt", files)
+    assert sizes == [1, 1]
+    model, _ = load_checkpoint(tmp_path / "m" / "best.pt")
+    batch, _ = real(files)
+    with torch.no_grad():
+        whole = paper.training_metrics(predict(model, batch), batch)
+    assert streamed["n_test_jets"] == 2 * N_JETS
+    for key in ("rejection", "roc", "bootstrap", "track_selection", "vertex",
+                "fit_ok_fraction"):
+        assert streamed[key] == whole[key], key
 
 
 # --------------------------------------------------------------------------------------------

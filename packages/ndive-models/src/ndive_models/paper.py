@@ -593,13 +593,17 @@ def bootstrap_rejections(disc, labels, effs, n_boot: int = N_BOOTSTRAP,
     return out
 
 
+#: The test-file fields :func:`training_metrics` reads (besides the predictions).
+METRIC_FIELDS = ("flavour", "valid", "origin", "hf_vertex", "jet")
+
+
 def training_metrics(pred: dict, batch: dict, f_c: float = 0.05,
                      wps=None, n_boot: int = N_BOOTSTRAP) -> dict:
     """The committed metrics of one training from its test-set predictions (see
     :func:`ndive_models.evaluate.predict`): rejections at ``wps`` with binomial errors and
     bootstrap replicates, ROC points at :data:`ROC_EFFS`, and for models with a fit the
     track selection, the fit-usable fractions and the vertex residuals and pulls
-    (summaries and histograms)."""
+    (summaries and histograms). ``batch`` needs the fields :data:`METRIC_FIELDS`."""
     import numpy as np
 
     from . import _metrics
@@ -640,14 +644,25 @@ def training_metrics(pred: dict, batch: dict, f_c: float = 0.05,
 
 def _evaluate(checkpoint: Path, test_files) -> tuple[dict, dict]:
     """(metrics of ``checkpoint`` on ``test_files``, the checkpoint)."""
+    import numpy as np
+    import torch
+
     from .data.loader import load_batch
     from .evaluate import predict
     from .train import load_checkpoint
 
     model, ck = load_checkpoint(checkpoint)
-    batch, _ = load_batch(list(test_files))
     t0 = time.process_time()
-    m = training_metrics(predict(model, batch), batch)
+    # one shard at a time, keeping the predictions and the few fields the metrics read:
+    # the whole test set of a study (millions of jets) need not fit in memory
+    preds, kept = [], []
+    for f in test_files:
+        batch, _ = load_batch([f])
+        preds.append(predict(model, batch))
+        kept.append({k: batch[k] for k in METRIC_FIELDS if k in batch})
+    pred = {k: np.concatenate([p[k] for p in preds]) for k in preds[0]}
+    batch = {k: torch.cat([b[k] for b in kept]) for k in kept[0]}
+    m = training_metrics(pred, batch)
     m.update(test_files=[Path(f).name for f in test_files], best_epoch=ck["best_epoch"],
              best_val=ck["best_val"], n_train=ck.get("n_train"),
              eval_cpu_s=time.process_time() - t0)
