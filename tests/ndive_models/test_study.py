@@ -188,8 +188,9 @@ def test_study_skips_finished_and_resumes_unfinished(tmp_path, sample_path, caps
 
     _model, ck = load_checkpoint(res / "best.pt")  # the committed checkpoint is usable
     assert "optimizer" not in ck
-    assert "Rejections at fixed b-jet efficiency" in (tmp_path / "results" /
-                                                     "report.md").read_text()
+    report = (tmp_path / "results" / "report.md").read_text()
+    assert "Rejections at fixed b-jet efficiency" in report
+    assert "adamw lr 0.001, validation" in report  # a constant rate: no schedule named
 
     # a fresh clone: the results are there, the workdir is not -> nothing is retrained
     shutil.rmtree(tmp_path / "work")
@@ -248,6 +249,11 @@ def test_study_skips_finished_and_resumes_unfinished(tmp_path, sample_path, caps
     assert "finished with other settings than the study's (lr_schedule: 'constant' -> " \
         "'cosine')" in err and "move it away" in err
     assert not res.exists()
+    study = paper.load_study(path, {"training.lr_schedule": "cosine",
+                                    "training.warmup_epochs": 1})
+    paper.write_report(study, paper.study_trainings(study))
+    assert "adamw lr 0.001 (cosine schedule, 1 warm-up epochs)" in \
+        (tmp_path / "results" / "report.md").read_text()
 
 
 def test_evaluation_reads_the_test_shards_one_at_a_time(tmp_path, sample_path, monkeypatch):

@@ -376,7 +376,9 @@ def write(study: dict, trainings: list, paper: dict, remaining: str) -> str:
     tr = study["training"]
     L += ["## Settings", "",
           (f"- training: at most {tr.get('epochs')} epochs, patience {tr.get('patience')}, "
-          f"batch {tr.get('batch_size')}, {tr.get('optimizer')} lr {tr.get('lr')}, "
+          f"batch {tr.get('batch_size')}, {tr.get('optimizer')} lr {tr.get('lr')}"
+          + (f" ({tr['lr_schedule']} schedule, {tr.get('warmup_epochs', 0)} warm-up "
+             "epochs)" if tr.get("lr_schedule", "constant") != "constant" else "") + ", "
           f"validation fraction {tr.get('val_fraction', 0.1)}, model {tr.get('model')}"),
           (f"- data: {_sample(study['data']['train'])} for training (a fraction "
           f"{tr.get('val_fraction', 0.1)} validates), {_sample(study['data']['test'])} for "
