@@ -104,6 +104,7 @@ def test_shipped_study_describes_the_shards_and_runs(tmp_path):
     assert by["ftag_ndive_fitinfo_s1"].model.fit_features
     assert by["baseline_s3"].epochs == 20 and by["baseline_s3"].seed == 3
     assert by["baseline_s3"].lr_schedule == "cosine" and by["baseline_s3"].warmup_epochs == 1
+    assert by["ftag_ndive_s2"].monitor == "flavour"
     assert len(by["baseline_s1"].train) == 17
     assert by["ftag_ndive_dim64_s1"].model.dim == 64 and runs[-2:] == ["baseline_dim64",
                                                                         "ftag_ndive_dim64"]
@@ -219,6 +220,16 @@ def test_study_skips_finished_and_resumes_unfinished(tmp_path, sample_path, caps
     capsys.readouterr()
     assert cli.main(["paper", "--study", str(path), "--lr", "0.5", "--plan"]) == 0
     assert "done (with other settings: lr: 0.001 -> 0.5)" in capsys.readouterr().out
+    # another monitor that picks the same epoch changes nothing; one that would pick
+    # another epoch is a difference
+    assert cli.main(["paper", "--study", str(path), "--monitor", "flavour", "--plan"]) == 0
+    assert "| clean | baseline_s1 | done | 1 / 1 |" in capsys.readouterr().out
+    h = json.loads((res / "history.json").read_text())
+    (res / "history.json").write_text(json.dumps(h + [{**h[0], "epoch": 2, "val": {
+        **h[0]["val"], "loss": h[0]["val"]["loss"] + 1, "flavour": 0.0}}]))
+    assert cli.main(["paper", "--study", str(path), "--monitor", "flavour", "--plan"]) == 0
+    assert "(with other settings: monitor: 'loss' -> 'flavour')" in capsys.readouterr().out
+    (res / "history.json").write_text(json.dumps(h))
 
     # an unfinished training (a last.pt from 1 of 2 epochs) resumes and keeps epoch 1
     shutil.rmtree(res)

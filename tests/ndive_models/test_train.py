@@ -171,6 +171,39 @@ def test_resume_accepts_a_checkpoint_older_than_an_option(sample_path, tmp_path)
               resume=True)
 
 
+def test_monitor_picks_the_best_epoch_and_may_change_on_resume(sample_path, tmp_path):
+    """``monitor`` chooses the validation quantity behind best.pt and early stopping; a
+    resumed run may switch to another one when the best epoch it implies was kept."""
+    res = train(_cfg(sample_path, tmp_path / "f", epochs=3, monitor="flavour"))
+    flav = [h["val"]["flavour"] for h in res["history"]]
+    assert res["best_epoch"] == 1 + int(np.argmin(flav)) and res["best_val"] == min(flav)
+    with pytest.raises(ValueError, match="monitor: the validation has no 'bogus'"):
+        train(_cfg(sample_path, tmp_path / "b", epochs=1, monitor="bogus"))
+
+    train(_cfg(sample_path, tmp_path / "r", epochs=2))  # monitor: the total loss
+    last = tmp_path / "r" / "last.pt"
+    ck = torch.load(last, weights_only=False)
+    # a history in which the flavour term was best at epoch 1, whose weights are gone
+    edited = {**ck, "history": [{**h, "val": {**h["val"], "flavour": 0.1 * h["epoch"]}}
+                                for h in ck["history"]]}
+    torch.save(edited, last)
+    with pytest.raises(ValueError, match=r"best epoch of .* is 1, whose weights were not kept"):
+        train(_cfg(sample_path, tmp_path / "r", epochs=3, monitor="flavour"), resume=True)
+    # ... and one in which it was best at the last epoch: best.pt is rewritten from last.pt
+    worse = {**ck, "best_epoch": 1,
+             "history": [{**h, "val": {**h["val"], "flavour": 1.0 / h["epoch"]}}
+                         for h in ck["history"]]}
+    torch.save(worse, last)
+    res = train(_cfg(sample_path, tmp_path / "r", epochs=3, monitor="flavour"), resume=True)
+    best = torch.load(tmp_path / "r" / "best.pt", weights_only=False)
+    assert [h["epoch"] for h in res["history"]] == [1, 2, 3]
+    assert best["config"]["monitor"] == "flavour"
+    assert best["best_epoch"] in (2, 3) and best["best_epoch"] == res["best_epoch"]
+    if best["best_epoch"] == 2:  # epoch 3 did not improve: best.pt holds epoch 2's weights
+        for k in ck["model"]:
+            assert torch.equal(best["model"][k], ck["model"][k]), k
+
+
 def test_run_logs_config_and_provenance(sample_path, tmp_path, monkeypatch):
     """config.yaml repeats the run; versions and git revision in the run directory and the
     checkpoint; TensorBoard gets every step when installed (here a stand-in writer)."""

@@ -26,6 +26,8 @@ OPTIONS = (
     ("--lr-schedule", "training.lr_schedule", "constant | cosine", str),
     ("--optimizer", "training.optimizer", "novograd | adamw | lion", str),
     ("--patience", "training.patience", "early-stopping patience (epochs)", int),
+    ("--monitor", "training.monitor",
+     "validation quantity for best.pt and early stopping (loss | flavour | ...)", str),
     ("--dim", "training.model.dim", "model embedding size", int),
     ("--device", "training.device", "auto | cpu | cuda", str),
     ("--jobs", "jobs", "trainings run at the same time", int),

@@ -33,6 +33,7 @@ _FLAGS = (
     ("--seed", "seed", int, "seed (initialisation, data order)"),
     ("--max-jets", "max_jets", int, "use at most N training jets"),
     ("--patience", "patience", int, "early-stopping patience (epochs)"),
+    ("--monitor", "monitor", str, "validation quantity of best.pt and early stopping"),
     ("--device", "device", str, "auto | cpu | cuda | cuda:N"),
     ("--threads", "threads", int, "PyTorch intra-op threads (default 1; 0: PyTorch's choice)"),
 )

@@ -388,6 +388,8 @@ class Training:
                 x, y = a.get(k), b.get(k)
                 if isinstance(x, dict) and isinstance(y, dict):
                     walk(x, y, f"{prefix}{k}.")
+                elif prefix + k == "monitor" and _same_best_epoch(p.parent, x, y):
+                    continue  # another monitor that picks the same checkpoint
                 elif x != y:
                     diff.append(f"{prefix}{k}: {x!r} -> {y!r}")
 
@@ -406,6 +408,19 @@ class Training:
         if (self.out / "last.pt").exists():
             return "partial"
         return "todo"
+
+
+def _same_best_epoch(run_dir: Path, a: str, b: str) -> bool:
+    """Whether the validation quantities ``a`` and ``b`` pick the same best epoch in the
+    ``history.json`` of ``run_dir`` (then a changed ``monitor`` changes nothing)."""
+    path = run_dir / "history.json"
+    if not path.exists():
+        return False
+    hist = [h for h in json.loads(path.read_text()) if "val" in h]
+    if not hist or not all(a in h["val"] and b in h["val"] for h in hist):
+        return False
+    best = [min(hist, key=lambda h, q=q: h["val"][q])["epoch"] for q in (a, b)]
+    return best[0] == best[1]
 
 
 def study_trainings(study: dict, *, only_conditions=None, skip_references: bool = False,

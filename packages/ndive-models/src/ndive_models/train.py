@@ -72,6 +72,10 @@ class TrainConfig:
         warmup_epochs: the rate rises linearly from ``lr / n`` to ``lr`` over the first
             ``n`` steps, ``n`` = this many epochs (fractions allowed; 0: none).
         seed: initialisation and data order. patience: early-stopping patience (epochs).
+        monitor: the validation quantity that picks ``best.pt`` and stops early: ``loss``
+            (the total, the paper's) or one loss term, e.g. ``flavour``, which is comparable
+            between models whose auxiliary terms differ (FTAG+NDIVE's vertex term). A resumed
+            run may change it when the best epoch it implies is one whose weights were kept.
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``...
         progress: show a progress bar.
         threads: PyTorch intra-op threads of this process (``torch.set_num_threads``);
@@ -98,6 +102,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 1
     patience: int = 5
+    monitor: str = "loss"
     device: str = "auto"
     progress: bool = True
     threads: int = 1
@@ -357,6 +362,34 @@ def split_indices(n: int, val_fraction: float, split_seed: int = 0):
 RESUME_MAY_CHANGE = ("epochs", "patience", "progress", "device")
 
 
+def _monitored(v: dict, key: str) -> float:
+    if key not in v:
+        raise ValueError(f"monitor: the validation has no {key!r}; it has {sorted(v)}")
+    return v[key]
+
+
+def _remonitor(cfg: TrainConfig, ck: dict, out: Path, rank: int) -> tuple[float, int, int]:
+    """``(best value, best epoch, epochs since)`` of a resumed run under a new ``monitor``,
+    from its history. The new best epoch must be the one in ``best.pt`` or the last one
+    (then ``best.pt`` is rewritten from ``last.pt``): other weights were not kept."""
+    hist = [h for h in ck["history"] if "val" in h]
+    if not hist:
+        return math.inf, 0, 0
+    best = min(hist, key=lambda h: _monitored(h["val"], cfg.monitor))
+    if best["epoch"] not in (ck["best_epoch"], ck["epoch"]):
+        raise ValueError(
+            f"--resume: with monitor {cfg.monitor!r} the best epoch of {out} is "
+            f"{best['epoch']}, whose weights were not kept (best.pt holds epoch "
+            f"{ck['best_epoch']}, last.pt epoch {ck['epoch']}): train into a new --out")
+    value, bad = _monitored(best["val"], cfg.monitor), ck["epoch"] - best["epoch"]
+    if rank == 0:  # best.pt states the new choice (and holds the last weights if they won)
+        state = dict(ck) if best["epoch"] == ck["epoch"] else _read_checkpoint(out / "best.pt")
+        state.update(config=cfg.to_dict(), best_val=value, best_epoch=best["epoch"],
+                     bad_epochs=bad)
+        atomic_write(out / "best.pt", lambda tmp: torch.save(state, tmp))
+    return value, best["epoch"], bad
+
+
 def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """The learning rate of global optimiser step ``step`` (0-based, counted over all
     epochs) of a training with ``steps_per_epoch`` steps per epoch (see
@@ -385,7 +418,8 @@ def _check_resume(cfg: TrainConfig, saved: dict, last) -> None:
     now, saved = cfg.to_dict(), with_defaults(saved)
     diff = []
     for key in sorted(set(now) | set(saved)):
-        if key in RESUME_MAY_CHANGE and not (key == "epochs" and cfg.lr_schedule != "constant"):
+        if key in RESUME_MAY_CHANGE + ("monitor",) and not (
+                key == "epochs" and cfg.lr_schedule != "constant"):
             continue
         if key == "model":
             m_now, m_old = now["model"], saved.get("model", {})
@@ -469,7 +503,11 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
             history, best_val = ck["history"], ck["best_val"]
             best_epoch, bad, start = ck["best_epoch"], ck["bad_epochs"], ck["epoch"]
             torch.set_rng_state(ck["rng"])
-            if ck.get("stopped_early"):
+            stopped_before = ck.get("stopped_early")
+            if with_defaults(ck["config"])["monitor"] != cfg.monitor:
+                best_val, best_epoch, bad = _remonitor(cfg, ck, out, rank)
+                stopped_before = bad >= cfg.patience and start < cfg.epochs
+            if stopped_before:
                 start = cfg.epochs
         ddp = model
         if world > 1 and params:
@@ -507,7 +545,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
 
         if not params and ck is None:
             v = validate(model, val, cfg.batch_size, dev)
-            best_val = v["loss"]
+            best_val = _monitored(v, cfg.monitor)
             history.append({"epoch": 0, "val": v})
             checkpoint(0, True)
 
@@ -563,9 +601,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
             _check_finite(torch.tensor(train_loss), epoch, n_steps)
             seconds = time.perf_counter() - t0
             v = validate(model, val, max(local_bs, 256), dev)
-            improved = v["loss"] < best_val
+            improved = _monitored(v, cfg.monitor) < best_val
             if improved:
-                best_val, best_epoch, bad = v["loss"], epoch, 0
+                best_val, best_epoch, bad = _monitored(v, cfg.monitor), epoch, 0
             else:
                 bad += 1
             history.append({"epoch": epoch, "train_loss": train_loss, "val": v,
