@@ -204,6 +204,30 @@ def test_monitor_picks_the_best_epoch_and_may_change_on_resume(sample_path, tmp_
             assert torch.equal(best["model"][k], ck["model"][k]), k
 
 
+def test_checkpoints_count_the_training_cpu(sample_path, tmp_path):
+    """Every checkpoint carries the CPU seconds of the training so far (train_cpu.json
+    too); a resumed run continues the count; the study runner takes it when its own record
+    of finished processes is smaller (a process killed with its runner leaves none)."""
+    from ndive_models import paper
+
+    train(_cfg(sample_path, tmp_path / "c", epochs=1))
+    one = json.loads((tmp_path / "c" / "train_cpu.json").read_text())
+    assert one["epoch"] == 1 and one["cpu_s"] > 0
+    assert torch.load(tmp_path / "c" / "last.pt", weights_only=False)["cpu_s"] == one["cpu_s"]
+    train(_cfg(sample_path, tmp_path / "c", epochs=2), resume=True)
+    two = json.loads((tmp_path / "c" / "train_cpu.json").read_text())
+    assert two["epoch"] == 2 and two["cpu_s"] > one["cpu_s"]
+    rec = tmp_path / "c" / "cpu.json"
+    rec.write_text(json.dumps({"train": {"cpu_s": 0.5 * two["cpu_s"], "wall_s": 1.0,
+                                         "invocations": 1}}))
+    paper._count_killed_cpu(tmp_path / "c")
+    assert json.loads(rec.read_text())["train"]["cpu_s"] == two["cpu_s"]
+    rec.write_text(json.dumps({"train": {"cpu_s": 2 * two["cpu_s"], "wall_s": 1.0,
+                                         "invocations": 1}}))
+    paper._count_killed_cpu(tmp_path / "c")  # the larger count stays
+    assert json.loads(rec.read_text())["train"]["cpu_s"] == 2 * two["cpu_s"]
+
+
 def test_run_logs_config_and_provenance(sample_path, tmp_path, monkeypatch):
     """config.yaml repeats the run; versions and git revision in the run directory and the
     checkpoint; TensorBoard gets every step when installed (here a stand-in writer)."""

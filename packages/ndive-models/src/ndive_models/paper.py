@@ -459,6 +459,24 @@ def _run_child(cmd, log, threads: int, cwd=None) -> tuple[int, float]:
     return p.returncode, ru.ru_utime + ru.ru_stime
 
 
+def _count_killed_cpu(out: Path) -> None:
+    """Raise the training CPU seconds of ``<out>/cpu.json`` (summed over the processes the
+    runner saw finish) to the count the checkpoints carry (``train_cpu.json``, written by
+    the training at every epoch), when that is larger: a training process killed with its
+    runner (the end of a session) leaves no exit record, but its finished epochs are in
+    the checkpoint."""
+    from ._files import atomic_write
+
+    ck, rec = out / "train_cpu.json", out / "cpu.json"
+    if not (ck.exists() and rec.exists()):
+        return
+    d = json.loads(rec.read_text())
+    counted = json.loads(ck.read_text())["cpu_s"]
+    if "train" in d and counted > d["train"]["cpu_s"]:
+        d["train"]["cpu_s"], d["train"]["from_checkpoints"] = counted, True
+        atomic_write(rec, lambda tmp: tmp.write_text(json.dumps(d, indent=1)))
+
+
 def _add_cpu(path: Path, key: str, seconds: float, wall: float) -> dict:
     from ._files import atomic_write
 
@@ -491,6 +509,7 @@ def _train(t: Training, threads: int) -> None:
     with open(t.out / "train.log", "a") as f:
         rc, cpu = _run_child(cmd, f, threads)
     _add_cpu(t.out / "cpu.json", "train", cpu, time.perf_counter() - t0)
+    _count_killed_cpu(t.out)
     if rc != 0:
         raise RuntimeError(f"training {t.key} failed (exit {rc}); see {t.out / 'train.log'}")
     atomic_write(t.out / "finished.json", lambda tmp: tmp.write_text(json.dumps(

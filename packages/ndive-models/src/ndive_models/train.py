@@ -362,6 +362,13 @@ def split_indices(n: int, val_fraction: float, split_seed: int = 0):
 RESUME_MAY_CHANGE = ("epochs", "patience", "progress", "device")
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its finished children (compile
+    workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def _monitored(v: dict, key: str) -> float:
     if key not in v:
         raise ValueError(f"monitor: the validation has no {key!r}; it has {sorted(v)}")
@@ -496,6 +503,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
         params = [p for p in model.parameters() if p.requires_grad]
         opt = make_optimizer(cfg.optimizer, params, cfg.lr, cfg.weight_decay) if params else None
         history, best_val, best_epoch, bad, start = [], math.inf, 0, 0, 0
+        # CPU seconds of the training so far, carried in the checkpoints: a run that is
+        # killed (end of a session) keeps what its finished epochs cost
+        cpu_before, cpu0 = (ck or {}).get("cpu_s", 0.0), _cpu_seconds()
         if ck is not None:
             model.load_state_dict(ck["model"])
             if opt is not None:
@@ -536,12 +546,15 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
                 "epoch": epoch, "history": history, "best_val": best_val,
                 "best_epoch": best_epoch, "bad_epochs": bad, "rng": torch.get_rng_state(),
                 "stopped_early": stopped, "n_train": n_train, "provenance": prov,
+                "cpu_s": cpu_before + _cpu_seconds() - cpu0,
             }
             atomic_write(last, lambda tmp: torch.save(state, tmp))
             if improved:
                 atomic_write(out / "best.pt", lambda tmp: torch.save(state, tmp))
             text = json.dumps(history, indent=1)
             atomic_write(out / "history.json", lambda tmp: tmp.write_text(text))
+            cpu = json.dumps({"cpu_s": state["cpu_s"], "epoch": epoch})
+            atomic_write(out / "train_cpu.json", lambda tmp: tmp.write_text(cpu))
 
         if not params and ck is None:
             v = validate(model, val, cfg.batch_size, dev)
