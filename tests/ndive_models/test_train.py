@@ -136,7 +136,7 @@ def test_cosine_schedule_resumes_on_its_curve(sample_path, tmp_path, monkeypatch
 
     def interrupted(*a, **k):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == 3:  # (1: the monitor's check on 2 jets, 2: epoch 1) epoch 2 dies
             raise KeyboardInterrupt
         return real(*a, **k)
 
@@ -179,6 +179,7 @@ def test_monitor_picks_the_best_epoch_and_may_change_on_resume(sample_path, tmp_
     assert res["best_epoch"] == 1 + int(np.argmin(flav)) and res["best_val"] == min(flav)
     with pytest.raises(ValueError, match="monitor: the validation has no 'bogus'"):
         train(_cfg(sample_path, tmp_path / "b", epochs=1, monitor="bogus"))
+    assert not (tmp_path / "b" / "last.pt").exists()  # named before any epoch ran
 
     train(_cfg(sample_path, tmp_path / "r", epochs=2))  # monitor: the total loss
     last = tmp_path / "r" / "last.pt"
