@@ -45,6 +45,22 @@ def test_ratio_stat_term_keeps_the_correlation_of_the_shared_test_set():
     assert mixed["seed"] == pytest.approx(1.5 * 10 / np.sqrt(3) / 150)
 
 
+def test_verdict_gives_no_significance_without_a_seed_spread():
+    from ndive_models._study_report import verdict_line
+
+    one = _metrics.ratio_uncertainty([1050.0], [825.0, 988.0], [[1000.0, 1100.0]],
+                                     [[800.0, 850.0], [950.0, 1020.0]])
+    line = verdict_line("light", one, 1, 2, 1.27)
+    assert "(stat only" in line and "no significance yet" in line and "sigma from" not in line
+    two = _metrics.ratio_uncertainty([1050.0, 1150.0], [825.0, 988.0],
+                                     [[1000.0, 1100.0], [1120.0, 1180.0]],
+                                     [[800.0, 850.0], [950.0, 1020.0]])
+    line = verdict_line("light", two, 2, 2, 1.27)
+    sig = two["total"]
+    assert f"{(two['ratio'] - 1) / sig:+.1f} sigma from 1" in line
+    assert ("is met" if sig <= 0.08 else "is not met") in line
+
+
 def test_seed_mean_uncertainty():
     boot = np.array([[1.0, 2.0, 3.0], [3.0, 4.0, 5.0]])
     u = _metrics.seed_mean_uncertainty([2.0, 4.0], boot)

@@ -90,6 +90,25 @@ def _ratio_cell(r: dict) -> str:
     return s
 
 
+def verdict_line(bkg: str, r: dict, n_a: int, n_b: int, paper_gain: float) -> str:
+    """One line of the verdict: the FTAG+NDIVE / baseline ratio ``r`` (from
+    :func:`~ndive_models._metrics.ratio_uncertainty`) of ``bkg`` at 70%, with ``n_a`` and
+    ``n_b`` seeds, its distance from 1 and from the paper's gain in units of its total
+    uncertainty; no distance while a model has one seed (the seed spread, which is not
+    known then, can be the larger term: the statistical error alone is no significance)."""
+    head = (f"- {bkg}: {r['ratio']:.3f} ± {{sig}} (seed {_num(r['seed'], 2)}, "
+            f"stat {_num(r['stat'], 2)}; {n_a} vs {n_b} seeds)")
+    if not math.isfinite(r["total"]):
+        return (head.format(sig=f"{r['stat']:.3f} (stat only)") + ": no significance yet, "
+                "the seed spread needs 2 or more seeds of each model.")
+    sig = r["total"]
+    return (head.format(sig=f"{sig:.3f}") + f": {(r['ratio'] - 1) / sig:+.1f} sigma from 1, "
+            f"{(r['ratio'] - paper_gain) / sig:+.1f} sigma from the paper's {paper_gain}"
+            + (f"; the target sigma <= {TARGET_SIGMA} is "
+               f"{'met' if sig <= TARGET_SIGMA else 'not met'}" if bkg == "light" else "")
+            + ".")
+
+
 def _condition(study, trainings, cond, report: Path, paper: dict) -> list[str]:
     models = _models(trainings, cond)
     tag = cond or "study"
@@ -161,17 +180,9 @@ def _condition(study, trainings, cond, report: Path, paper: dict) -> list[str]:
         if ref == "baseline" and ("ftag_ndive", "light", "0.70") in ratios:
             L += ["### Verdict (FTAG+NDIVE / baseline at 70%)", ""]
             for bkg in ("light", "c"):
-                r = ratios[("ftag_ndive", bkg, "0.70")]
-                sig = r["total"] if math.isfinite(r["total"]) else r["stat"]
-                L.append(
-                    f"- {bkg}: {r['ratio']:.3f} ± {sig:.3f} (seed {_num(r['seed'], 2)}, "
-                    f"stat {_num(r['stat'], 2)}; {len(tagged['ftag_ndive'])} vs "
-                    f"{len(tagged['baseline'])} seeds): {(r['ratio'] - 1) / sig:+.1f} sigma "
-                    f"from 1, {(r['ratio'] - paper['gain_at_70'][bkg]) / sig:+.1f} sigma from "
-                    f"the paper's {paper['gain_at_70'][bkg]}"
-                    + (f"; the target sigma <= {TARGET_SIGMA} is "
-                       f"{'met' if sig <= TARGET_SIGMA else 'not met'}" if bkg == "light"
-                       else "") + ".")
+                L.append(verdict_line(bkg, ratios[("ftag_ndive", bkg, "0.70")],
+                                      len(tagged["ftag_ndive"]), len(tagged["baseline"]),
+                                      paper["gain_at_70"][bkg]))
             L.append("")
     # beside the paper
     L += ["### Beside the paper (Fig. 7)", "",
