@@ -413,14 +413,16 @@ class Training:
 def _same_best_epoch(run_dir: Path, a: str, b: str) -> bool:
     """Whether the validation quantities ``a`` and ``b`` pick the same best epoch in the
     ``history.json`` of ``run_dir`` (then a changed ``monitor`` changes nothing)."""
+    from .train import best_entry
+
     path = run_dir / "history.json"
     if not path.exists():
         return False
-    hist = [h for h in json.loads(path.read_text()) if "val" in h]
-    if not hist or not all(a in h["val"] and b in h["val"] for h in hist):
+    hist = json.loads(path.read_text())
+    if not all(a in h["val"] and b in h["val"] for h in hist if "val" in h):
         return False
-    best = [min(hist, key=lambda h, q=q: h["val"][q])["epoch"] for q in (a, b)]
-    return best[0] == best[1]
+    best = [best_entry(hist, q) for q in (a, b)]
+    return best[0] is not None and best[0]["epoch"] == best[1]["epoch"]
 
 
 def study_trainings(study: dict, *, only_conditions=None, skip_references: bool = False,

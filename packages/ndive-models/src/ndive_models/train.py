@@ -121,14 +121,15 @@ class TrainConfig:
             raise ValueError(f"model: expected a table of model options, got {model!r}")  # noqa: TRY004 (config errors are ValueErrors)
         if not isinstance(model, ModelConfig):
             model = ModelConfig.from_dict(model)
-        cfg = cls(**check_types(cls, d), model=model)
-        if cfg.lr_schedule not in LR_SCHEDULES:
+        return cls(**check_types(cls, d), model=model)
+
+    def __post_init__(self):  # every construction, from a file or in code (replace())
+        if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got "
-                             f"{cfg.lr_schedule!r}")
-        if not cfg.lr >= 0 or not cfg.warmup_epochs >= 0:
-            raise ValueError(f"lr and warmup_epochs must be >= 0, got lr={cfg.lr}, "
-                             f"warmup_epochs={cfg.warmup_epochs}")
-        return cfg
+                             f"{self.lr_schedule!r}")
+        if not self.lr >= 0 or not self.warmup_epochs >= 0:
+            raise ValueError(f"lr and warmup_epochs must be >= 0, got lr={self.lr}, "
+                             f"warmup_epochs={self.warmup_epochs}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -375,14 +376,20 @@ def _monitored(v: dict, key: str) -> float:
     return v[key]
 
 
+def best_entry(history: list, key: str) -> dict | None:
+    """The entry of a training ``history`` with the lowest validation ``key`` (the epoch
+    that ``monitor: key`` keeps in ``best.pt``), or None when no epoch was validated."""
+    hist = [h for h in history if "val" in h]
+    return min(hist, key=lambda h: _monitored(h["val"], key)) if hist else None
+
+
 def _remonitor(cfg: TrainConfig, ck: dict, out: Path, rank: int) -> tuple[float, int, int]:
     """``(best value, best epoch, epochs since)`` of a resumed run under a new ``monitor``,
     from its history. The new best epoch must be the one in ``best.pt`` or the last one
     (then ``best.pt`` is rewritten from ``last.pt``): other weights were not kept."""
-    hist = [h for h in ck["history"] if "val" in h]
-    if not hist:
+    best = best_entry(ck["history"], cfg.monitor)
+    if best is None:
         return math.inf, 0, 0
-    best = min(hist, key=lambda h: _monitored(h["val"], cfg.monitor))
     if best["epoch"] not in (ck["best_epoch"], ck["epoch"]):
         raise ValueError(
             f"--resume: with monitor {cfg.monitor!r} the best epoch of {out} is "
@@ -483,7 +490,6 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the "
                              f"{world} processes")
         out = Path(cfg.out)
-        TrainConfig.from_dict(cfg.to_dict())  # a config built in code is checked too
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
         data, val, bz = _load_data(cfg)
@@ -616,9 +622,10 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
             _check_finite(torch.tensor(train_loss), epoch, n_steps)
             seconds = time.perf_counter() - t0
             v = validate(model, val, max(local_bs, 256), dev)
-            improved = _monitored(v, cfg.monitor) < best_val
+            value = _monitored(v, cfg.monitor)
+            improved = value < best_val
             if improved:
-                best_val, best_epoch, bad = _monitored(v, cfg.monitor), epoch, 0
+                best_val, best_epoch, bad = value, epoch, 0
             else:
                 bad += 1
             history.append({"epoch": epoch, "train_loss": train_loss, "val": v,
