@@ -208,6 +208,17 @@ def test_study_skips_finished_and_resumes_unfinished(tmp_path, sample_path, caps
     report = (tmp_path / "results" / "report.md").read_text()
     assert "Rejections at fixed b-jet efficiency" in report
     assert "adamw lr 0.001, validation" in report  # a constant rate: no schedule named
+    assert "counted only from a later epoch" not in report
+    # a training whose first epochs ran before CPU records: out of the cost means, named
+    rec = json.loads((res / "cpu.json").read_text())
+    (res / "cpu.json").write_text(json.dumps({**rec, "train": {**rec["train"],
+                                                               "from_epoch": 2}}))
+    study = paper.load_study(path)
+    paper.write_report(study, paper.study_trainings(study))
+    report = (tmp_path / "results" / "report.md").read_text()
+    assert "left out of the means): baseline_s1 (from epoch 2)" in report
+    assert "| - (0 of 1) |" in report and "| ≥ " in report
+    (res / "cpu.json").write_text(json.dumps(rec))
 
     # a fresh clone: the results are there, the workdir is not -> nothing is retrained
     shutil.rmtree(tmp_path / "work")
@@ -258,6 +269,9 @@ def test_study_skips_finished_and_resumes_unfinished(tmp_path, sample_path, caps
 
     first = train(replace(t.cfg, epochs=1))
     assert t.status() == "partial" and len(first["history"]) == 1
+    # the plan counts its CPU from the checkpoints (no runner record of a killed process)
+    assert not (work / "cpu.json").exists()
+    assert paper._cpu_s(t) == json.loads((work / "train_cpu.json").read_text())["cpu_s"] > 0
     capsys.readouterr()
     assert cli.main(["paper", "--study", str(path), "--epochs", "2"]) == 0
     assert "training clean/baseline_s1 (resumed)" in capsys.readouterr().out

@@ -227,6 +227,35 @@ def test_checkpoints_count_the_training_cpu(sample_path, tmp_path):
                                          "invocations": 1}}))
     paper._count_killed_cpu(tmp_path / "c")  # the larger count stays
     assert json.loads(rec.read_text())["train"]["cpu_s"] == 2 * two["cpu_s"]
+    assert two["from_epoch"] == 1 and "from_epoch" not in json.loads(rec.read_text())["train"]
+
+
+def test_checkpoint_without_cpu_record_counts_from_the_resumed_epoch(sample_path, tmp_path):
+    """A checkpoint from before CPU records (no ``cpu_s``): the resumed run counts from
+    the next epoch, says so in train_cpu.json and every later checkpoint, and the study
+    runner's cpu.json and cost table mark the count as partial."""
+    from ndive_models import _study_report, paper
+
+    train(_cfg(sample_path, tmp_path / "c", epochs=1))
+    last = tmp_path / "c" / "last.pt"
+    ck = torch.load(last, weights_only=False)
+    del ck["cpu_s"], ck["cpu_from_epoch"]
+    torch.save(ck, last)
+    train(_cfg(sample_path, tmp_path / "c", epochs=2), resume=True)
+    two = json.loads((tmp_path / "c" / "train_cpu.json").read_text())
+    assert two["from_epoch"] == 2 and two["cpu_s"] > 0
+    train(_cfg(sample_path, tmp_path / "c", epochs=3), resume=True)
+    three = json.loads((tmp_path / "c" / "train_cpu.json").read_text())
+    assert three["from_epoch"] == 2 and three["cpu_s"] > two["cpu_s"]
+    rec = tmp_path / "c" / "cpu.json"
+    rec.write_text(json.dumps({"train": {"cpu_s": three["cpu_s"], "wall_s": 1.0,
+                                         "invocations": 1}}))
+    paper._count_killed_cpu(tmp_path / "c")
+    d = json.loads(rec.read_text())
+    assert d["train"]["from_epoch"] == 2
+    assert not _study_report._cpu_complete({"_cpu": d})
+    assert _study_report._cpu_complete({"_cpu": {"train": {"cpu_s": 1.0}}})
+    assert _study_report._cpu_complete({"_cpu": None})
 
 
 def test_run_logs_config_and_provenance(sample_path, tmp_path, monkeypatch):

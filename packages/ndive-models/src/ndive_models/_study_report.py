@@ -109,6 +109,12 @@ def verdict_line(bkg: str, r: dict, n_a: int, n_b: int, paper_gain: float) -> st
             + ".")
 
 
+def _cpu_complete(m: dict) -> bool:
+    """Whether the training CPU of results ``m`` counts every epoch (``from_epoch``: the
+    first counted, when a training resumed from a checkpoint without CPU records)."""
+    return (m["_cpu"] or {}).get("train", {}).get("from_epoch", 1) <= 1
+
+
 def _condition(study, trainings, cond, report: Path, paper: dict) -> list[str]:
     models = _models(trainings, cond)
     tag = cond or "study"
@@ -126,8 +132,9 @@ def _condition(study, trainings, cond, report: Path, paper: dict) -> list[str]:
     for run, ms in models.items():
         ep = ", ".join(f"{len(m['_history'] or [])} ({m['best_epoch']})" for _, m in ms)
         cpu = sum(sum(e["cpu_s"] for e in (m["_cpu"] or {}).values()) for _, m in ms)
+        low = "≥ " if any(not _cpu_complete(m) for _, m in ms) else ""
         L.append(f"| {DISPLAY.get(run, run)} | {len(ms)} / {planned[run]} | {ep or '-'} | "
-                 f"{cpu / 3600:.2f} |")
+                 f"{low}{cpu / 3600:.2f} |")
     L.append("")
     tagged = {r: ms for r, ms in models.items() if ms and "rejection" in ms[0][1]}
     if not tagged:
@@ -241,18 +248,30 @@ def _condition(study, trainings, cond, report: Path, paper: dict) -> list[str]:
     L += ["### Cost", "", ("| model | trainings | CPU h per training (train) | "
           "CPU h per training (evaluation) | epochs | jets/s (training, median) |"),
           "|---|---|---|---|---|---|"]
+    uncounted = []
     for run, ms in models.items():
         if not ms:
             continue
-        tr = [(m["_cpu"] or {}).get("train", {}).get("cpu_s", 0.0) for _, m in ms]
+        # the mean training cost of the trainings whose every epoch was counted
+        tr = [(m["_cpu"] or {}).get("train", {}).get("cpu_s", 0.0) for _, m in ms
+              if _cpu_complete(m)]
         ev = [(m["_cpu"] or {}).get("evaluate", {}).get("cpu_s", 0.0) for _, m in ms]
         ep = [len(m["_history"] or []) for _, m in ms]
         jps = [e["jets_per_s"] for _, m in ms for e in (m["_history"] or [])
                if "jets_per_s" in e]
-        L.append(f"| {DISPLAY.get(run, run)} | {len(ms)} | {np.mean(tr) / 3600:.2f} | "
+        partial = [f"{t.name} (from epoch {m['_cpu']['train']['from_epoch']})"
+                   for t, m in ms if not _cpu_complete(m)]
+        uncounted += partial
+        tr_txt = f"{np.mean(tr) / 3600:.2f}" if tr else "-"
+        if partial:
+            tr_txt += f" ({len(tr)} of {len(ms)})"
+        L.append(f"| {DISPLAY.get(run, run)} | {len(ms)} | {tr_txt} | "
                  f"{np.mean(ev) / 3600:.3f} | {np.mean(ep):.1f} | "
                  f"{np.median(jps) if jps else 0:.0f} |")
     L.append("")
+    if uncounted:
+        L += [("Training CPU counted only from a later epoch (the earlier epochs ran before "
+               "CPU records; left out of the means): " + ", ".join(uncounted) + "."), ""]
     # plots
     plots = _plots(models, tagged, fitted, report, tag, DISPLAY.get(ref, ref))
     L += ["### Plots", ""] + [f"![{name}]({name})" + "\n" for name in plots]

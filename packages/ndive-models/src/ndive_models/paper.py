@@ -473,9 +473,18 @@ def _count_killed_cpu(out: Path) -> None:
     if not (ck.exists() and rec.exists()):
         return
     d = json.loads(rec.read_text())
-    counted = json.loads(ck.read_text())["cpu_s"]
-    if "train" in d and counted > d["train"]["cpu_s"]:
-        d["train"]["cpu_s"], d["train"]["from_checkpoints"] = counted, True
+    c = json.loads(ck.read_text())
+    if "train" not in d:
+        return
+    changed = False
+    if c["cpu_s"] > d["train"]["cpu_s"]:
+        d["train"]["cpu_s"], d["train"]["from_checkpoints"] = c["cpu_s"], True
+        changed = True
+    if c.get("from_epoch", 1) > 1 and d["train"].get("from_epoch") != c["from_epoch"]:
+        # epochs before it ran before CPU records: the count is a lower bound
+        d["train"]["from_epoch"] = c["from_epoch"]
+        changed = True
+    if changed:
         atomic_write(rec, lambda tmp: tmp.write_text(json.dumps(d, indent=1)))
 
 
@@ -770,12 +779,17 @@ def _cpu_record(t: Training) -> dict:
 
 
 def _train_cpu_s(t: Training) -> float:
-    """CPU seconds of ``t``'s training processes so far (0 if none is recorded)."""
-    return _cpu_record(t).get("train", {}).get("cpu_s", 0.0)
+    """CPU seconds of ``t``'s training processes so far (0 if none is recorded): the
+    larger of the runner's record and the checkpoints' count (a running training, or one
+    killed with its runner, is only in the latter)."""
+    ck = t.out / "train_cpu.json"
+    counted = json.loads(ck.read_text())["cpu_s"] if ck.exists() else 0.0
+    return max(_cpu_record(t).get("train", {}).get("cpu_s", 0.0), counted)
 
 
 def _cpu_s(t: Training) -> float:
-    return sum(e["cpu_s"] for e in _cpu_record(t).values())
+    rec = _cpu_record(t)
+    return _train_cpu_s(t) + sum(e["cpu_s"] for k, e in rec.items() if k != "train")
 
 
 def _n_jets(t: Training, study: dict) -> tuple[int, int]:

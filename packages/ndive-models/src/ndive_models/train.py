@@ -512,6 +512,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
         # CPU seconds of the training so far, carried in the checkpoints: a run that is
         # killed (end of a session) keeps what its finished epochs cost
         cpu_before, cpu0 = (ck or {}).get("cpu_s", 0.0), _cpu_seconds()
+        # a checkpoint written before CPU records (no "cpu_s") leaves its epochs uncounted
+        cpu_from = (1 if ck is None else ck.get("cpu_from_epoch",
+                                                1 if "cpu_s" in ck else ck["epoch"] + 1))
         if ck is not None:
             model.load_state_dict(ck["model"])
             if opt is not None:
@@ -552,14 +555,15 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
                 "epoch": epoch, "history": history, "best_val": best_val,
                 "best_epoch": best_epoch, "bad_epochs": bad, "rng": torch.get_rng_state(),
                 "stopped_early": stopped, "n_train": n_train, "provenance": prov,
-                "cpu_s": cpu_before + _cpu_seconds() - cpu0,
+                "cpu_s": cpu_before + _cpu_seconds() - cpu0, "cpu_from_epoch": cpu_from,
             }
             atomic_write(last, lambda tmp: torch.save(state, tmp))
             if improved:
                 atomic_write(out / "best.pt", lambda tmp: torch.save(state, tmp))
             text = json.dumps(history, indent=1)
             atomic_write(out / "history.json", lambda tmp: tmp.write_text(text))
-            cpu = json.dumps({"cpu_s": state["cpu_s"], "epoch": epoch})
+            cpu = json.dumps({"cpu_s": state["cpu_s"], "epoch": epoch,
+                              "from_epoch": cpu_from})
             atomic_write(out / "train_cpu.json", lambda tmp: tmp.write_text(cpu))
 
         if not params and ck is None:
