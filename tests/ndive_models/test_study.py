@@ -177,7 +177,8 @@ def test_existing_shard_with_other_options_is_refused(tmp_path, sample_path):
 
 
 def test_missing_shard_is_generated_once(tmp_path, sample_path, generate_extra):
-    study = paper.load_study(_study(tmp_path, sample_path),
+    spath = _study(tmp_path, sample_path)
+    study = paper.load_study(spath,
                              {"data.test.shards": {"first": 7, "count": 1, "jets": 30},
                               "data.train.shards": {"first": 7, "count": 1, "jets": 30},
                               "data.workers": 1})
@@ -189,6 +190,17 @@ def test_missing_shard_is_generated_once(tmp_path, sample_path, generate_extra):
     mtime = path.stat().st_mtime_ns
     paper.ensure_data(study, "clean")
     assert path.stat().st_mtime_ns == mtime
+    # its CPU cost is in its log; the plan prices missing shards at the measured speed
+    cpu = paper._shard_cpu_s(path)
+    assert cpu is not None and cpu > 0
+    more = paper.load_study(spath,
+                            {"data.test.shards": {"first": 8, "count": 2, "jets": 30},
+                             "data.train.shards": {"first": 7, "count": 1, "jets": 30},
+                             "data.workers": 1})
+    text, left = paper.plan(more, paper.study_trainings(more))
+    assert f"jets per CPU second: clean {30 / cpu:.0f};" in text
+    assert "2 missing shard(s)" in text
+    assert left >= 60 / (30 / cpu) / 3600 * 0.999
 
 
 def test_study_skips_finished_and_resumes_unfinished(tmp_path, sample_path, capsys):
