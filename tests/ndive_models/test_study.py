@@ -230,6 +230,8 @@ def test_study_skips_finished_and_resumes_unfinished(tmp_path, sample_path, caps
     report = (tmp_path / "results" / "report.md").read_text()
     assert "left out of the means): baseline_s1 (from epoch 2)" in report
     assert "| - (0 of 1) |" in report and "| ≥ " in report
+    text, _ = paper.plan(study, paper.study_trainings(study))  # a lower bound, not a rate
+    assert "| clean | baseline_s1 | done | 1 / 1 | ≥ " in text and "spent ≥ " in text
     (res / "cpu.json").write_text(json.dumps(rec))
 
     # a fresh clone: the results are there, the workdir is not -> nothing is retrained

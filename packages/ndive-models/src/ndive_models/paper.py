@@ -805,6 +805,14 @@ def _train_cpu_s(t: Training) -> float:
     return max(_cpu_record(t).get("train", {}).get("cpu_s", 0.0), counted)
 
 
+def _cpu_from_epoch(t: Training) -> int:
+    """The first epoch whose CPU ``t``'s records count (1: all of them; later when the
+    training resumed from a checkpoint written before CPU records)."""
+    ck = t.out / "train_cpu.json"
+    counted = json.loads(ck.read_text()).get("from_epoch", 1) if ck.exists() else 1
+    return max(_cpu_record(t).get("train", {}).get("from_epoch", 1), counted)
+
+
 def _cpu_s(t: Training) -> float:
     rec = _cpu_record(t)
     return _train_cpu_s(t) + sum(e["cpu_s"] for k, e in rec.items() if k != "train")
@@ -829,12 +837,15 @@ def plan(study: dict, trainings: list[Training]) -> tuple[str, float]:
     rates: dict[str, list] = {}
     for t in trainings:
         cpu, epochs = _train_cpu_s(t), len(_history(t))
-        if t.status() in ("done", "trained", "stale") and cpu > 0 and epochs:
+        # a partial CPU count would price the model's epochs too low
+        if (t.status() in ("done", "trained", "stale") and cpu > 0 and epochs
+                and _cpu_from_epoch(t) == 1):
             n_tr, n_val = _n_jets(t, study)
             rates.setdefault(t.cfg.model.name, []).append(epochs * (n_tr + n_val / 3.0) / cpu)
     lines = [("| condition | training | status | epochs done / max | CPU h spent | "
               "CPU h left (at most) |"), "|---|---|---|---|---|---|"]
     left_total = spent_total = 0.0
+    any_low = False
     for t in trainings:
         st = t.status()
         done_ep = len(_history(t))
@@ -852,8 +863,10 @@ def plan(study: dict, trainings: list[Training]) -> tuple[str, float]:
         diff = t.config_differences() if st == "done" else []
         if diff:
             st += f" (with other settings: {'; '.join(diff)})"
+        low = "≥ " if _cpu_from_epoch(t) > 1 else ""  # earlier epochs not counted
+        any_low = any_low or bool(low)
         lines.append(f"| {t.condition or '-'} | {t.name} | {st} | {done_ep} / {t.cfg.epochs}"
-                     f" | {spent / 3600:.2f} | {left / 3600:.1f} |")
+                     f" | {low}{spent / 3600:.2f} | {left / 3600:.1f} |")
     gen_left, missing, gen_rates = 0.0, [], []
     for cond in dict.fromkeys(t.condition for t in trainings):
         todo, measured = [], []
@@ -872,7 +885,7 @@ def plan(study: dict, trainings: list[Training]) -> tuple[str, float]:
               f"{sum(t.status() in ('trained', 'stale') for t in trainings)} to evaluate, "
               f"{sum(t.status() == 'partial' for t in trainings)} partial, "
               f"{sum(t.status() == 'todo' for t in trainings)} to start. "
-              f"CPU hours spent {spent_total / 3600:.1f}; left at most "
+              f"CPU hours spent {'≥ ' if any_low else ''}{spent_total / 3600:.1f}; left at most "
               f"{left_total / 3600:.1f} for trainings and {gen_left / 3600:.1f} for "
               f"{len(missing)} missing shard(s) (jets per CPU second: "
               f"{', '.join(gen_rates)}; measured on the shards on disk).")]
