@@ -142,3 +142,20 @@ def test_predictions_read_by_ftag_agree_with_metrics(sample_path, tmp_path):
         ours = _metrics.rejection(disc, label, eff)["rejection"]
         theirs = ftag.utils.calculate_rejection(disc[label == 0], disc[label == 2], eff)
         assert ours == pytest.approx(theirs, rel=1e-12) and ours > 1
+
+
+@pytest.mark.parametrize("top, log", [(1.3, False), (5.0, True)])
+def test_ratio_panel_scale_and_plain_tick_labels(top, log):
+    """Ratio panels: linear for ratios near 1, log only past a factor 3, and their tick
+    labels plain numbers (never 1.2 x 10^0)."""
+    from ndive_models import _plots
+
+    plt = _plots._plt()
+    fig, rax = plt.subplots()
+    rax.plot([0.5, 0.9], [0.9, top])
+    _plots.ratio_scale(rax)
+    fig.canvas.draw()
+    assert (rax.get_yscale() == "log") is log
+    labels = [t.get_text() for t in rax.get_yticklabels() + rax.get_yticklabels(minor=True)]
+    assert any(labels) and not any("10^" in x or "times" in x or "e−" in x for x in labels)
+    plt.close(fig)

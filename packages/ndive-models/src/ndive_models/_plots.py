@@ -43,11 +43,26 @@ def roc(effs, curves: dict, reference: str, background: str, f_c: float, path) -
     rax.set_xlabel("b-jet efficiency")
     rax.set_ylabel(f"ratio to\n{reference}", fontsize=8)
     rax.axhline(1.0, color="k", lw=0.8)
-    rax.set_yscale("log")  # references (perfect selection) can be far above the others
+    ratio_scale(rax)
     rax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def ratio_scale(rax) -> None:
+    """A ratio panel's y axis: linear with plain tick labels, logarithmic only when its
+    curves span more than a factor 3 (references such as perfect selection can be far
+    above the others); log ticks labelled as plain numbers, not 1.2 x 10^0."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ys = np.concatenate([np.asarray(ln.get_ydata(), np.float64).ravel()
+                         for ln in rax.get_lines()] or [np.ones(1)])
+    ys = ys[np.isfinite(ys) & (ys > 0)]
+    if ys.size and ys.max() / ys.min() > 3.0:
+        rax.set_yscale("log")
+        rax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+        rax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def _fin(c):

@@ -342,6 +342,8 @@ def _roc(plt, curves: dict, reference: str, bkg: str, path: Path) -> None:
     """Mean rejection over seeds; band: the total uncertainty of the mean (seed standard
     error and the binomial error of the mean rejection in quadrature). Ratio panel: to
     ``reference`` (band: the reference's own error for it, both errors for the others)."""
+    from . import _plots as P
+
     fig, (ax, rax) = plt.subplots(2, 1, figsize=(6.5, 6.5), sharex=True,
                                   gridspec_kw={"height_ratios": [3, 1.4]})
     ref = None
@@ -372,7 +374,7 @@ def _roc(plt, curves: dict, reference: str, bkg: str, path: Path) -> None:
     rax.axhline(1.0, color="k", lw=0.8)
     rax.set_ylabel(f"ratio to\n{reference}", fontsize=8)
     rax.set_xlabel("b-jet efficiency")
-    rax.set_yscale("log")
+    P.ratio_scale(rax)
     rax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
