@@ -61,6 +61,36 @@ def test_verdict_gives_no_significance_without_a_seed_spread():
     assert ("is met" if sig <= 0.08 else "is not met") in line
 
 
+def test_projection_agrees_with_the_ratio_it_extrapolates():
+    """At k seeds of each the projection is what ratio_uncertainty gives for k seeds with
+    the same relative spreads; the seeds the target needs are the first k under it."""
+    from ndive_models._study_report import projection_line
+
+    a, b = [1137.0, 985.0], [777.0, 970.0, 859.0]
+    for k in (2, 3):  # k seeds with a's and b's relative sd: the measured samples, resized
+        ak = np.mean(a) * (1 + np.std(a, ddof=1) / np.mean(a) * _unit_sd(k))
+        bk = np.mean(b) * (1 + np.std(b, ddof=1) / np.mean(b) * _unit_sd(k))
+        r = _metrics.ratio_uncertainty(ak, bk)
+        assert _metrics.projected_ratio_total(a, b, 0.0, k) == pytest.approx(r["seed"])
+    assert _metrics.projected_ratio_total(a, b, 0.03, 5) == pytest.approx(
+        np.hypot(_metrics.projected_ratio_total(a, b, 0.0, 5), 0.03))
+    need = _metrics.seeds_for_target(a, b, 0.03, 0.08)
+    assert _metrics.projected_ratio_total(a, b, 0.03, need) <= 0.08
+    assert _metrics.projected_ratio_total(a, b, 0.03, need - 1) > 0.08
+    assert _metrics.seeds_for_target(a, b, 0.09, 0.08) is None  # stat alone is over
+    assert _metrics.seeds_for_target([1.0], b, 0.0, 0.08) is None
+    line = projection_line(np.array(a), np.array(b), 0.03, 5)
+    assert f"5 seeds of each would give ± {_metrics.projected_ratio_total(a, b, 0.03, 5):.3f}" \
+        in line and f"needs {need} seeds of each" in line
+    assert projection_line(np.array(a[:1]), np.array(b), 0.03, 5) is None
+
+
+def _unit_sd(k):
+    """k values with mean 0 and sample sd 1."""
+    x = np.arange(k, dtype=np.float64)
+    return (x - x.mean()) / np.std(x, ddof=1)
+
+
 def test_seed_mean_uncertainty():
     boot = np.array([[1.0, 2.0, 3.0], [3.0, 4.0, 5.0]])
     u = _metrics.seed_mean_uncertainty([2.0, 4.0], boot)

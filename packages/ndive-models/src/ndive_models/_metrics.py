@@ -162,6 +162,32 @@ def seed_mean_uncertainty(values, boot=None) -> dict:
     return out
 
 
+def projected_ratio_total(num, den, stat: float, k: int) -> float:
+    """The total uncertainty :func:`ratio_uncertainty` would give with ``k`` seeds of each
+    model, at the relative seed spreads of ``num`` and ``den`` (``(k_a,)``, ``(k_b,)``,
+    2 or more each; ``nan`` otherwise) and the statistical term ``stat`` as measured (kept:
+    more seeds on the same test set do not remove its fluctuation)."""
+    a, b = np.asarray(num, np.float64), np.asarray(den, np.float64)
+    if len(a) < 2 or len(b) < 2 or k < 1:
+        return float("nan")
+    r = np.mean(a) / np.mean(b)
+    rel2 = np.var(a, ddof=1) / np.mean(a) ** 2 + np.var(b, ddof=1) / np.mean(b) ** 2
+    return float(np.hypot(r * np.sqrt(rel2 / k), stat))
+
+
+def seeds_for_target(num, den, stat: float, target: float, most: int = 50) -> int | None:
+    """The fewest seeds of each model (2 to ``most``) whose :func:`projected_ratio_total`
+    is ``<= target``; None when none is (e.g. ``stat`` alone exceeds it) or the spreads
+    are unknown (fewer than 2 seeds of a model)."""
+    for k in range(2, most + 1):
+        t = projected_ratio_total(num, den, stat, k)
+        if not math.isfinite(t):
+            return None
+        if t <= target:
+            return k
+    return None
+
+
 def ratio_uncertainty(num, den, num_boot=None, den_boot=None) -> dict:
     """The ratio of the seed means of two models, ``mean(num) / mean(den)``, with its
     uncertainty.

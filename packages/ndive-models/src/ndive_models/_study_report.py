@@ -16,7 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ._metrics import ratio_uncertainty, seed_mean_uncertainty
+from ._metrics import (
+    projected_ratio_total,
+    ratio_uncertainty,
+    seed_mean_uncertainty,
+    seeds_for_target,
+)
 
 #: Display names of the study's runs (the run name is shown for others).
 DISPLAY = {
@@ -109,6 +114,23 @@ def verdict_line(bkg: str, r: dict, n_a: int, n_b: int, paper_gain: float) -> st
             + ".")
 
 
+def projection_line(a, b, stat: float, planned: int) -> str | None:
+    """Where the light ratio's total uncertainty is heading: at the relative seed spreads
+    of the FTAG+NDIVE (``a``) and baseline (``b``) light rejections so far, what
+    ``planned`` seeds of each give and how many the target needs (None before 2 seeds of
+    each). The spreads of a few seeds are themselves uncertain (2 seeds: a factor ~2)."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    spread = [float(np.std(x, ddof=1) / np.mean(x)) for x in (a, b)]
+    need = seeds_for_target(a, b, stat, TARGET_SIGMA)
+    return (f"- projection (light): at the seed spreads so far ({spread[0]:.0%} FTAG+NDIVE, "
+            f"{len(a)} seeds; {spread[1]:.0%} baseline, {len(b)} seeds; uncertain "
+            f"themselves), {planned} seeds of each would give ± "
+            f"{projected_ratio_total(a, b, stat, planned):.3f}; the target ± {TARGET_SIGMA} "
+            + (f"needs {need} seeds of each." if need else "is out of reach by seeds alone "
+               "(the statistical term, or more than 50 seeds)."))
+
+
 def _cpu_complete(m: dict) -> bool:
     """Whether the training CPU of results ``m`` counts every epoch (``from_epoch``: the
     first counted, when a training resumed from a checkpoint without CPU records)."""
@@ -190,6 +212,11 @@ def _condition(study, trainings, cond, report: Path, paper: dict) -> list[str]:
                 L.append(verdict_line(bkg, ratios[("ftag_ndive", bkg, "0.70")],
                                       len(tagged["ftag_ndive"]), len(tagged["baseline"]),
                                       paper["gain_at_70"][bkg]))
+            a, _ = _rej(tagged["ftag_ndive"], "light", "0.70")
+            b, _ = _rej(tagged["baseline"], "light", "0.70")
+            line = projection_line(a, b, ratios[("ftag_ndive", "light", "0.70")]["stat"],
+                                   planned.get("ftag_ndive", 0))
+            L += [line] if line else []
             L.append("")
     # beside the paper
     L += ["### Beside the paper (Fig. 7)", "",
@@ -430,7 +457,10 @@ def write(study: dict, trainings: list, paper: dict, remaining: str) -> str:
           "each replicate (both models see the same resampled jets, so their correlation "
           "through the shared test set is kept). **total** = seed and stat in quadrature; "
           "this is conservative, since the spread between seeds on one test set also "
-          "contains part of the test-set fluctuation."), ""]
+          "contains part of the test-set fluctuation. The **projection** under the verdict "
+          "scales the seed term to the planned seeds at the relative seed spreads measured "
+          "so far and keeps the stat term; spreads from 2-3 seeds are uncertain by a factor "
+          "~2, so it guides the plan and is no result."), ""]
     text = "\n".join(L) + "\n"
     (report / "report.md").write_text(text)
     return text
