@@ -319,17 +319,30 @@ def _plots(models, tagged, fitted, report: Path, tag: str, reference: str) -> li
         name = f"roc_{tag}_{bkg}.png"
         _roc(plt, curves, reference, bkg, report / name)
         names.append(name)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    # the flavour loss is the study's yardstick (monitor: flavour) and the same quantity
+    # for every model; the totals differ between models; the NDIVE vertex term is in mm
+    panels = [("flavour", "validation flavour loss (monitored)"),
+              ("loss", "validation loss (each model's own total)"),
+              ("ndive", "validation NDIVE vertex term")]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     for k, (run, ms) in enumerate(models.items()):
         for j, (t, m) in enumerate(ms):
             h = [e for e in (m["_history"] or []) if "val" in e]
-            ax.plot([e["epoch"] for e in h], [e["val"]["loss"] for e in h], color=f"C{k}",
-                    label=DISPLAY.get(run, run) if j == 0 else None, lw=1)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation loss (each model's own total)")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+            for ax, (key, _) in zip(axes, panels):
+                pts = [(e["epoch"], e["val"][key]) for e in h if key in e["val"]]
+                if not pts:
+                    continue
+                ax.plot(*zip(*pts), color=f"C{k}", lw=1,
+                        label=DISPLAY.get(run, run) if j == 0 else None)
+                best = [v for ep, v in pts if ep == m.get("best_epoch")]
+                if best:  # the epoch whose weights were evaluated
+                    ax.plot([m["best_epoch"]], best, "o", color=f"C{k}", ms=3)
+    for ax, (key, label) in zip(axes, panels):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    axes[0].set_title("dots: the evaluated (best) epoch", fontsize=8)
     fig.tight_layout()
     name = f"training_{tag}.png"
     fig.savefig(report / name, dpi=100)
