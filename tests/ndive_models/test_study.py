@@ -262,6 +262,7 @@ def test_study_skips_finished_and_resumes_unfinished(tmp_path, sample_path, caps
     assert "| - (0 of 1) |" in report and "| ≥ " in report
     text, _ = paper.plan(study, paper.study_trainings(study))  # a lower bound, not a rate
     assert "| clean | baseline_s1 | done | 1 / 1 | ≥ " in text and "spent ≥ " in text
+    assert paper._cpu_counts(paper.study_trainings(study)[0])[2] == 2
     (res / "cpu.json").write_text(json.dumps(rec))
 
     # a fresh clone: the results are there, the workdir is not -> nothing is retrained
@@ -315,7 +316,8 @@ def test_study_skips_finished_and_resumes_unfinished(tmp_path, sample_path, caps
     assert t.status() == "partial" and len(first["history"]) == 1
     # the plan counts its CPU from the checkpoints (no runner record of a killed process)
     assert not (work / "cpu.json").exists()
-    assert paper._cpu_s(t) == json.loads((work / "train_cpu.json").read_text())["cpu_s"] > 0
+    counted = json.loads((work / "train_cpu.json").read_text())["cpu_s"]
+    assert paper._cpu_counts(t) == (counted, counted, 1) and counted > 0
     capsys.readouterr()
     assert cli.main(["paper", "--study", str(path), "--epochs", "2"]) == 0
     assert "training clean/baseline_s1 (resumed)" in capsys.readouterr().out

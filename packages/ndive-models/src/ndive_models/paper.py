@@ -796,26 +796,20 @@ def _cpu_record(t: Training) -> dict:
     return {}
 
 
-def _train_cpu_s(t: Training) -> float:
-    """CPU seconds of ``t``'s training processes so far (0 if none is recorded): the
+def _cpu_counts(t: Training) -> tuple[float, float, int]:
+    """``(training CPU s, all CPU s, first epoch counted)`` of ``t`` so far. Training: the
     larger of the runner's record and the checkpoints' count (a running training, or one
-    killed with its runner, is only in the latter)."""
-    ck = t.out / "train_cpu.json"
-    counted = json.loads(ck.read_text())["cpu_s"] if ck.exists() else 0.0
-    return max(_cpu_record(t).get("train", {}).get("cpu_s", 0.0), counted)
-
-
-def _cpu_from_epoch(t: Training) -> int:
-    """The first epoch whose CPU ``t``'s records count (1: all of them; later when the
-    training resumed from a checkpoint written before CPU records)."""
-    ck = t.out / "train_cpu.json"
-    counted = json.loads(ck.read_text()).get("from_epoch", 1) if ck.exists() else 1
-    return max(_cpu_record(t).get("train", {}).get("from_epoch", 1), counted)
-
-
-def _cpu_s(t: Training) -> float:
+    killed with its runner, is only in the latter); all: training plus evaluation; the
+    first epoch counted is 1 unless the training resumed from a checkpoint written before
+    CPU records."""
     rec = _cpu_record(t)
-    return _train_cpu_s(t) + sum(e["cpu_s"] for k, e in rec.items() if k != "train")
+    ck = t.out / "train_cpu.json"
+    counted = json.loads(ck.read_text()) if ck.exists() else {}
+    train = rec.get("train", {})
+    train_s = max(train.get("cpu_s", 0.0), counted.get("cpu_s", 0.0))
+    other_s = sum(e["cpu_s"] for k, e in rec.items() if k != "train")
+    return (train_s, train_s + other_s,
+            max(train.get("from_epoch", 1), counted.get("from_epoch", 1)))
 
 
 def _n_jets(t: Training, study: dict) -> tuple[int, int]:
@@ -835,11 +829,12 @@ def plan(study: dict, trainings: list[Training]) -> tuple[str, float]:
     import numpy as np
 
     rates: dict[str, list] = {}
+    counts = {t.key: _cpu_counts(t) for t in trainings}
     for t in trainings:
-        cpu, epochs = _train_cpu_s(t), len(_history(t))
+        (cpu, _, from_epoch), epochs = counts[t.key], len(_history(t))
         # a partial CPU count would price the model's epochs too low
         if (t.status() in ("done", "trained", "stale") and cpu > 0 and epochs
-                and _cpu_from_epoch(t) == 1):
+                and from_epoch == 1):
             n_tr, n_val = _n_jets(t, study)
             rates.setdefault(t.cfg.model.name, []).append(epochs * (n_tr + n_val / 3.0) / cpu)
     lines = [("| condition | training | status | epochs done / max | CPU h spent | "
@@ -855,7 +850,7 @@ def plan(study: dict, trainings: list[Training]) -> tuple[str, float]:
         per_epoch = (n_tr + n_val / 3.0) / rate  # validation: forward only, ~1/3 of a step
         left = 0.0 if st in ("done", "trained", "stale") else (t.cfg.epochs - done_ep) * per_epoch
         left += 0.0 if st == "done" else (n_tr + n_val) / 20 / rate  # the final evaluation
-        spent = _cpu_s(t)
+        _, spent, from_epoch = counts[t.key]
         left_total += left
         spent_total += spent
         if st in ("todo", "partial", "trained") and _running(t):
@@ -863,7 +858,7 @@ def plan(study: dict, trainings: list[Training]) -> tuple[str, float]:
         diff = t.config_differences() if st == "done" else []
         if diff:
             st += f" (with other settings: {'; '.join(diff)})"
-        low = "≥ " if _cpu_from_epoch(t) > 1 else ""  # earlier epochs not counted
+        low = "≥ " if from_epoch > 1 else ""  # earlier epochs not counted
         any_low = any_low or bool(low)
         lines.append(f"| {t.condition or '-'} | {t.name} | {st} | {done_ep} / {t.cfg.epochs}"
                      f" | {low}{spent / 3600:.2f} | {left / 3600:.1f} |")
