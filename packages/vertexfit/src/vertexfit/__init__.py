@@ -1,8 +1,8 @@
 """vertexfit: batched, differentiable Billoir vertex fitting on NumPy, JAX and PyTorch.
 
 Conventions (mm, GeV, rad, tesla; perigee ``(d0, z0, phi, theta, rho)``; d0 sign of
-Billoir/Delphes) are documented in ``docs/conventions.md``; the module map in
-``docs/architecture.md``.
+Billoir/Delphes) are documented in the repository's ``docs/conventions.md``; the module
+map in its ``docs/architecture.md``.
 """
 
 from . import reference, resolution, toy
