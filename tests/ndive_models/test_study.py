@@ -85,6 +85,17 @@ def test_projection_agrees_with_the_ratio_it_extrapolates():
     assert projection_line(np.array(a[:1]), np.array(b), 0.03, 5) is None
 
 
+def test_report_names_many_test_files_by_their_range():
+    """A hundred test shards are named by the first, the last and their count; a few are
+    all named."""
+    from ndive_models._study_report import file_list
+
+    names = [f"shard_s{s}.h5" for s in range(2001, 2097)]
+    assert file_list(names) == "shard_s2001.h5 ... shard_s2096.h5: 96 files"
+    assert file_list(names[:3]) == "shard_s2001.h5, shard_s2002.h5, shard_s2003.h5"
+    assert file_list(names[:5], most=5).count(",") == 4
+
+
 def _unit_sd(k):
     """k values with mean 0 and sample sd 1."""
     x = np.arange(k, dtype=np.float64)

@@ -131,6 +131,16 @@ def projection_line(a, b, stat: float, planned: int) -> str | None:
                "(the statistical term, or more than 50 seeds)."))
 
 
+def file_list(names: list[str], most: int = 4) -> str:
+    """``names`` joined by commas, or, beyond ``most`` names, the first and the last with
+    their count ("shard_s2001.h5 ... shard_s2096.h5: 96 files"): a report line stays
+    readable with a hundred test shards."""
+    names = list(names)
+    if len(names) <= most:
+        return ", ".join(names)
+    return f"{names[0]} ... {names[-1]}: {len(names)} files"
+
+
 def _cpu_complete(m: dict) -> bool:
     """Whether the training CPU of results ``m`` counts every epoch (``from_epoch``: the
     first counted, when a training resumed from a checkpoint without CPU records)."""
@@ -164,7 +174,7 @@ def _condition(study, trainings, cond, report: Path, paper: dict) -> list[str]:
     m0 = next(iter(tagged.values()))[0][1]
     npf = m0["n_per_flavour"]
     L += [(f"Test jets: {npf['b']} b, {npf['c']} c, {npf['light']} light "
-          f"({', '.join(m0['test_files'])}); f_c = {m0['f_c']}."), ""]
+          f"({file_list(m0['test_files'])}); f_c = {m0['f_c']}."), ""]
     # rejections
     L += ["### Rejections at fixed b-jet efficiency", "",
           ("Mean over seeds ± seed (standard error from the seed spread) ± stat (bootstrap "
