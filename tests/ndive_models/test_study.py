@@ -242,6 +242,10 @@ def test_missing_shard_is_generated_once(tmp_path, sample_path, generate_extra):
     assert f"jets per CPU second: clean {30 / cpu:.0f};" in text
     assert "2 missing shard(s)" in text
     assert left >= 60 / (30 / cpu) / 3600 * 0.999
+    assert f"{cpu / 3600:.1f} on the 1 of 1 shards on disk whose generation was timed" in text
+    # nothing missing: no generation speed to quote
+    text, _ = paper.plan(study, paper.study_trainings(study))
+    assert "0 missing shard(s)." in text and "jets per CPU second" not in text
 
 
 def test_study_skips_finished_and_resumes_unfinished(tmp_path, sample_path, capsys):

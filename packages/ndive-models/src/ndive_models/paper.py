@@ -863,27 +863,37 @@ def plan(study: dict, trainings: list[Training]) -> tuple[str, float]:
         lines.append(f"| {t.condition or '-'} | {t.name} | {st} | {done_ep} / {t.cfg.epochs}"
                      f" | {low}{spent / 3600:.2f} | {left / 3600:.1f} |")
     gen_left, missing, gen_rates = 0.0, [], []
+    gen_spent, n_measured, n_on_disk = 0.0, 0, 0
     for cond in dict.fromkeys(t.condition for t in trainings):
         todo, measured = [], []
         for part in ("train", "test"):
             for p, o in shards(study, cond, part):
                 if not p.exists():
                     todo.append(o["n_jets"])
-                elif (cpu := _shard_cpu_s(p)):
+                    continue
+                n_on_disk += 1
+                if (cpu := _shard_cpu_s(p)):
                     measured.append(o["n_jets"] / cpu)
+                    gen_spent += cpu
+                    n_measured += 1
+        if not todo:  # nothing left to price in this condition
+            continue
         rate = float(np.median(measured)) if measured else GENERATION_JETS_PER_S
         gen_rates.append(f"{cond or 'data'} {rate:.0f}"
                          + ("" if measured else " (assumed: none measured yet)"))
         missing += todo
         gen_left += sum(todo) / rate
+    speeds = (f" (jets per CPU second: {', '.join(gen_rates)}; measured on the shards on "
+              "disk)") if gen_rates else ""
     lines += ["", (f"Trainings: {sum(t.status() == 'done' for t in trainings)} done, "
               f"{sum(t.status() in ('trained', 'stale') for t in trainings)} to evaluate, "
               f"{sum(t.status() == 'partial' for t in trainings)} partial, "
               f"{sum(t.status() == 'todo' for t in trainings)} to start. "
-              f"CPU hours spent {'≥ ' if any_low else ''}{spent_total / 3600:.1f}; left at most "
+              f"CPU hours spent {'≥ ' if any_low else ''}{spent_total / 3600:.1f} on "
+              f"trainings and {gen_spent / 3600:.1f} on the {n_measured} of {n_on_disk} "
+              f"shards on disk whose generation was timed; left at most "
               f"{left_total / 3600:.1f} for trainings and {gen_left / 3600:.1f} for "
-              f"{len(missing)} missing shard(s) (jets per CPU second: "
-              f"{', '.join(gen_rates)}; measured on the shards on disk).")]
+              f"{len(missing)} missing shard(s){speeds}.")]
     return "\n".join(lines), (left_total + gen_left) / 3600
 
 
