@@ -53,7 +53,9 @@ def test_model_config_builds_and_runs(sample_path, name):
     torch.manual_seed(0)
     model = build_model(cfg.model, feature_stats(batch, bz), bz)
     out = model(batch)
-    loss = total_loss(model.loss_terms(out, batch))
+    terms = model.loss_terms(out, batch)
+    assert ("loss", *terms) == cfg.model.loss_names()  # what `monitor` may name
+    loss = total_loss(terms)
     assert loss.ndim == 0 and torch.isfinite(loss) and float(loss.detach()) > 0
     expected = {"baseline": {"flavour_logits"}, "ndive": {"vertex", "weights"},
                 "ftag_ndive": {"flavour_logits", "vertex"}}[name]

@@ -108,6 +108,7 @@ def test_shapes_and_a_jet_without_tracks_stays_finite(data, name, cfg):
         assert torch.isfinite(v.float()).all(), f"{name}: {k}"
     terms = model.loss_terms(out, batch)
     assert set(cfg.tasks) <= set(terms)
+    assert ("loss", *terms) == cfg.loss_names()
     loss = total_loss(terms, balance=cfg.loss_balance)
     loss.backward()
     assert torch.isfinite(loss)

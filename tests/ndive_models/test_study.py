@@ -162,6 +162,13 @@ def test_shipped_study_describes_the_shards_and_runs(tmp_path):
     assert by["baseline_s3"].epochs == 20 and by["baseline_s3"].seed == 3
     assert by["baseline_s3"].lr_schedule == "cosine" and by["baseline_s3"].warmup_epochs == 1
     assert by["ftag_ndive_s2"].monitor == "flavour"
+    # NDIVE alone has no flavour output: it is monitored on its own (vertex) loss
+    assert by["ndive_s1"].monitor == "loss"
+    # a study whose settings give a run a loss its model lacks fails on loading, naming it
+    bad = {**study, "runs": [{"name": "nd", "config": "ndive", "seeds": [1]}]}
+    with pytest.raises(ValueError, match=r"run nd \(seed 1\): monitor: model 'ndive' has no "
+                                         "validation loss 'flavour'"):
+        paper.study_trainings(bad, only_conditions=["clean"])
     assert len(by["baseline_s1"].train) == 17
     assert by["ftag_ndive_dim64_s1"].model.dim == 64 and runs[-2:] == ["baseline_dim64",
                                                                         "ftag_ndive_dim64"]

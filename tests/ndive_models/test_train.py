@@ -177,9 +177,15 @@ def test_monitor_picks_the_best_epoch_and_may_change_on_resume(sample_path, tmp_
     res = train(_cfg(sample_path, tmp_path / "f", epochs=3, monitor="flavour"))
     flav = [h["val"]["flavour"] for h in res["history"]]
     assert res["best_epoch"] == 1 + int(np.argmin(flav)) and res["best_val"] == min(flav)
-    with pytest.raises(ValueError, match="monitor: the validation has no 'bogus'"):
+    with pytest.raises(ValueError, match=r"monitor: model 'baseline' has no validation loss "
+                                         r"'bogus'; it has.*'flavour'"):
         train(_cfg(sample_path, tmp_path / "b", epochs=1, monitor="bogus"))
     assert not (tmp_path / "b" / "last.pt").exists()  # named before any epoch ran
+    from ndive_models.models import ModelConfig
+
+    with pytest.raises(ValueError, match="model 'ndive' has no validation loss 'flavour'"):
+        TrainConfig(monitor="flavour", model=ModelConfig(name="ndive"))
+    assert TrainConfig(monitor="ndive", model=ModelConfig(name="ndive")).monitor == "ndive"
 
     train(_cfg(sample_path, tmp_path / "r", epochs=2))  # monitor: the total loss
     last = tmp_path / "r" / "last.pt"

@@ -177,7 +177,11 @@ def study_runs(study: dict, train_file, workdir, *, skip_references: bool = Fals
                     "out": str(Path(workdir) / "runs" / name), "progress": False}
             by_seed = k if not run.get("seeds") else math.inf
             key = (by_seed, r, k) if study.get("order") == "seeds" else (r, k)
-            runs.append((key, name, load_config(find(run["config"]), over)))
+            try:
+                cfg = load_config(find(run["config"]), over)
+            except ValueError as err:  # name the run: the study's settings apply to all
+                raise ValueError(f"run {run['name']} (seed {seed}): {err}") from None
+            runs.append((key, name, cfg))
     return [(name, cfg) for _, name, cfg in sorted(runs, key=lambda x: x[0])]
 
 

@@ -74,8 +74,10 @@ class TrainConfig:
         seed: initialisation and data order. patience: early-stopping patience (epochs).
         monitor: the validation quantity that picks ``best.pt`` and stops early: ``loss``
             (the total, the paper's) or one loss term, e.g. ``flavour``, which is comparable
-            between models whose auxiliary terms differ (FTAG+NDIVE's vertex term). A resumed
-            run may change it when the best epoch it implies is one whose weights were kept.
+            between models whose auxiliary terms differ (FTAG+NDIVE's vertex term); one of
+            ``model.loss_names()``, checked when the config is made (NDIVE alone has no
+            ``flavour``). A resumed run may change it when the best epoch it implies is one
+            whose weights were kept.
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``...
         progress: show a progress bar.
         threads: PyTorch intra-op threads of this process (``torch.set_num_threads``);
@@ -130,6 +132,9 @@ class TrainConfig:
         if not self.lr >= 0 or not self.warmup_epochs >= 0:
             raise ValueError(f"lr and warmup_epochs must be >= 0, got lr={self.lr}, "
                              f"warmup_epochs={self.warmup_epochs}")
+        if isinstance(self.model, ModelConfig) and self.monitor not in self.model.loss_names():
+            raise ValueError(f"monitor: model {self.model.name!r} has no validation loss "
+                             f"{self.monitor!r}; it has {list(self.model.loss_names())}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -183,6 +183,18 @@ class ModelConfig:
                        heads=self.ndive_heads or self.heads, backbone="transformer",
                        registers=0, inputs=["tracks"])
 
+    def loss_names(self) -> tuple:
+        """Names of the validation losses this model reports (``loss``, the total, and its
+        terms, in the order of ``loss_terms``): the values ``TrainConfig.monitor`` may take.
+        NDIVE alone has no flavour output; FTAG+NDIVE's vertex term exists only with
+        predicted weights."""
+        if self.name == "ndive":
+            return ("loss", "ndive")
+        terms = ["flavour"] + [t for t in ("regression", "origin", "pair") if t in self.tasks]
+        if self.name == "ftag_ndive" and self.weights == "predicted":
+            terms.append("ndive")
+        return ("loss", *terms)
+
     @property
     def class_names(self) -> tuple:
         """Names of the flavour outputs, in order."""
