@@ -255,6 +255,43 @@ def test_missing_shard_is_generated_once(tmp_path, sample_path, generate_extra):
     assert "0 missing shard(s)." in text and "jets per CPU second" not in text
 
 
+def test_default_data_dir_separates_the_conditions(tmp_path):
+    """Without data.dir each condition has its own directory under <workdir>/data (their
+    shards have the same names); a study without conditions keeps its files in workdir."""
+    study = paper.load_study("paper/study", {"workdir": str(tmp_path)})
+    del study["data"]["dir"]
+    assert paper.data_dir(study, "clean") == tmp_path / "data" / "clean"
+    assert paper.data_dir(study, "realistic") == tmp_path / "data" / "realistic"
+    plain = paper.load_study("paper/default", {"workdir": str(tmp_path)})
+    assert paper.data_dir(plain, "") == tmp_path
+
+
+def test_smoke_runs_every_run_once_beside_the_study(tmp_path, sample_path, capsys):
+    """--smoke: one epoch of every run on the first shards, under workdir/smoke; the study's
+    own report and trainings are not touched."""
+    path = _study(tmp_path, sample_path)
+    text = json.loads(path.read_text())
+    text["runs"] += [{"name": "ndive", "config": "ndive", "set": {"monitor": "loss"},
+                      "seeds": [3, 4], "reference": True}]
+    text["seeds"] = 5
+    text["data"]["train"]["shards"]["count"] = 4  # only the first exists: the smoke needs no more
+    text["data"]["test"]["shards"]["count"] = 3
+    path.write_text(json.dumps(text))
+    assert cli.main(["paper", "--study", str(path), "--smoke"]) == 0
+    out = capsys.readouterr().out
+    smoke = tmp_path / "work" / "smoke"
+    done = sorted(p.parent.name for p in (smoke / "report").glob("clean/*/metrics.json"))
+    assert done == ["baseline_s1", "ndive_s3"]
+    h = json.loads((smoke / "report" / "clean" / "baseline_s1" / "history.json").read_text())
+    assert len(h) == 1 and "Trainings: 2 done" in out
+    assert "Smoke test of" in (smoke / "report" / "report.md").read_text()
+    assert not (tmp_path / "results").exists()  # the study's results
+    assert not (tmp_path / "work" / "clean").exists()  # ... and trainings untouched
+    # only the first shard of each sample was needed (the others were never generated)
+    assert sorted(p.name for p in (tmp_path / "data" / "clean").glob("*.h5")) == [
+        f"shard_s{SEED}.h5"]
+
+
 def test_study_skips_finished_and_resumes_unfinished(tmp_path, sample_path, capsys):
     path = _study(tmp_path, sample_path)
     assert cli.main(["paper", "--study", str(path), "--plan"]) == 0

@@ -62,15 +62,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "at this interval, instead of generating them")
     p.add_argument("--report-only", action="store_true",
                    help="only rewrite the report from the finished trainings' results")
+    p.add_argument("--smoke", action="store_true",
+                   help="pre-flight: every run once, 1 epoch on 1,500 jets of each "
+                        "condition's first training shard, evaluated on its first test shard, "
+                        "under WORKDIR/smoke (the study's results untouched): catches a "
+                        "failing setting in minutes")
 
 
 def study_from_args(args) -> dict:
     """The checked study of a parsed ``ndive paper`` command line (options applied)."""
-    from .paper import load_study
+    from .paper import load_study, smoke_study
 
     over = {key: getattr(args, flag[2:].replace("-", "_")) for flag, key, _, _ in OPTIONS
             if hasattr(args, flag[2:].replace("-", "_"))}
-    return load_study(args.study, over)
+    study = load_study(args.study, over)
+    return smoke_study(study) if getattr(args, "smoke", False) else study
 
 
 def run(args) -> int:

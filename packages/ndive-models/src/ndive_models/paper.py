@@ -202,8 +202,37 @@ def data_dir(study: dict, condition: str) -> Path:
     ``<workdir>/data``, or ``<workdir>`` for a study without conditions)."""
     root = study["data"].get("dir")
     if root is None:
-        return Path(study["workdir"]) / ("data" if condition else "")
+        root = Path(study["workdir"]) / ("data" if study.get("conditions") else "")
     return Path(root) / condition
+
+
+def smoke_study(study: dict, jets: int = 1500) -> dict:
+    """A pre-flight of ``study`` (``ndive paper --smoke``): every run once (its first seed),
+    one epoch on ``jets`` training jets (``jets // 5`` validate) of each condition's first
+    training shard, evaluated on its first test shard, under ``<workdir>/smoke`` (report in
+    ``<workdir>/smoke/report``). The shards are the study's own (reused; only the first of
+    each is generated when missing); the study's trainings and results are not touched.
+    A setting that fails (a monitor a model lacks, a condition the pipeline cannot read)
+    then fails in minutes, not hours into the study; its numbers mean nothing."""
+    import copy
+
+    s = copy.deepcopy(study)
+    s["data"]["dir"] = str(data_dir(study, ""))  # the study's shards, whatever the workdir
+    samples = [s["data"]["train"], s["data"]["test"]]
+    samples += [c["test"] for c in (s.get("conditions") or {}).values() if "test" in c]
+    for spec in samples:
+        if "shards" in spec:
+            spec["shards"]["count"] = 1
+    s["training"] = {**s["training"], "epochs": 1, "max_jets": jets,
+                     "max_val_jets": max(1, jets // 5)}
+    s["seeds"] = 1
+    for run in s["runs"]:
+        if run.get("seeds"):
+            run["seeds"] = list(run["seeds"])[:1]
+    work = Path(study["workdir"]) / "smoke"
+    s["workdir"], s["report"] = str(work), str(work / "report")
+    s["title"] = f"Smoke test of {_shown(study['source'])} (1 epoch, {jets} jets: no result)"
+    return s
 
 
 def shards(study: dict, condition: str, part: str) -> list[tuple[Path, dict]]:
