@@ -4,6 +4,7 @@ committed per-training results, the uncertainty combination of the report."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import numpy as np
@@ -59,6 +60,32 @@ def test_verdict_gives_no_significance_without_a_seed_spread():
     sig = two["total"]
     assert f"{(two['ratio'] - 1) / sig:+.1f} sigma from 1" in line
     assert ("is met" if sig <= 0.08 else "is not met") in line
+
+
+def test_answer_names_the_verdict_by_its_significance():
+    """The report's answer: confirmed at >= 3 sigma above 1, indicated at 2-3, not seen
+    within 2, worse at <= -2; the paper's gain named when 2 sigma away; preliminary until
+    the planned seeds are in."""
+    from ndive_models._study_report import answer_line
+
+    def r(ratio, total):
+        return {"ratio": ratio, "total": total}
+
+    c = r(1.06, 0.03)
+    assert "**confirmed**" in answer_line("clean", r(1.24, 0.075), c, 5, 5, (5, 5), 1.27)
+    line = answer_line("clean", r(1.24, 0.075), c, 5, 5, (5, 5), 1.27)
+    assert "+3.2 sigma from 1" in line and "preliminary" not in line and "paper's" not in line
+    assert "**indicated**" in answer_line("x", r(1.18, 0.075), c, 5, 5, (5, 5), 1.27)
+    assert "**no gain is seen**" in answer_line("x", r(1.05, 0.075), c, 5, 5, (5, 5), 1.27)
+    worse = answer_line("x", r(0.8, 0.075), c, 5, 5, (5, 5), 1.27)
+    assert "**worse**" in worse and "smaller than the paper's (-6.3 sigma)" in worse
+    assert "4 vs 5 seeds of 5 vs 5 planned: preliminary" in answer_line(
+        "x", r(1.24, 0.075), c, 4, 5, (5, 5), 1.27)
+    one = answer_line("x", r(1.24, math.inf), c, 1, 5, (5, 5), 1.27)
+    assert "no significance with one seed" in one and "sigma from 1" not in one
+    assert answer_line("realistic", None, None, 0, 2, (5, 5), 1.27) == (
+        "- **realistic**: no answer yet (0 of 5 FTAG+NDIVE and 2 of 5 baseline trainings "
+        "finished).")
 
 
 def test_projection_agrees_with_the_ratio_it_extrapolates():

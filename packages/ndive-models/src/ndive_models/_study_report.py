@@ -114,6 +114,37 @@ def verdict_line(bkg: str, r: dict, n_a: int, n_b: int, paper_gain: float) -> st
             + ".")
 
 
+def answer_line(cond: str, light: dict | None, c: dict | None, n_a: int, n_b: int,
+                planned: tuple[int, int], paper_gain: float) -> str:
+    """The report's answer for one condition, in words: the FTAG+NDIVE / baseline
+    rejection ratios at 70% (``light``, ``c`` from
+    :func:`~ndive_models._metrics.ratio_uncertainty`, None before both models have a
+    result), with ``n_a`` / ``n_b`` of the ``planned`` seeds. The gain is *confirmed* at 3
+    sigma or more above 1 (total uncertainty), *indicated* at 2-3, *not seen* within 2, and
+    FTAG+NDIVE is *worse* at 2 or more below."""
+    name = f"- **{cond or 'study'}**: "
+    if light is None or c is None:
+        return name + (f"no answer yet ({n_a} of {planned[0]} FTAG+NDIVE and {n_b} of "
+                       f"{planned[1]} baseline trainings finished).")
+    seeds = f"{n_a} vs {n_b} seeds" + ("" if (n_a, n_b) == tuple(planned)
+                                       else f" of {planned[0]} vs {planned[1]} planned: "
+                                       "preliminary")
+    text = (f"FTAG+NDIVE rejects light jets {light['ratio']:.3f} ± {light['total']:.3f} times "
+            f"as well as the baseline at 70% b-efficiency (paper {paper_gain})")
+    if not math.isfinite(light["total"]):
+        return name + text.replace(f" ± {light['total']:.3f}", "") + (
+            f"; no significance with one seed of a model ({seeds}).")
+    z = (light["ratio"] - 1) / light["total"]
+    zp = (light["ratio"] - paper_gain) / light["total"]
+    word = ("the gain is **confirmed**" if z >= 3 else "a gain is **indicated**, not "
+            "established" if z >= 2 else "FTAG+NDIVE is **worse**" if z <= -2 else
+            "**no gain is seen**")
+    paper_txt = ("" if abs(zp) < 2 else
+                 f"; {'smaller' if zp < 0 else 'larger'} than the paper's ({zp:+.1f} sigma)")
+    return (name + text + f": {z:+.1f} sigma from 1, {word}{paper_txt}; c jets "
+            f"{c['ratio']:.3f} ± {c['total']:.3f} ({seeds}).")
+
+
 def projection_line(a, b, stat: float, planned: int) -> str | None:
     """Where the light ratio's total uncertainty is heading: at the relative seed spreads
     of the FTAG+NDIVE (``a``) and baseline (``b``) light rejections so far, what
@@ -147,7 +178,10 @@ def _cpu_complete(m: dict) -> bool:
     return (m["_cpu"] or {}).get("train", {}).get("from_epoch", 1) <= 1
 
 
-def _condition(study, trainings, cond, report: Path, paper: dict) -> list[str]:
+def _condition(study, trainings, cond, report: Path, paper: dict,
+               answers: list) -> list[str]:
+    """The report's section of condition ``cond``; appends its :func:`answer_line` to
+    ``answers``."""
     models = _models(trainings, cond)
     tag = cond or "study"
     L = [f"## Condition: {cond or '(default)'}", ""]
@@ -169,6 +203,11 @@ def _condition(study, trainings, cond, report: Path, paper: dict) -> list[str]:
                  f"{low}{cpu / 3600:.2f} |")
     L.append("")
     tagged = {r: ms for r, ms in models.items() if ms and "rejection" in ms[0][1]}
+    want = (planned.get("ftag_ndive", 0), planned.get("baseline", 0))
+    if want[0] and want[1]:  # the study compares the two: say where the answer stands
+        answers.append(answer_line(cond, None, None, len(tagged.get("ftag_ndive", [])),
+                                   len(tagged.get("baseline", [])), want,
+                                   paper["gain_at_70"]["light"]))
     if not tagged:
         return L + ["No finished tagger training yet.", ""]
     m0 = next(iter(tagged.values()))[0][1]
@@ -228,6 +267,11 @@ def _condition(study, trainings, cond, report: Path, paper: dict) -> list[str]:
                                    planned.get("ftag_ndive", 0))
             L += [line] if line else []
             L.append("")
+            if want[0] and want[1]:  # the answer with numbers replaces "no answer yet"
+                answers[-1] = answer_line(cond, ratios[("ftag_ndive", "light", "0.70")],
+                                          ratios[("ftag_ndive", "c", "0.70")],
+                                          len(tagged["ftag_ndive"]), len(tagged["baseline"]),
+                                          want, paper["gain_at_70"]["light"])
     # beside the paper
     L += ["### Beside the paper (Fig. 7)", "",
           "| model | WP | light (here) | light (paper) | c (here) | c (paper) |",
@@ -466,8 +510,15 @@ def write(study: dict, trainings: list, paper: dict, remaining: str) -> str:
           f"{tr.get('val_fraction', 0.1)} validates), {_sample(study['data']['test'])} for "
           "the test"),
           f"- {study['jobs']} trainings at a time, {study['threads']} thread(s) each", ""]
+    answers, sections = [], []
     for cond in dict.fromkeys(t.condition for t in trainings):
-        L += _condition(study, trainings, cond, report, paper)
+        sections += _condition(study, trainings, cond, report, paper, answers)
+    if answers:  # the question first, the evidence below
+        L[4:4] = ["## The answer so far", "",
+                  ("Is FTAG+NDIVE's light-jet rejection at 70% b-efficiency above the "
+                   "baseline's? Ratio ± total uncertainty (seed spread and test statistics "
+                   "in quadrature); confirmed at >= 3 sigma from 1."), "", *answers, ""]
+    L += sections
     L += ["## What remains", "", remaining, "",
           "## How the uncertainties are combined", "",
           ("Every training is evaluated on the same test jets. Its rejections are computed on "
