@@ -159,3 +159,23 @@ def test_ratio_panel_scale_and_plain_tick_labels(top, log):
     labels = [t.get_text() for t in rax.get_yticklabels() + rax.get_yticklabels(minor=True)]
     assert any(labels) and not any("10^" in x or "times" in x or "e−" in x for x in labels)
     plt.close(fig)
+
+
+def test_roc_band_is_the_error_of_the_seed_mean(tmp_path):
+    """The ROC band: binomial error of the mean rejection (1/R of N background jets pass,
+    k seeds) and the seeds' standard error in quadrature; a point where no jet passes is
+    left out of the mean, and the plot is drawn with it."""
+    from ndive_models import _plots
+
+    one, err = _plots.mean_rejection_band([[100.0, 10.0]], 10_000)
+    binom = np.array([100.0, 10.0]) * np.sqrt((1 - 1 / one) * one / 10_000)
+    assert one.tolist() == [100.0, 10.0] and err == pytest.approx(binom)
+    two, err2 = _plots.mean_rejection_band([[90.0, np.inf], [110.0, 10.0]], 10_000)
+    assert two.tolist() == [100.0, 10.0]
+    se = np.std([90.0, 110.0], ddof=1) / np.sqrt(2)
+    assert err2[0] == pytest.approx(np.hypot(se, binom[0] / np.sqrt(2)))
+    assert err2[1] == pytest.approx(binom[1])  # one finite seed: no seed term
+    curves = {"a": np.array([[90.0, np.inf], [110.0, 10.0]]), "b": np.array([[50.0, 5.0]])}
+    _plots.roc([0.6, 0.7], curves, "b", "light", tmp_path / "roc.png",
+               n_bkg={"a": 10_000, "b": 10_000})
+    assert (tmp_path / "roc.png").stat().st_size > 0

@@ -14,40 +14,59 @@ def _plt():
     return plt
 
 
-def roc(effs, curves: dict, reference: str, background: str, f_c: float, path) -> None:
-    """Rejection vs b-efficiency; ``curves[label]`` is ``(n_seeds, len(effs))``: the mean is
-    drawn, the band spans min to max over seeds; lower panel: ratio to ``reference``."""
+def roc(effs, curves: dict, reference: str, background: str, path, *, n_bkg: dict,
+        title: str | None = None) -> None:
+    """Rejection vs b-efficiency of several models, each the mean over its seeds
+    (``curves[label]``: ``(n_seeds, len(effs))``, inf/NaN where no background jet passes).
+    Band: the uncertainty of that mean, the seeds' standard error and the binomial error of
+    the mean rejection over ``n_bkg[label]`` background jets in quadrature. Lower panel:
+    ratio to ``reference`` (its band: its own error; the others': both errors)."""
     plt = _plt()
-    fig, (ax, rax) = plt.subplots(2, 1, figsize=(6, 6), sharex=True,
-                                  gridspec_kw={"height_ratios": [3, 1.2]})
-    ref = curves.get(reference)
-    ref_mean = None if ref is None else _finite_mean(ref)
-    for label, c in curves.items():
-        mean = _finite_mean(c)
-        line, = ax.plot(effs, mean, label=f"{label} ({c.shape[0]} seed"
-                        f"{'s' if c.shape[0] > 1 else ''})")
-        if c.shape[0] > 1:
-            ax.fill_between(effs, np.nanmin(_fin(c), 0), np.nanmax(_fin(c), 0),
-                            color=line.get_color(), alpha=0.25)
-        if ref_mean is not None:
-            rax.plot(effs, mean / ref_mean, color=line.get_color())
-            if c.shape[0] > 1:
-                rax.fill_between(effs, np.nanmin(_fin(c), 0) / ref_mean,
-                                 np.nanmax(_fin(c), 0) / ref_mean, color=line.get_color(),
-                                 alpha=0.25)
+    effs = np.asarray(effs, np.float64)
+    fig, (ax, rax) = plt.subplots(2, 1, figsize=(6.5, 6.5), sharex=True,
+                                  gridspec_kw={"height_ratios": [3, 1.4]})
+    stats = {label: (*mean_rejection_band(c, n_bkg[label]), len(c))
+             for label, c in curves.items()}
+    ref = stats.get(reference)
+    for j, (label, (mean, err, k)) in enumerate(stats.items()):
+        ax.plot(effs, mean, color=f"C{j}", label=f"{label} ({k} seed{'s' * (k > 1)})")
+        ax.fill_between(effs, mean - err, mean + err, color=f"C{j}", alpha=0.25)
+        if ref is not None:
+            rr = mean / ref[0]
+            rerr = rr * (err / mean if label == reference
+                         else np.hypot(err / mean, ref[1] / ref[0]))
+            rax.plot(effs, rr, color=f"C{j}")
+            rax.fill_between(effs, rr - rerr, rr + rerr, color=f"C{j}", alpha=0.25)
     ax.set_yscale("log")
     ax.set_ylabel(f"{'light' if background == 'light' else 'c'}-jet rejection")
-    ax.set_title(f"$D_b$ with $f_c$ = {f_c:g}")
-    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=7)
     ax.grid(alpha=0.3, which="both")
-    rax.set_xlabel("b-jet efficiency")
-    rax.set_ylabel(f"ratio to\n{reference}", fontsize=8)
     rax.axhline(1.0, color="k", lw=0.8)
+    rax.set_ylabel(f"ratio to\n{reference}", fontsize=8)
+    rax.set_xlabel("b-jet efficiency")
     ratio_scale(rax)
     rax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def mean_rejection_band(c, n_bkg: int):
+    """``(mean, error)`` over the seeds (rows) of rejection curves ``c`` (``(k, n)``; inf or
+    NaN where no background jet passes: left out) of ``k`` seeds with a finite value: the
+    seeds' standard error (0 for one) and the binomial error of the mean rejection R over
+    ``n_bkg`` background jets, ``R sqrt((1 - 1/R) R / (n_bkg k))``, in quadrature."""
+    c = np.asarray(c, np.float64)
+    fin = np.isfinite(c)
+    k = fin.sum(0)  # seeds with a finite rejection, per point
+    mean = _finite_mean(c)
+    dev = np.where(fin, c - np.where(np.isfinite(mean), mean, 0.0), 0.0)
+    seed = np.where(k > 1, np.sqrt((dev ** 2).sum(0) / np.maximum(k - 1, 1) / np.maximum(k, 1)),
+                    0.0)
+    stat = mean * np.sqrt(np.clip(1 - 1 / mean, 0, None) * mean / n_bkg / np.maximum(k, 1))
+    return mean, np.hypot(seed, stat)
 
 
 def ratio_scale(rax) -> None:

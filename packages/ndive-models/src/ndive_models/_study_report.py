@@ -364,14 +364,14 @@ def _plots(models, tagged, fitted, report: Path, tag: str, reference: str) -> li
 
     plt = P._plt()
     names = []
+    effs = next(iter(tagged.values()))[0][1]["roc"]["effs"]
     for bkg in ("light", "c"):
-        curves = {DISPLAY.get(r, r): (ms[0][1]["roc"]["effs"],
-                                      np.array([m["roc"][bkg] for _, m in ms]),
-                                      ms[0][1]["n_per_flavour"]["light" if bkg == "light"
-                                                                 else "c"])
+        curves = {DISPLAY.get(r, r): np.array([np.interp(effs, m["roc"]["effs"],
+                                                         m["roc"][bkg]) for _, m in ms])
                   for r, ms in tagged.items()}
+        n_bkg = {DISPLAY.get(r, r): ms[0][1]["n_per_flavour"][bkg] for r, ms in tagged.items()}
         name = f"roc_{tag}_{bkg}.png"
-        _roc(plt, curves, reference, bkg, report / name)
+        P.roc(effs, curves, reference, bkg, report / name, n_bkg=n_bkg)
         names.append(name)
     # the flavour loss is the study's yardstick (monitor: flavour) and the same quantity
     # for every model; the totals differ between models; the NDIVE vertex term is in mm
@@ -430,49 +430,6 @@ def _plots(models, tagged, fitted, report: Path, tag: str, reference: str) -> li
         plt.close(fig)
         names.append(name)
     return names
-
-
-def _roc(plt, curves: dict, reference: str, bkg: str, path: Path) -> None:
-    """Mean rejection over seeds; band: the total uncertainty of the mean (seed standard
-    error and the binomial error of the mean rejection in quadrature). Ratio panel: to
-    ``reference`` (band: the reference's own error for it, both errors for the others)."""
-    from . import _plots as P
-
-    fig, (ax, rax) = plt.subplots(2, 1, figsize=(6.5, 6.5), sharex=True,
-                                  gridspec_kw={"height_ratios": [3, 1.4]})
-    ref = None
-    stats = {}
-    for label, (effs, c, n_bkg) in curves.items():
-        c = np.where(np.isfinite(c), c, np.nan)
-        mean = np.nanmean(c, 0)
-        seed = np.nanstd(c, 0, ddof=1) / np.sqrt(len(c)) if len(c) > 1 else 0 * mean
-        # binomial: sigma_R / R = sqrt((1 - e) / (e N)), e = 1 / R, for the mean of k seeds
-        stat = mean * np.sqrt(np.clip(1 - 1 / mean, 0, None) * mean / n_bkg / len(c))
-        stats[label] = (np.asarray(effs), mean, np.hypot(seed, stat), len(c))
-        if label == reference:
-            ref = stats[label]
-    for k, (label, (effs, mean, err, n)) in enumerate(stats.items()):
-        ax.plot(effs, mean, color=f"C{k}", label=f"{label} ({n} seed{'s' * (n > 1)})")
-        ax.fill_between(effs, mean - err, mean + err, color=f"C{k}", alpha=0.25)
-        if ref is not None:
-            rr = mean / ref[1]
-            # the reference's band: its own error; the others': both errors
-            rerr = rr * (err / mean if label == reference
-                         else np.hypot(err / mean, ref[2] / ref[1]))
-            rax.plot(effs, rr, color=f"C{k}")
-            rax.fill_between(effs, rr - rerr, rr + rerr, color=f"C{k}", alpha=0.25)
-    ax.set_yscale("log")
-    ax.set_ylabel(f"{bkg}-jet rejection")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    rax.axhline(1.0, color="k", lw=0.8)
-    rax.set_ylabel(f"ratio to\n{reference}", fontsize=8)
-    rax.set_xlabel("b-jet efficiency")
-    P.ratio_scale(rax)
-    rax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _sample(spec: dict) -> str:

@@ -366,7 +366,9 @@ def evaluate(checkpoints, test, out, *, f_c: float = 0.05, reference: str | None
         ref = DISPLAY.get(reference, reference)
         for bkg, c in curves.items():
             ref = ref if ref in c else next(iter(c))
-            _plots.roc(effs, c, ref, bkg, f_c, out / f"roc_{bkg}.png")
+            n = int(np.sum(labels == (2 if bkg == "light" else 1)))
+            _plots.roc(effs, c, ref, bkg, out / f"roc_{bkg}.png", n_bkg=dict.fromkeys(c, n),
+                       title=f"$D_b$ with $f_c$ = {f_c:g}")
         sel = {DISPLAY.get(k, k): v["track_selection"] for k, v in metrics["models"].items()
                if "track_selection" in v}
         if sel:
