@@ -83,6 +83,10 @@ def test_answer_names_the_verdict_by_its_significance():
         "x", r(1.24, 0.075), c, 4, 5, (5, 5), 1.27)
     one = answer_line("x", r(1.24, math.inf), c, 1, 5, (5, 5), 1.27)
     assert "no significance with one seed" in one and "sigma from 1" not in one
+    moon = answer_line("x", r(1.24, 0.075), c, 5, 5, (5, 5), 1.27, ("idea", r(1.6, 0.2)))
+    assert moon.endswith("Moonshot (light ratio >= 1.5): reached (best: idea, 1.600 ± 0.200).")
+    assert "not reached (best: FTAG+NDIVE, 1.240 ± 0.075)" in answer_line(
+        "x", r(1.24, 0.075), c, 5, 5, (5, 5), 1.27, ("FTAG+NDIVE", r(1.24, 0.075)))
     assert answer_line("realistic", None, None, 0, 2, (5, 5), 1.27) == (
         "- **realistic**: no answer yet (0 of 5 FTAG+NDIVE and 2 of 5 baseline trainings "
         "finished).")
