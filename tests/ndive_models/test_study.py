@@ -114,6 +114,7 @@ def test_projection_agrees_with_the_ratio_it_extrapolates():
     assert f"5 seeds of each would give ± {_metrics.projected_ratio_total(a, b, 0.03, 5):.3f}" \
         in line and f"needs {need} seeds of each" in line
     assert projection_line(np.array(a[:1]), np.array(b), 0.03, 5) is None
+    assert projection_line(np.array(a), np.array(b), 0.03, 2) is None  # all planned are in
 
 
 def test_report_names_many_test_files_by_their_range():

@@ -161,8 +161,9 @@ def projection_line(a, b, stat: float, planned: int) -> str | None:
     """Where the light ratio's total uncertainty is heading: at the relative seed spreads
     of the FTAG+NDIVE (``a``) and baseline (``b``) light rejections so far, what
     ``planned`` seeds of each give and how many the target needs (None before 2 seeds of
-    each). The spreads of a few seeds are themselves uncertain (2 seeds: a factor ~2)."""
-    if len(a) < 2 or len(b) < 2:
+    each, and once both have their ``planned`` seeds: the verdict is then the number). The
+    spreads of a few seeds are themselves uncertain (2 seeds: a factor ~2)."""
+    if len(a) < 2 or len(b) < 2 or min(len(a), len(b)) >= planned:
         return None
     spread = [float(np.std(x, ddof=1) / np.mean(x)) for x in (a, b)]
     need = seeds_for_target(a, b, stat, TARGET_SIGMA)
