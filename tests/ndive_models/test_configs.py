@@ -254,3 +254,18 @@ def test_building_the_cli_imports_nothing_heavy():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True)
     assert res.stdout.strip() == "[]"
+
+
+def test_exponent_written_without_a_dot_is_a_number(tmp_path):
+    """YAML 1.1 reads `lr: 1e-4` as the text '1e-4': a float field takes it as the number;
+    text that is no number is still refused, naming the key."""
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 1e-4\nwarmup_epochs: 5E-1\nmodel: {name: ndive, max_displacement: 2e2}\n")
+    cfg = load_config(path)
+    assert cfg.lr == 1e-4 and cfg.warmup_epochs == 0.5 and cfg.model.max_displacement == 200.0
+    path.write_text("lr: 1e-4x\n")
+    with pytest.raises(ValueError, match="lr: expected float, got '1e-4x'"):
+        load_config(path)
+    path.write_text("model: {dim: 1e2}\n")  # an int field takes no float text
+    with pytest.raises(ValueError, match=r"model\.dim: expected int"):
+        load_config(path)

@@ -3,6 +3,7 @@ set its hyper-parameters (the YAML ``model:`` table of a training config)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, fields
 
 __all__ = [
@@ -204,9 +205,14 @@ _SIMPLE = {"int": int, "float": float, "str": str, "bool": bool, "None": type(No
            "list": list}
 
 
+#: A number written as text that a float field accepts: YAML 1.1 reads ``1e-4`` as a string.
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def check_types(cls, d: dict, prefix: str = "") -> dict:
     """``d`` with every value of a plainly typed field of dataclass ``cls`` (``int``,
-    ``float``, ``str``, ``bool``, ``... | None``) checked; ints are accepted for floats.
+    ``float``, ``str``, ``bool``, ``... | None``) checked; ints are accepted for floats, and
+    so is a number in exponent notation that YAML read as text (``1e-4``).
 
     Raises:
         ValueError: naming the key, e.g. ``model.dim: expected int, got 'abc'``.
@@ -223,6 +229,10 @@ def check_types(cls, d: dict, prefix: str = "") -> dict:
                                                      and isinstance(v, bool))
                  for n in names)
         if not ok and "float" in names and isinstance(v, int) and not isinstance(v, bool):
+            ok, v = True, float(v)
+        if not ok and "float" in names and isinstance(v, str) and _FLOAT_TEXT.fullmatch(
+                v.strip()):
+            # YAML 1.1 (PyYAML) reads `lr: 1e-4` (no dot) as the string '1e-4'
             ok, v = True, float(v)
         if not ok:
             raise ValueError(f"{prefix}{f.name}: expected {' or '.join(names)}, got {v!r}")
