@@ -195,7 +195,7 @@ def test_shipped_study_describes_the_shards_and_runs(tmp_path):
     assert by["baseline_s3"].lr_schedule == "cosine" and by["baseline_s3"].warmup_epochs == 1
     assert by["ftag_ndive_s2"].monitor == "flavour"
     # NDIVE alone has no flavour output: it is monitored on its own (vertex) loss
-    assert by["ndive_s1"].monitor == "loss"
+    assert by["ndive_s1"].monitor == "loss" and by["ndive_s1"].lr == 2e-4
     # a study whose settings give a run a loss its model lacks fails on loading, naming it
     bad = {**study, "runs": [{"name": "nd", "config": "ndive", "seeds": [1]}]}
     with pytest.raises(ValueError, match=r"run nd \(seed 1\): monitor: model 'ndive' has no "
