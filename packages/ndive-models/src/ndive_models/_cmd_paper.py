@@ -76,7 +76,7 @@ def study_from_args(args) -> dict:
     over = {key: getattr(args, flag[2:].replace("-", "_")) for flag, key, _, _ in OPTIONS
             if hasattr(args, flag[2:].replace("-", "_"))}
     study = load_study(args.study, over)
-    return smoke_study(study) if getattr(args, "smoke", False) else study
+    return smoke_study(study) if args.smoke else study
 
 
 def run(args) -> int:

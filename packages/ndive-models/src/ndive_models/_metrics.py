@@ -62,9 +62,18 @@ def rejection(disc, labels, eff, *, signal: int = 0, background: int = 2) -> dic
     if n_pass == 0:
         rej, rej_err = math.inf, math.inf
     else:
-        rej, rej_err = 1.0 / e, err / e**2
+        rej = 1.0 / e
+        rej_err = float(rejection_error(rej, bkg.size))
     return {"eff": eff, "cut": cut, "bkg_eff": e, "bkg_eff_err": err, "rejection": rej,
             "rejection_err": rej_err, "n_bkg": int(bkg.size), "n_pass": n_pass}
+
+
+def rejection_error(rej, n_bkg):
+    """Binomial error of a rejection ``R = 1 / e`` measured on ``n_bkg`` background jets:
+    ``sigma_R = sigma_e / e^2`` with ``sigma_e = sqrt(e (1 - e) / n_bkg)``, i.e.
+    ``R sqrt((R - 1) / n_bkg)`` (arrays welcome; inf where ``R`` is)."""
+    r = np.asarray(rej, np.float64)
+    return r * np.sqrt(np.clip(r - 1.0, 0.0, None) / n_bkg)
 
 
 def roc_curve(disc, labels, effs, *, signal: int = 0, background: int = 2) -> np.ndarray:

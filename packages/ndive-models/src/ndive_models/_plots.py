@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._metrics import rejection_error
+
 
 def _plt():
     import matplotlib
@@ -57,7 +59,8 @@ def mean_rejection_band(c, n_bkg: int):
     """``(mean, error)`` over the seeds (rows) of rejection curves ``c`` (``(k, n)``; inf or
     NaN where no background jet passes: left out) of ``k`` seeds with a finite value: the
     seeds' standard error (0 for one) and the binomial error of the mean rejection R over
-    ``n_bkg`` background jets, ``R sqrt((1 - 1/R) R / (n_bkg k))``, in quadrature."""
+    ``n_bkg`` background jets (:func:`~ndive_models._metrics.rejection_error` / sqrt(k)), in
+    quadrature."""
     c = np.asarray(c, np.float64)
     fin = np.isfinite(c)
     k = fin.sum(0)  # seeds with a finite rejection, per point
@@ -65,7 +68,7 @@ def mean_rejection_band(c, n_bkg: int):
     dev = np.where(fin, c - np.where(np.isfinite(mean), mean, 0.0), 0.0)
     seed = np.where(k > 1, np.sqrt((dev ** 2).sum(0) / np.maximum(k - 1, 1) / np.maximum(k, 1)),
                     0.0)
-    stat = mean * np.sqrt(np.clip(1 - 1 / mean, 0, None) * mean / n_bkg / np.maximum(k, 1))
+    stat = rejection_error(mean, n_bkg) / np.sqrt(np.maximum(k, 1))  # of a mean of k
     return mean, np.hypot(seed, stat)
 
 

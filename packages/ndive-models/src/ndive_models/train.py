@@ -577,8 +577,6 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
             history.append({"epoch": 0, "val": v})
             checkpoint(0, True)
 
-        if ck is None and params:  # a misspelt monitor is named now, not after an epoch
-            _monitored(validate(model, index_batch(val, slice(0, 2)), 2, dev), cfg.monitor)
         model.train()
         report_compile = rank == 0 and cfg.model.name != "baseline" and cfg.model.fit_compile
         if report_compile:
