@@ -19,6 +19,7 @@ from ndive_models.data import read_attrs, read_jets, schema
 from ndive_models.data.schema import ORIGIN, TRACK_PARAMS, reference_pv
 from ndive_models.data.validation import pulls
 from ndive_models.generate import GenerationConfig, _detector, _vertexing, generate
+from ndive_models.generate._event import Particles, reorient
 from ndive_models.generate._pipeline import PRESETS, needed_events
 
 BZ = vertexfit.DEFAULT_BZ
@@ -422,6 +423,34 @@ def test_pileup_pool_is_opt_in_and_reuses_its_events(balanced_run3, tmp_path):
     assert jets["n_pileup"][events].mean() == pytest.approx(cfg.pileup, abs=3.0)
     assert _pileup_share(tracks) == pytest.approx(_pileup_share(ta), abs=0.05)
     assert _pileup_share(tracks) > 0.01
+
+
+def test_reorient_turns_each_pooled_interaction_as_a_whole():
+    """A pooled interaction drawn again is turned about the beam axis and half the time
+    mirrored in z: pT, |pz|, E, the transverse production radius and every opening angle
+    within an event are kept; the azimuths of the draws differ."""
+    rng = np.random.default_rng(3)
+    n_ev, per = 400, 5
+    event = np.repeat(np.arange(n_ev), per)
+    one = rng.normal(size=(per, 4)), rng.normal(size=(per, 3))  # the same interaction 400 x
+    p, v = np.tile(one[0], (n_ev, 1)), np.tile(one[1], (n_ev, 1))
+    parts = Particles(event=event, pdgid=np.zeros(n_ev * per, int), status=event,
+                      mother=event, daughter=event, p=p.copy(), vprod=v.copy(),
+                      start=np.arange(n_ev) * per)  # fmt: skip
+    reorient(parts, rng)
+    np.testing.assert_allclose(np.hypot(*parts.p[:, :2].T), np.hypot(*p[:, :2].T))
+    np.testing.assert_allclose(np.abs(parts.p[:, 2:]), np.abs(p[:, 2:]))
+    np.testing.assert_allclose(np.hypot(*parts.vprod[:, :2].T), np.hypot(*v[:, :2].T))
+    # one rotation and one mirror per event: the cross product with the event's first
+    # particle (and the sign of pz times its first pz) is the same in every draw
+    first = np.repeat(np.arange(n_ev) * per, per)
+    cross = parts.p[:, 0] * parts.p[first, 1] - parts.p[:, 1] * parts.p[first, 0]
+    np.testing.assert_allclose(cross, np.tile(cross[:per], n_ev), atol=1e-12)
+    flips = np.sign(parts.p[:, 2] * parts.vprod[:, 2]) == np.sign(p[:, 2] * v[:, 2])
+    assert flips.all()
+    phi = np.arctan2(parts.p[first[::per], 1], parts.p[first[::per], 0])
+    assert np.histogram(phi, 4, (-np.pi, np.pi))[0].min() > 70  # uniform azimuth
+    assert 0.4 < np.mean(np.sign(parts.p[::per, 2]) == np.sign(p[0, 2])) < 0.6
 
 
 @pytest.mark.slow

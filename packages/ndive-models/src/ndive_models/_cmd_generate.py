@@ -82,8 +82,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="FTAG selection |d0| < 3.5 mm, |z0 sin(theta)| < 5 mm w.r.t. the PV")  # fmt: skip
     g.add_argument("--pileup-pool", type=int, metavar="N", default=None,
                    help="draw the pileup from N minimum-bias events simulated once per worker "
-                   "(faster; reused events correlate the pileup of different jets; default 0: "
-                   "every interaction is new)")  # fmt: skip
+                   "and drawn turned and mirrored at random (faster; the particle content of an "
+                   "interaction is reused; default 0: every interaction is new)")  # fmt: skip
 
 
 _DETECTOR_OPTIONS = ("beamspot", "pileup", "reco_pv", "fake_rate", "radial_tracking",

@@ -82,6 +82,27 @@ def flatten(batch) -> Particles:
     )
 
 
+def reorient(parts: Particles, rng: np.random.Generator) -> None:
+    """Turn each event of ``parts`` about the beam axis by a random angle and mirror half of
+    them in z (in place), its momenta and production points (relative to the event's origin)
+    alike.
+
+    Minimum-bias physics is symmetric under both, so a pooled interaction drawn again is an
+    equally likely event whose particles point elsewhere: each use lands its tracks in other
+    jets (docs/generation.md, "Pileup pool"). The transverse motion is only rotated, so the
+    curvature of every track keeps its sign. Draws 2 numbers per event from ``rng``.
+    """
+    n = len(parts.start)
+    phi = rng.uniform(-np.pi, np.pi, n)[parts.event]
+    flip = np.where(rng.random(n) < 0.5, -1.0, 1.0)[parts.event]
+    c, s = np.cos(phi), np.sin(phi)
+    for a in (parts.p, parts.vprod):
+        x, y = a[:, 0].copy(), a[:, 1]
+        a[:, 0] = c * x - s * y
+        a[:, 1] = s * x + c * y
+        a[:, 2] *= flip
+
+
 def _pt_eta_phi(p: np.ndarray):
     pt = np.hypot(p[:, 0], p[:, 1])
     eta = np.arcsinh(p[:, 2] / np.maximum(pt, 1e-300))
@@ -331,6 +352,7 @@ def process_batch(
     stats: dict | None = None,
     hard: HardScatter | None = None,
     keep_events: np.ndarray | None = None,
+    reorient_pileup: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Jets and tracks of one batch of events.
 
@@ -347,6 +369,8 @@ def process_batch(
         pileup: awkward batch of minimum-bias events overlaid on the events of ``batch``:
             the first ``n_pileup[0]`` on event 0, the next ``n_pileup[1]`` on event 1, ...
         n_pileup: ``(n_events,)`` pileup interactions per event.
+        reorient_pileup: turn each pileup interaction by a random azimuth and mirror half in
+            z (:func:`reorient`): for interactions drawn again from a pool.
         stats: if given, ``stats["efficiency"]`` gets ``(particles, tracks)`` counts
             ``(2, len(EFFICIENCY_R_EDGES) - 1)`` in bins of production radius: charged
             particles with pT > 0.5 GeV, |eta| < 2.5 within dR < 0.4 of a jet, and those of
@@ -380,6 +404,8 @@ def process_batch(
     if pileup is not None and n_pileup.sum() > 0:
         pu = flatten(pileup)
         n_pu = len(pu.start)
+        if reorient_pileup:
+            reorient(pu, det_rng)
         pu.vprod = pu.vprod + (sigma_bs * det_rng.standard_normal((n_pu, 3)))[pu.event]
         cand = _concat(cand, _candidates(pu, np.repeat(np.arange(n_events), n_pileup), _PILEUP))
     charge = charge_of(cand["pdgid"])

@@ -112,9 +112,9 @@ class GenerationConfig:
         pileup_pool: 0 (default): every pileup interaction is a minimum-bias event of its
             own. N > 0: each worker simulates N minimum-bias events once and draws the
             interactions of every event from them at random (with replacement), each at a
-            fresh beam-spot point: much faster, but a minimum-bias event is reused about
-            ``events * pileup / N`` times, so pileup tracks of different jets are correlated
-            (docs/generation.md).
+            fresh beam-spot point, turned about the beam axis and mirrored in z at random:
+            much faster; a minimum-bias event's particle content is reused about
+            ``events * pileup / N`` times, each time pointing elsewhere (docs/generation.md).
     """
 
     n_jets: int
@@ -350,7 +350,7 @@ def _batches(cfg: GenerationConfig, worker: int, remaining=None):
         jets, tracks = process_batch(
             batch, charge_of, rng, max_tracks=cfg.max_tracks, bz=cfg.bz, event_offset=first_event,
             detector=detector, det_rng=det_rng, pileup=pu, n_pileup=n_pileup, stats=stats,
-            hard=hard, keep_events=keep,
+            hard=hard, keep_events=keep, reorient_pileup=pool is not None,
         )  # fmt: skip
         if pileup is None:
             stats["pileup_events"] = 0
