@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -432,6 +433,69 @@ def test_study_skips_finished_and_resumes_unfinished(tmp_path, sample_path, caps
     paper.write_report(study, paper.study_trainings(study))
     assert "adamw lr 0.001 (cosine schedule, 1 warm-up epochs)" in \
         (tmp_path / "results" / "report.md").read_text()
+
+
+def test_an_unfinished_training_resumes_on_a_fresh_machine(tmp_path, sample_path, capsys):
+    """While it trains, a training's last.pt and records are mirrored to <result>/partial
+    (committed with the results); a fresh machine (no workdir) resumes from there, and the
+    finished results replace the mirror. One with other settings is not resumed."""
+    from dataclasses import replace
+
+    from ndive_models.train import train
+
+    path = _study(tmp_path, sample_path)
+    study = paper.load_study(path, {"training.epochs": 2})
+    t = paper.study_trainings(study)[0]
+    first = train(replace(t.cfg, epochs=1))  # as a runner killed after epoch 1 leaves it
+    (t.out / "config.yaml").write_text(json.dumps(t.cfg.to_dict()))  # the runner's config
+    paper._mirror_partial(t)
+    assert sorted(p.name for p in t.partial.iterdir()) == sorted(
+        n for n in paper.PARTIAL_FILES if n != "cpu.json")  # no runner record yet
+    mtime = (t.partial / "last.pt").stat().st_mtime_ns
+    paper._mirror_partial(t)  # nothing newer: not copied again
+    assert (t.partial / "last.pt").stat().st_mtime_ns == mtime
+    shutil.rmtree(tmp_path / "work")  # a fresh machine
+    assert t.status() == "partial"
+    text, _ = paper.plan(study, [t])
+    assert "| clean | baseline_s1 | partial | 1 / 2 |" in text
+    other = paper.study_trainings(paper.load_study(path, {"training.epochs": 2,
+                                                          "training.lr": 0.5}))[0]
+    assert not paper._restore_partial(other) and not (other.out / "last.pt").exists()
+    assert "lr: 0.001 -> 0.5" in capsys.readouterr().err
+    assert cli.main(["paper", "--study", str(path), "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming the committed unfinished training" in out and "(resumed)" in out
+    hist = json.loads((t.result / "history.json").read_text())
+    assert [e["epoch"] for e in hist] == [1, 2]
+    assert hist[0]["train_loss"] == first["history"][0]["train_loss"]
+    assert t.status() == "done" and not t.partial.exists()
+
+
+def test_child_callback_runs_while_the_child_runs(tmp_path):
+    calls = []
+    with open(tmp_path / "log", "w") as f:
+        rc, _ = paper._run_child([sys.executable, "-c", "import time; time.sleep(1.0)"], f, 1,
+                                 every=(0.1, lambda: calls.append(1)))
+    assert rc == 0 and len(calls) >= 3
+
+
+def test_test_shards_are_made_after_the_training_shards(tmp_path, sample_path, monkeypatch):
+    """The trainings start once the training shards exist; the test shards are checked (and
+    made) only when the first training is evaluated."""
+    events, real_ensure, real_train = [], paper.ensure_data, paper._train
+
+    def ensure(study, cond, jobs=1, **kw):
+        events.append(("data", kw.get("parts")))
+        return real_ensure(study, cond, jobs, **kw)
+
+    def training(t, threads):
+        events.append(("train", t.name))
+        return real_train(t, threads)
+
+    monkeypatch.setattr(paper, "ensure_data", ensure)
+    monkeypatch.setattr(paper, "_train", training)
+    assert cli.main(["paper", "--study", str(_study(tmp_path, sample_path))]) == 0
+    assert events == [("data", ("train",)), ("train", "baseline_s1"), ("data", ("test",))]
 
 
 def test_evaluation_reads_the_test_shards_one_at_a_time(tmp_path, sample_path, monkeypatch):

@@ -13,10 +13,13 @@ end of a session) and continued later, on this machine or on a fresh clone:
    one ``ndive generate --balance`` file of a given size, seed and options
    (``<data.dir>/<condition>/shard_s<seed>.h5``). An existing shard is reused after its
    stored generator options are checked; a missing one is regenerated (the same seed and
-   options give an identical file). Data files are never committed.
+   options give an identical file): training shards first, test shards when the first
+   training is evaluated. Data files are never committed.
 2. **trainings**: one ``python -m ndive_models.train`` process per training (``jobs`` at a
    time, ``threads`` torch threads each), output in ``<workdir>/<condition>/runs/<name>``;
-   an interrupted training resumes from its ``last.pt``.
+   an interrupted training resumes from its ``last.pt``, which the runner mirrors to
+   ``<report>/<condition>/<name>/partial/`` while it trains: committed, it lets a fresh
+   machine resume the training too.
 3. **results**: as soon as a training has finished, its best checkpoint is evaluated on the
    condition's test shards and its small outputs are written to
    ``<report>/<condition>/<name>/``: ``metrics.json`` (rejections with binomial errors and
@@ -38,6 +41,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -349,8 +353,10 @@ def _generate_shard(path: Path, options: dict) -> float:
     return cpu
 
 
-def ensure_data(study: dict, condition: str, jobs: int = 1, *, wait: float = 0.0) -> list[str]:
-    """Check the condition's shards, generate the missing ones (``jobs`` at a time).
+def ensure_data(study: dict, condition: str, jobs: int = 1, *, wait: float = 0.0,
+                parts: tuple = ("train", "test")) -> list[str]:
+    """Check the condition's shards of ``parts``, generate the missing ones (``jobs`` at a
+    time).
 
     With ``wait`` > 0, missing shards are not generated but waited for (polling every
     ``wait`` seconds): another process is generating them into the data directory.
@@ -359,7 +365,7 @@ def ensure_data(study: dict, condition: str, jobs: int = 1, *, wait: float = 0.0
     made with other options (it is never overwritten) and :class:`PresetUnavailable`.
     """
     todo, msgs = [], []
-    for part in ("train", "test"):
+    for part in parts:
         for path, opt in shards(study, condition, part):
             cfg = generation_config(opt)
             if wait > 0 and not path.exists():
@@ -374,8 +380,8 @@ def ensure_data(study: dict, condition: str, jobs: int = 1, *, wait: float = 0.0
             else:
                 todo.append((path, opt))
     if todo:
-        msgs.append(f"generating {len(todo)} missing shard(s) of condition "
-                    f"{condition or '(default)'}")
+        msgs.append(f"generating {len(todo)} missing {'/'.join(parts)} shard(s) of "
+                    f"condition {condition or '(default)'}")
         print(msgs[-1], flush=True)
         with ThreadPoolExecutor(max(1, jobs)) as pool:
             list(pool.map(lambda a: _generate_shard(*a), todo))
@@ -400,6 +406,8 @@ class Training:
             shards, out = :attr:`out`).
         out: ``<workdir>/<condition>/runs/<name>`` (checkpoints; not committed).
         result: ``<report>/<condition>/<name>`` (the committed small outputs).
+            While it trains, ``<result>/partial/`` mirrors its ``last.pt`` and records
+            (:data:`PARTIAL_FILES`), so that a fresh machine resumes it from the commit.
         tests: names of the condition's test shards (results on other test files are
             evaluated again, from the committed checkpoint).
     """
@@ -416,6 +424,11 @@ class Training:
     @property
     def key(self) -> str:
         return f"{self.condition}/{self.name}" if self.condition else self.name
+
+    @property
+    def partial(self) -> Path:
+        """``<result>/partial``: the committed copy of an unfinished training."""
+        return self.result / "partial"
 
     def config_differences(self, path: Path | None = None) -> list[str]:
         """Keys whose value in the committed ``config.yaml`` (or in the ``config.yaml`` at
@@ -449,13 +462,14 @@ class Training:
     def status(self) -> str:
         """``done`` (results written), ``stale`` (results written, on other test files than
         the study's: to evaluate again), ``trained`` (finished, not yet evaluated),
-        ``partial`` (a ``last.pt`` to resume from) or ``todo``."""
+        ``partial`` (a ``last.pt`` to resume from, in the workdir or committed under
+        :attr:`partial`) or ``todo``."""
         if (self.result / "metrics.json").exists():
             done_on = json.loads((self.result / "metrics.json").read_text()).get("test_files")
             return "stale" if self.tests and done_on != list(self.tests) else "done"
         if (self.out / "finished.json").exists():
             return "trained"
-        if (self.out / "last.pt").exists():
+        if (self.out / "last.pt").exists() or (self.partial / "last.pt").exists():
             return "partial"
         return "todo"
 
@@ -495,14 +509,26 @@ def study_trainings(study: dict, *, only_conditions=None, skip_references: bool 
     return out
 
 
-def _run_child(cmd, log, threads: int, cwd=None) -> tuple[int, float]:
+def _run_child(cmd, log, threads: int, cwd=None, every=None) -> tuple[int, float]:
     """Run ``cmd`` with ``threads`` BLAS/OpenMP/torch threads; returns (exit status, CPU
-    seconds of the child, user + system, from ``wait4``)."""
+    seconds of the child, user + system, from ``wait4``). ``every``: ``(seconds, callback)``
+    called at that interval while the child runs."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "OPENBLAS_NUM_THREADS": str(threads)}
     p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     try:
-        _, status, ru = os.wait4(p.pid, 0)
+        if every is None:
+            _, status, ru = os.wait4(p.pid, 0)
+        else:
+            next_call = time.monotonic() + every[0]
+            while True:
+                pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.monotonic() >= next_call:
+                    every[1]()
+                    next_call = time.monotonic() + every[0]
+                time.sleep(min(2.0, every[0]))
     except BaseException:
         p.terminate()
         p.wait()
@@ -550,6 +576,47 @@ def _add_cpu(path: Path, key: str, seconds: float, wall: float) -> dict:
     return d
 
 
+#: What ``<result>/partial/`` holds of an unfinished training (``last.pt`` written last).
+PARTIAL_FILES = ("config.yaml", "history.json", "train_cpu.json", "cpu.json", "last.pt")
+#: Seconds between two looks at a running training's ``last.pt`` (written once an epoch).
+PARTIAL_EVERY = 60.0
+
+
+def _mirror_partial(t: Training) -> None:
+    """Copy ``t``'s newest ``last.pt`` and records to :attr:`Training.partial` (each file
+    atomically, ``last.pt`` last), when the workdir's is newer than the copy."""
+    from ._files import atomic_write
+
+    src, dst = t.out / "last.pt", t.partial / "last.pt"
+    if not src.exists() or (dst.exists() and dst.stat().st_mtime >= src.stat().st_mtime):
+        return
+    t.partial.mkdir(parents=True, exist_ok=True)
+    for name in PARTIAL_FILES:
+        if (t.out / name).exists():
+            atomic_write(t.partial / name, lambda tmp, n=name: shutil.copy2(t.out / n, tmp))
+
+
+def _restore_partial(t: Training) -> bool:
+    """Copy a committed unfinished training (:attr:`Training.partial`) into an empty
+    workdir, so that it resumes there; returns whether it did. One made with other settings
+    than the study's is left alone (it is retrained from the start)."""
+    if (t.out / "last.pt").exists() or not (t.partial / "last.pt").exists():
+        return False
+    diff = t.config_differences(t.partial / "config.yaml")
+    if diff:
+        print(f"note: {t.key}: the committed unfinished training in {t.partial} has other "
+              f"settings than the study's ({'; '.join(diff)}); training from the start",
+              file=sys.stderr, flush=True)
+        return False
+    t.out.mkdir(parents=True, exist_ok=True)
+    for name in PARTIAL_FILES:  # last.pt last: its presence marks the copy complete
+        if (t.partial / name).exists():
+            shutil.copy2(t.partial / name, t.out / name)
+    print(f"{time.strftime('%H:%M:%S')} {t.key}: resuming the committed unfinished training "
+          f"({t.partial})", flush=True)
+    return True
+
+
 def _train(t: Training, threads: int) -> None:
     """Train (or resume) ``t``; writes ``<out>/finished.json`` when it has finished."""
     import yaml
@@ -557,6 +624,7 @@ def _train(t: Training, threads: int) -> None:
     from ._files import atomic_write
 
     t.out.mkdir(parents=True, exist_ok=True)
+    _restore_partial(t)
     config = t.out / "config.yaml"
     atomic_write(config, lambda tmp: tmp.write_text(yaml.safe_dump(t.cfg.to_dict(),
                                                                    sort_keys=False)))
@@ -568,9 +636,10 @@ def _train(t: Training, threads: int) -> None:
           f"{' (resumed)' if '--resume' in cmd else ''}", flush=True)
     t0 = time.perf_counter()
     with open(t.out / "train.log", "a") as f:
-        rc, cpu = _run_child(cmd, f, threads)
+        rc, cpu = _run_child(cmd, f, threads, every=(PARTIAL_EVERY, lambda: _mirror_partial(t)))
     _add_cpu(t.out / "cpu.json", "train", cpu, time.perf_counter() - t0)
     _count_killed_cpu(t.out)
+    _mirror_partial(t)
     if rc != 0:
         raise RuntimeError(f"training {t.key} failed (exit {rc}); see {t.out / 'train.log'}")
     atomic_write(t.out / "finished.json", lambda tmp: tmp.write_text(json.dumps(
@@ -603,6 +672,7 @@ def _finish(t: Training, test_files: list[str], threads: int) -> None:
         raise RuntimeError(f"evaluating {t.key} failed (exit {rc}); see {t.out / 'eval.log'}")
     if not again:  # the CPU record is part of the results (the report's cost table)
         shutil.copy(t.out / "cpu.json", t.result / "cpu.json")
+        shutil.rmtree(t.partial, ignore_errors=True)  # the finished results replace it
     print(f"{time.strftime('%H:%M:%S')} finished {t.key}: results in {t.result}", flush=True)
 
 
@@ -632,9 +702,10 @@ def _running(t: Training) -> bool:
     return False
 
 
-def _one(t: Training, test_files: list[str], threads: int):
+def _one(t: Training, test_files: list[str], threads: int, before_eval=None):
     """Train/resume, evaluate and publish one training; returns ``(key, error or None)``.
-    A training another runner is working on (its lock is held) is left to it."""
+    A training another runner is working on (its lock is held) is left to it.
+    ``before_eval``: called before the evaluation (it makes the test shards)."""
     lock = _lock(t)
     if lock is None:
         print(f"{time.strftime('%H:%M:%S')} {t.key}: another runner is on it; skipped",
@@ -648,6 +719,8 @@ def _one(t: Training, test_files: list[str], threads: int):
         if t.status() in ("todo", "partial"):
             _train(t, threads)
         if t.status() in ("trained", "stale"):
+            if before_eval is not None:
+                before_eval()
             _finish(t, test_files, threads)
         return t.key, None
     except Exception as err:  # noqa: BLE001 - one failed training must not stop the others
@@ -815,7 +888,7 @@ GENERATION_JETS_PER_S = 200.0
 
 
 def _history(t: Training) -> list:
-    for p in (t.result / "history.json", t.out / "history.json"):
+    for p in (t.result / "history.json", t.out / "history.json", t.partial / "history.json"):
         if p.exists():
             return [e for e in json.loads(p.read_text()) if "jets_per_s" in e]
     return []
@@ -823,7 +896,7 @@ def _history(t: Training) -> list:
 
 def _cpu_record(t: Training) -> dict:
     """``t``'s ``cpu.json`` (``{"train"|"evaluate": {"cpu_s", ...}}``; empty if none)."""
-    for p in (t.result / "cpu.json", t.out / "cpu.json"):
+    for p in (t.result / "cpu.json", t.out / "cpu.json", t.partial / "cpu.json"):
         if p.exists():
             return json.loads(p.read_text())
     return {}
@@ -837,6 +910,7 @@ def _cpu_counts(t: Training) -> tuple[float, float, int]:
     CPU records."""
     rec = _cpu_record(t)
     ck = t.out / "train_cpu.json"
+    ck = ck if ck.exists() else t.partial / "train_cpu.json"
     counted = json.loads(ck.read_text()) if ck.exists() else {}
     train = rec.get("train", {})
     train_s = max(train.get("cpu_s", 0.0), counted.get("cpu_s", 0.0))
@@ -966,16 +1040,25 @@ def run_study(study: dict, *, skip_references: bool = False, only_conditions=Non
             ts = [t for t in todo if t.condition == cond and t.status() != "done"]
             if not ts:
                 continue
+            # training shards first: the trainings start while the test shards are made by
+            # the first training that needs them, one at a time (the other jobs train on)
             try:
-                ensure_data(study, cond, jobs, wait=wait_data)
+                ensure_data(study, cond, jobs, wait=wait_data, parts=("train",))
             except (PresetUnavailable, ValueError, RuntimeError) as err:
                 print(f"condition {cond or '(default)'}: {err}", file=sys.stderr, flush=True)
                 failures.append((cond, str(err)))
                 continue
             test = [str(p) for p, _ in shards(study, cond, "test")]
+            test_lock = threading.Lock()
+
+            def make_test(cond=cond, lock=test_lock):
+                with lock:
+                    ensure_data(study, cond, 1, wait=wait_data, parts=("test",))
+
             with ThreadPoolExecutor(jobs) as pool:
-                failures += [r for r in pool.map(lambda t, test=test: _one(t, test, threads), ts)
-                             if r[1] is not None]
+                failures += [r for r in pool.map(
+                    lambda t, test=test, mk=make_test: _one(t, test, threads, mk), ts)
+                    if r[1] is not None]
     write_report(study, every)
     print(plan(study, every)[0])
     for key, err in failures:
