@@ -415,6 +415,7 @@ def test_pileup_pool_is_opt_in_and_reuses_its_events(balanced_run3, tmp_path):
         read_attrs(a.path)["generator_settings"]["pileup"])  # fmt: skip
     assert r.n_pileup_events == attrs["n_pileup_events"] == 40
     assert "pool of 40" in attrs["generator_settings"]["pileup"]
+    assert "mirrored in z" in attrs["generator_settings"]["pileup"]
     assert attrs["generator_settings"]["options"]["pileup_pool"] == 40
     # same hard-scatter jets, Poisson(mu) interactions, a pileup share like without the pool
     ja, ta = read_jets(a.path)

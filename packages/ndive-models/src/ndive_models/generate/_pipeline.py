@@ -424,7 +424,8 @@ def _detector_settings(cfg: GenerationConfig) -> dict:
         if cfg.pileup_pool:
             out["pileup"] += (
                 f"; drawn at random, with replacement, from a pool of {cfg.pileup_pool} "
-                "minimum-bias events per worker, each use at a fresh beam-spot point"
+                "minimum-bias events per worker, each use at a fresh beam-spot point, turned "
+                "about the beam axis by a random angle and mirrored in z half of the time"
             )
     if cfg.radial_tracking or cfg.covariance == "correlated" or cfg.fake_rate > 0:
         from ._detector import LAYERS, RADIAL_EFFICIENCY
