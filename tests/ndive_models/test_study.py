@@ -481,7 +481,7 @@ def test_child_callback_runs_while_the_child_runs(tmp_path):
 
 def test_test_shards_are_made_after_the_training_shards(tmp_path, sample_path, monkeypatch):
     """The trainings start once the training shards exist; the test shards are checked (and
-    made) only when the first training is evaluated."""
+    made) only when the first training is evaluated, and not again for the next one."""
     events, real_ensure, real_train = [], paper.ensure_data, paper._train
 
     def ensure(study, cond, jobs=1, **kw):
@@ -494,8 +494,11 @@ def test_test_shards_are_made_after_the_training_shards(tmp_path, sample_path, m
 
     monkeypatch.setattr(paper, "ensure_data", ensure)
     monkeypatch.setattr(paper, "_train", training)
-    assert cli.main(["paper", "--study", str(_study(tmp_path, sample_path))]) == 0
-    assert events == [("data", ("train",)), ("train", "baseline_s1"), ("data", ("test",))]
+    path = _study(tmp_path, sample_path)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "seeds": 2}))
+    assert cli.main(["paper", "--study", str(path)]) == 0
+    assert events == [("data", ("train",)), ("train", "baseline_s1"), ("data", ("test",)),
+                      ("train", "baseline_s2")]
 
 
 def test_evaluation_reads_the_test_shards_one_at_a_time(tmp_path, sample_path, monkeypatch):

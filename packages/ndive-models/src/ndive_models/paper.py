@@ -1049,11 +1049,13 @@ def run_study(study: dict, *, skip_references: bool = False, only_conditions=Non
                 failures.append((cond, str(err)))
                 continue
             test = [str(p) for p, _ in shards(study, cond, "test")]
-            test_lock = threading.Lock()
+            test_lock, test_ready = threading.Lock(), threading.Event()
 
-            def make_test(cond=cond, lock=test_lock):
-                with lock:
-                    ensure_data(study, cond, 1, wait=wait_data, parts=("test",))
+            def make_test(cond=cond, lock=test_lock, ready=test_ready):
+                with lock:  # checked (and made) once; later evaluations find them ready
+                    if not ready.is_set():
+                        ensure_data(study, cond, 1, wait=wait_data, parts=("test",))
+                        ready.set()
 
             with ThreadPoolExecutor(jobs) as pool:
                 failures += [r for r in pool.map(
