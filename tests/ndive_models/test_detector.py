@@ -213,6 +213,7 @@ def test_soft_lepton_efficiency_and_flags():
         ({"pileup": 5.0, "pileup_pool": -3}, "pileup_pool"),
         ({"pileup": 5.0, "pileup_pool": 2.5}, "pileup_pool"),
         ({"pileup_pool": 100}, "needs pileup"),
+        ({"only": "u"}, "only must be one of b, c, light"),
     ],
 )
 def test_bad_detector_options_are_rejected(options, message):
@@ -424,6 +425,24 @@ def test_pileup_pool_is_opt_in_and_reuses_its_events(balanced_run3, tmp_path):
     assert jets["n_pileup"][events].mean() == pytest.approx(cfg.pileup, abs=3.0)
     assert _pileup_share(tracks) == pytest.approx(_pileup_share(ta), abs=0.05)
     assert _pileup_share(tracks) > 0.01
+
+
+def test_only_writes_the_light_jets_a_balanced_run_would(balanced_run3, tmp_path):
+    """``only="light"``: the first light jets of the same event sequence, nothing else, and
+    pileup only for their events (fewer than the balanced run, which also waits for c)."""
+    (a, _, _), cfg = balanced_run3
+    light_cfg = dataclasses.replace(cfg, balance=False, only="light", n_jets=10)
+    r = generate(light_cfg, tmp_path / "light.h5", progress=False)
+    jets, _ = read_jets(r.path)
+    ja, _ = read_jets(a.path)
+    assert r.n_per_flavour == {"bjets": 0, "cjets": 0, "ujets": 10}
+    light = ja[ja["flavour_label"] == 2]
+    for name in ("eventNumber", "pt", "eta", "phi", "HadronConeExclTruthLabelID"):
+        np.testing.assert_array_equal(jets[name], light[name], err_msg=name)
+    assert r.n_pileup_events < a.n_pileup_events
+    events = np.unique(jets["eventNumber"], return_index=True)[1]
+    assert jets["n_pileup"][events].min() > 0
+    assert read_attrs(r.path)["generator_settings"]["options"]["only"] == "light"
 
 
 def test_reorient_turns_each_pooled_interaction_as_a_whole():

@@ -175,8 +175,17 @@ def test_shipped_study_describes_the_shards_and_runs(tmp_path):
     assert paper.generation_config(tr[0][1]) == GenerationConfig(
         n_jets=20000, seed=1001, workers=1, balance=True)
     assert paper.shards(study, "realistic", "test")[0][1]["preset"] == "run3"
-    # the realistic condition sizes its own test sample: 12 shards (80k jets per flavour)
-    assert len(paper.shards(study, "realistic", "test")) == 12
+    # the realistic condition sizes its own test sample: 12 balanced shards (80k jets per
+    # flavour) and 28 of light jets alone (640k light jets, as in the clean condition)
+    rt = paper.shards(study, "realistic", "test")
+    assert [p.name for p, _ in rt] == ([f"shard_s{s}.h5" for s in range(2001, 2013)]
+                                       + [f"shard_s{s}.h5" for s in range(3001, 3029)])
+    light = paper.generation_config(rt[-1][1])
+    assert light.only == "light" and not light.balance and light.pileup_pool == 20000
+    assert paper.generation_config(rt[0][1]).balance and rt[0][1].get("only") is None
+    # its smoke test reads the first balanced shard alone
+    smoke = paper.smoke_study(study)
+    assert [p.name for p, _ in paper.shards(smoke, "realistic", "test")] == ["shard_s2001.h5"]
     ts = paper.study_trainings(study, only_conditions=["clean"])
     runs = [t.run for t in ts]
     # seed by seed: the compared models have as many seeds wherever the study stops;
@@ -616,6 +625,24 @@ def test_a_condition_sizes_its_own_test_sample_and_a_bad_one_is_named(tmp_path, 
     assert [p.name for p, _ in paper.shards(study, "clean", "test")] == ["shard_s7.h5",
                                                                         "shard_s8.h5"]
     assert paper.study_trainings(study)[0].tests == ("shard_s7.h5", "shard_s8.h5")
+    # groups of shards with their own options: balanced ones, then light jets alone
+    d["conditions"]["clean"]["test"] = {"shards": [
+        {"first": 7, "count": 1, "jets": 50},
+        {"first": 30, "count": 2, "jets": 40, "generate": {"only": "light"}}]}
+    path.write_text(json.dumps(d))
+    te = paper.shards(paper.load_study(path), "clean", "test")
+    assert [p.name for p, _ in te] == ["shard_s7.h5", "shard_s30.h5", "shard_s31.h5"]
+    assert "only" not in te[0][1] and te[1][1]["only"] == "light"
+    assert (te[2][1]["n_jets"], te[2][1]["seed"]) == (40, 31)
+    assert paper.generation_config(te[1][1]).only == "light"
+    d["conditions"]["clean"]["test"]["shards"][1]["first"] = 7  # seed 7 twice: one file
+    path.write_text(json.dumps(d))
+    with pytest.raises(paper.StudyError, match="overlap"):
+        paper.load_study(path)
+    d["conditions"]["clean"]["test"]["shards"][1] = {"first": 30, "count": 2}  # no jets
+    path.write_text(json.dumps(d))
+    with pytest.raises(paper.StudyError, match="needs integer 'first'"):
+        paper.load_study(path)
     d["conditions"]["clean"]["test"] = {"jets": 50}  # no seed
     path.write_text(json.dumps(d))
     with pytest.raises(paper.StudyError, match=r"conditions.clean: data.test needs 'jets' and "

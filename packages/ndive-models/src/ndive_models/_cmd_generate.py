@@ -31,6 +31,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--balance", action="store_true", help="equal numbers of b, c and light jets")
     p.add_argument(
+        "--only",
+        choices=("b", "c", "light"),
+        default=None,
+        help="write jets of this flavour alone (e.g. extra light jets for a test set; the "
+        "other jets are simulated and dropped)",
+    )
+    p.add_argument(
         "--max-tracks",
         type=int,
         default=15,
@@ -115,6 +122,7 @@ def run(args) -> int:
             seed=args.seed,
             workers=args.workers,
             balance=args.balance,
+            only=args.only,
             max_tracks=args.max_tracks,
             mpi=args.mpi,
             hadronic_w=args.hadronic_w,

@@ -451,8 +451,10 @@ def _plots(models, tagged, fitted, report: Path, tag: str, reference: str) -> li
 def _sample(spec: dict) -> str:
     if "shards" in spec:
         sh = spec["shards"]
-        return (f"{sh['count']} shards x {sh['jets']} balanced jets (seeds {sh['first']}-"
-                f"{sh['first'] + sh['count'] - 1})")
+        return " + ".join(
+            f"{g['count']} shards x {g['jets']} "
+            f"{(g.get('generate') or {}).get('only', 'balanced')} jets (seeds {g['first']}-"
+            f"{g['first'] + g['count'] - 1})" for g in (sh if isinstance(sh, list) else [sh]))
     return f"{spec['jets']} balanced jets (seed {spec['seed']})"
 
 

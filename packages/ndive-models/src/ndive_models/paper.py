@@ -79,18 +79,38 @@ ORDERS = ("runs", "seeds")
 RUN_KEYS = ("name", "config", "set", "seeds", "reference")
 
 
+def shard_groups(spec: dict) -> list[dict]:
+    """The groups ``[{first, count, jets[, generate]}, ...]`` of a ``shards`` sample: one
+    mapping or a list of them (e.g. balanced shards plus light-only ones for a test set)."""
+    sh = spec["shards"]
+    return list(sh) if isinstance(sh, list) else [sh]
+
+
 def _check_sample(d: dict, part: str, where: str) -> None:
     s = d["data"].get(part) if isinstance(d["data"], dict) else None
     if isinstance(s, dict) and "shards" in s:
-        sh = s["shards"]
-        ok = isinstance(sh, dict) and set(sh) == {"first", "count", "jets"} and all(
-            isinstance(sh[k], int) and sh[k] >= (0 if k == "first" else 1) for k in sh)
-        if not ok:
-            raise StudyError(f"{where}: data.{part}.shards needs integer 'first' (seed of the "
-                             f"first shard), 'count' and 'jets' (per shard), got {sh!r}")
+        groups = s["shards"] if isinstance(s["shards"], list) else [s["shards"]]
+        seeds: set = set()
+        for sh in groups:
+            ok = (isinstance(sh, dict) and {"first", "count", "jets"} <= set(sh)
+                  <= {"first", "count", "jets", "generate"}
+                  and all(isinstance(sh[k], int) and sh[k] >= (0 if k == "first" else 1)
+                          for k in ("first", "count", "jets"))
+                  and isinstance(sh.get("generate", {}), dict))
+            if not ok:
+                raise StudyError(f"{where}: data.{part}.shards needs integer 'first' (seed of "
+                                 "the first shard), 'count' and 'jets' (per shard), and may "
+                                 f"have 'generate: {{...}}' (options), got {sh!r}")
+            mine = set(range(sh["first"], sh["first"] + sh["count"]))
+            if mine & seeds:
+                raise StudyError(f"{where}: data.{part}.shards: the seeds of {sh!r} overlap "
+                                 "another group's (each seed is one file)")
+            seeds |= mine
+        if not groups:
+            raise StudyError(f"{where}: data.{part}.shards is an empty list")
     elif not (isinstance(s, dict) and {"jets", "seed"} <= set(s)):
         raise StudyError(f"{where}: data.{part} needs 'jets' and 'seed' (one file) or "
-                         "'shards: {first, count, jets}'")
+                         "'shards: {first, count, jets}' (or a list of such groups)")
 
 
 def load_study(study="paper/default", overrides: dict | None = None) -> dict:
@@ -226,7 +246,7 @@ def smoke_study(study: dict, jets: int = 1500) -> dict:
     samples += [c["test"] for c in (s.get("conditions") or {}).values() if "test" in c]
     for spec in samples:
         if "shards" in spec:
-            spec["shards"]["count"] = 1
+            spec["shards"] = {**shard_groups(spec)[0], "count": 1}
     s["training"] = {**s["training"], "epochs": 1, "max_jets": jets,
                      "max_val_jets": max(1, jets // 5)}
     s["seeds"] = 1
@@ -243,10 +263,11 @@ def shards(study: dict, condition: str, part: str) -> list[tuple[Path, dict]]:
     """``[(path, generator options), ...]`` of the ``part`` ("train" or "test") sample.
 
     A ``shards: {first, count, jets}`` sample is ``count`` files ``shard_s<seed>.h5`` with
-    seeds ``first, first + 1, ...``; a ``{jets, seed}`` sample is one file ``<part>.h5``.
-    Options: ``n_jets``, ``seed``, ``workers`` (``data.workers``, default 1: part of the
-    event sequence), ``balance: true``, then ``data.generate`` and the condition's
-    ``generate`` keys (e.g. ``preset: run3``). A condition's own ``test`` (same form as
+    seeds ``first, first + 1, ...`` (a list of such groups: their files in order); a
+    ``{jets, seed}`` sample is one file ``<part>.h5``. Options: ``n_jets``, ``seed``,
+    ``workers`` (``data.workers``, default 1: part of the event sequence), ``balance: true``,
+    then ``data.generate``, the condition's ``generate`` keys (e.g. ``preset: run3``) and
+    the group's own ``generate`` (e.g. ``only: light``). A condition's own ``test`` (same form as
     ``data.test``) replaces ``data.test`` for it.
     """
     d = study["data"]
@@ -257,8 +278,9 @@ def shards(study: dict, condition: str, part: str) -> list[tuple[Path, dict]]:
               **conditions(study)[condition]}
     where = data_dir(study, condition)
     if "shards" in spec:
-        sh = spec["shards"]
-        return [(where / f"shard_s{seed}.h5", {**common, "n_jets": sh["jets"], "seed": seed})
+        return [(where / f"shard_s{seed}.h5",
+                 {**common, **(sh.get("generate") or {}), "n_jets": sh["jets"], "seed": seed})
+                for sh in shard_groups(spec)
                 for seed in range(sh["first"], sh["first"] + sh["count"])]
     return [(where / f"{part}.h5", {**common, "n_jets": spec["jets"], "seed": spec["seed"]})]
 

@@ -77,6 +77,8 @@ PRESETS: dict[str, dict] = {
     },
 }
 COVARIANCES = ("diagonal", "correlated")
+#: ``GenerationConfig.only`` values, in ``flavour_label`` order (0 b, 1 c, 2 light).
+ONLY = ("b", "c", "light")
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,10 @@ class GenerationConfig:
         seed: master seed; the same seed and options give an identical file.
         workers: generator processes (part of the options: it changes the event sequence).
         balance: keep equal numbers of b, c and light jets.
+        only: ``"b"``, ``"c"`` or ``"light"``: write jets of this flavour alone (e.g. more
+            light jets for a test set, whose rejection is ~1000: the other jets of each event
+            are simulated but dropped, and with ``workers=1`` events without such a jet get
+            no pileup); None (default): every flavour.
         max_tracks: track slots per jet (highest-pT tracks kept).
         mpi: multiparton interactions (the underlying event) on.
         hadronic_w: force W -> quarks (more c-jets, faster balanced generation).
@@ -121,6 +127,7 @@ class GenerationConfig:
     seed: int = 1
     workers: int = 2
     balance: bool = False
+    only: str | None = None
     max_tracks: int = 15
     mpi: bool = True
     hadronic_w: bool = False
@@ -169,6 +176,8 @@ class GenerationConfig:
             raise ValueError(f"pileup_pool must be an integer >= 0, got {self.pileup_pool!r}")
         if self.pileup_pool and not self.pileup > 0:
             raise ValueError(f"pileup_pool {self.pileup_pool} needs pileup (mu) > 0")
+        if self.only is not None and self.only not in ONLY:
+            raise ValueError(f"only must be one of {', '.join(ONLY)} or None, got {self.only!r}")
         if self.covariance not in COVARIANCES:
             raise ValueError(f"covariance must be one of {', '.join(COVARIANCES)}, "
                              f"got {self.covariance!r}")  # fmt: skip
@@ -304,9 +313,9 @@ def needed_events(group: np.ndarray, jet_event: np.ndarray, n_events: int,
                   remaining: np.ndarray) -> np.ndarray:  # fmt: skip
     """``(n_events,)`` bool: the events holding a jet that :func:`generate` will write.
 
-    ``group`` (n_jets,) is each jet's quota group (its flavour with ``--balance``, else 0),
-    ``jet_event`` (n_jets,) its event, ``remaining`` (n_groups,) the jets each group still
-    needs. :func:`generate` writes the first ``remaining[g]`` jets of group ``g`` of a batch,
+    ``group`` (n_jets,) is each jet's quota group (its flavour with ``--balance`` or
+    ``--only``, else 0), ``jet_event`` (n_jets,) its event, ``remaining`` (n_groups,) the
+    jets each group still needs. :func:`generate` writes the first ``remaining[g]`` jets of group ``g`` of a batch,
     so these are exactly the events that contribute; no other event's jet is ever written.
     """
     need = np.zeros(n_events, bool)
@@ -339,7 +348,7 @@ def _batches(cfg: GenerationConfig, worker: int, remaining=None):
         if pileup is not None:
             hard = hard_scatter(batch, detector, det_rng)
             if remaining is not None:
-                group = hard.flavour if cfg.balance else np.zeros(len(hard.flavour), int)
+                group = _group(cfg, hard.flavour)
                 keep = needed_events(group, hard.jets["event"], hard.n_events, remaining())
                 n_pileup = np.where(keep, n_pileup, 0)
             total = int(n_pileup.sum())
@@ -375,7 +384,14 @@ class _InProcess:
         self.gen.close()
 
 
+def _group(cfg: GenerationConfig, flavour: np.ndarray) -> np.ndarray:
+    """Each jet's quota group (:func:`_quotas`): its flavour label, or 0 for all."""
+    return flavour if (cfg.balance or cfg.only) else np.zeros(len(flavour), int)
+
+
 def _quotas(cfg: GenerationConfig) -> np.ndarray:
+    if cfg.only:  # every jet of the one flavour, none of the others
+        return np.array([cfg.n_jets if f == cfg.only else 0 for f in ONLY])
     if not cfg.balance:
         return np.array([cfg.n_jets])
     base, rest = divmod(cfg.n_jets, 3)
@@ -511,7 +527,7 @@ def generate(cfg: GenerationConfig, out, *, progress: bool = True) -> Generation
                 if t_first is None:
                     t_first = time.perf_counter() - t0
                 n_events += n_ev
-                group = jets["flavour_label"] if cfg.balance else np.zeros(len(jets), int)
+                group = _group(cfg, jets["flavour_label"])
                 take = []
                 for g in range(len(quotas)):
                     idx = np.flatnonzero(group == g)[: quotas[g] - counts[g]]
