@@ -129,6 +129,18 @@ def test_report_names_many_test_files_by_their_range():
     assert file_list(names[:5], most=5).count(",") == 4
 
 
+def test_report_describes_each_group_of_shards():
+    from ndive_models._study_report import _sample
+
+    spec = {"shards": [{"first": 2001, "count": 12, "jets": 20000},
+                       {"first": 3001, "count": 28, "jets": 20000,
+                        "generate": {"only": "light", "balance": False}}]}
+    assert _sample(spec) == ("12 shards x 20000 balanced jets (seeds 2001-2012) + 28 shards "
+                             "x 20000 light jets (seeds 3001-3028)")
+    assert _sample({"shards": spec["shards"][0]}) == ("12 shards x 20000 balanced jets "
+                                                      "(seeds 2001-2012)")
+
+
 def _unit_sd(k):
     """k values with mean 0 and sample sd 1."""
     x = np.arange(k, dtype=np.float64)

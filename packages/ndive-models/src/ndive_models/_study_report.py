@@ -483,7 +483,8 @@ def write(study: dict, trainings: list, paper: dict, remaining: str) -> str:
           f"validation fraction {tr.get('val_fraction', 0.1)}, model {tr.get('model')}"),
           (f"- data: {_sample(study['data']['train'])} for training (a fraction "
           f"{tr.get('val_fraction', 0.1)} validates), {_sample(study['data']['test'])} for "
-          "the test"),
+          "the test" + "".join(f" ({c}: {_sample(c_spec['test'])})" for c, c_spec in
+                               (study.get("conditions") or {}).items() if "test" in c_spec)),
           f"- {study['jobs']} trainings at a time, {study['threads']} thread(s) each", ""]
     answers, sections = [], []
     for cond in dict.fromkeys(t.condition for t in trainings):
