@@ -503,10 +503,11 @@ def test_child_callback_runs_while_the_child_runs(tmp_path):
 def test_test_shards_are_made_after_the_training_shards(tmp_path, sample_path, monkeypatch):
     """The trainings start once the training shards exist; the test shards are checked (and
     made) only when the first training is evaluated, and not again for the next one."""
-    events, real_ensure, real_train = [], paper.ensure_data, paper._train
+    events, made_with, real_ensure, real_train = [], [], paper.ensure_data, paper._train
 
     def ensure(study, cond, jobs=1, **kw):
         events.append(("data", kw.get("parts")))
+        made_with.append(jobs)
         return real_ensure(study, cond, jobs, **kw)
 
     def training(t, threads):
@@ -520,6 +521,18 @@ def test_test_shards_are_made_after_the_training_shards(tmp_path, sample_path, m
     assert cli.main(["paper", "--study", str(path)]) == 0
     assert events == [("data", ("train",)), ("train", "baseline_s1"), ("data", ("test",)),
                       ("train", "baseline_s2")]
+    # both finished, on another test set: evaluating them again needs no training shard
+    # (a fresh machine makes only the test shards, all jobs at a time)
+    study = paper.load_study(path)
+    for t in paper.study_trainings(study):
+        m = json.loads((t.result / "metrics.json").read_text())
+        (t.result / "metrics.json").write_text(json.dumps({**m, "test_files": ["old.h5"]}))
+        assert t.status() == "stale"
+    events.clear()
+    made_with.clear()
+    assert cli.main(["paper", "--study", str(path), "--jobs", "2"]) == 0
+    assert events == [("data", ("test",))] and made_with == [2]
+    assert all(t.status() == "done" for t in paper.study_trainings(study))
 
 
 def test_evaluation_reads_the_test_shards_one_at_a_time(tmp_path, sample_path, monkeypatch):

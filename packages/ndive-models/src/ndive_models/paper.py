@@ -1062,16 +1062,24 @@ def run_study(study: dict, *, skip_references: bool = False, only_conditions=Non
             ts = [t for t in todo if t.condition == cond and t.status() != "done"]
             if not ts:
                 continue
+            test = [str(p) for p, _ in shards(study, cond, "test")]
+            test_lock, test_ready = threading.Lock(), threading.Event()
             # training shards first: the trainings start while the test shards are made by
-            # the first training that needs them, one at a time (the other jobs train on)
+            # the first training that needs them, one at a time (the other jobs train on).
+            # When every training left only needs evaluating (a test set enlarged, results
+            # committed from another machine), no training shard is needed: the test
+            # shards are made `jobs` at a time.
+            evaluations_only = all(t.status() in ("trained", "stale") for t in ts)
             try:
-                ensure_data(study, cond, jobs, wait=wait_data, parts=("train",))
+                if evaluations_only:
+                    ensure_data(study, cond, jobs, wait=wait_data, parts=("test",))
+                    test_ready.set()
+                else:
+                    ensure_data(study, cond, jobs, wait=wait_data, parts=("train",))
             except (PresetUnavailable, ValueError, RuntimeError) as err:
                 print(f"condition {cond or '(default)'}: {err}", file=sys.stderr, flush=True)
                 failures.append((cond, str(err)))
                 continue
-            test = [str(p) for p, _ in shards(study, cond, "test")]
-            test_lock, test_ready = threading.Lock(), threading.Event()
 
             def make_test(cond=cond, lock=test_lock, ready=test_ready):
                 with lock:  # checked (and made) once; later evaluations find them ready
