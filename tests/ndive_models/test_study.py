@@ -673,3 +673,28 @@ def test_a_condition_sizes_its_own_test_sample_and_a_bad_one_is_named(tmp_path, 
     with pytest.raises(paper.StudyError, match=r"conditions.clean: data.test needs 'jets' and "
                                                r"'seed'"):
         paper.load_study(path)
+
+
+def test_a_condition_trains_its_own_number_of_seeds(tmp_path, sample_path):
+    """``conditions.<name>.seeds`` replaces the study's ``seeds`` in that condition only (a
+    condition whose seed spread needs more trainings); runs with their own seeds keep them;
+    the smoke test still trains one seed."""
+    path = _study(tmp_path, sample_path)
+    d = json.loads(path.read_text())
+    d["conditions"]["other"] = {"generate": {}, "seeds": 3}
+    d["seeds"] = 2
+    d["runs"].append({"name": "ref", "config": "baseline", "seeds": [1]})
+    path.write_text(json.dumps(d))
+    study = paper.load_study(path)
+    names = [(t.condition, t.name) for t in paper.study_trainings(study)]
+    assert [n for c, n in names if c == "clean"] == ["baseline_s1", "baseline_s2", "ref_s1"]
+    assert [n for c, n in names if c == "other"] == ["baseline_s1", "baseline_s2",
+                                                     "baseline_s3", "ref_s1"]
+    smoke = paper.smoke_study(study)
+    assert {t.name for t in paper.study_trainings(smoke)} == {"baseline_s1", "ref_s1"}
+    for bad in (0, "4", True):
+        d["conditions"]["other"]["seeds"] = bad
+        path.write_text(json.dumps(d))
+        with pytest.raises(paper.StudyError, match="conditions.other.seeds must be a "
+                                                   "positive integer"):
+            paper.load_study(path)

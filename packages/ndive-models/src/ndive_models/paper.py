@@ -143,14 +143,19 @@ def load_study(study="paper/default", overrides: dict | None = None) -> dict:
         _check_sample(d, part, where)
     conds = d.get("conditions")
     if conds is not None and not (isinstance(conds, dict) and conds and all(
-            isinstance(c, dict) and set(c) <= {"generate", "note", "test"}
+            isinstance(c, dict) and set(c) <= {"generate", "note", "test", "seeds"}
             for c in conds.values())):
         raise StudyError(f"{where}: conditions must map names to {{generate: {{...}}, "
-                         f"note: ..., test: (optional, as data.test)}}, got {conds!r}")
+                         f"note: ..., test: (optional, as data.test), seeds: (optional, "
+                         f"as seeds)}}, got {conds!r}")
     for name, c in (conds or {}).items():
         if "test" in c:
             _check_sample({"data": {"test": c["test"]}}, "test",
                           f"{where}: conditions.{name}")
+        n = c.get("seeds", 1)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise StudyError(f"{where}: conditions.{name}.seeds must be a positive integer, "
+                             f"got {n!r}")
     if d.get("order", "runs") not in ORDERS:
         raise StudyError(f"{where}: order must be one of {ORDERS}, got {d['order']!r}")
     if not isinstance(d["seeds"], int) or d["seeds"] < 1:
@@ -166,9 +171,11 @@ def load_study(study="paper/default", overrides: dict | None = None) -> dict:
     return d
 
 
-def study_runs(study: dict, train_file, workdir, *, skip_references: bool = False) -> list:
+def study_runs(study: dict, train_file, workdir, *, skip_references: bool = False,
+               condition: str | None = None) -> list:
     """The trainings of a study: ``[(run name, TrainConfig), ...]`` in the study's order
-    (its ``order`` key: run by run, or seed by seed).
+    (its ``order`` key: run by run, or seed by seed). The runs without their own ``seeds``
+    train the study's ``seeds``, or the ``condition``'s own ``seeds`` where it has them.
 
     A run's config is its model config file, then the study's ``training`` keys, then the
     run's ``set`` keys, then the seed, training file (or list of shards) and output
@@ -190,11 +197,13 @@ def study_runs(study: dict, train_file, workdir, *, skip_references: bool = Fals
     shared.setdefault("threads", study["threads"])
     train = ([str(f) for f in train_file] if isinstance(train_file, (list, tuple))
              else str(train_file))
+    n_seeds = ((study.get("conditions") or {}).get(condition) or {}).get("seeds",
+                                                                          study["seeds"])
     runs = []
     for r, run in enumerate(study["runs"]):
         if skip_references and run.get("reference"):
             continue
-        seeds = run.get("seeds") or range(1, study["seeds"] + 1)
+        seeds = run.get("seeds") or range(1, n_seeds + 1)
         for k, seed in enumerate(seeds):
             name = f"{run['name']}_s{seed}"
             over = {**shared, **(run.get("set") or {}), "seed": seed, "train": train,
@@ -250,6 +259,8 @@ def smoke_study(study: dict, jets: int = 1500) -> dict:
     s["training"] = {**s["training"], "epochs": 1, "max_jets": jets,
                      "max_val_jets": max(1, jets // 5)}
     s["seeds"] = 1
+    for c in (s.get("conditions") or {}).values():
+        c.pop("seeds", None)
     for run in s["runs"]:
         if run.get("seeds"):
             run["seeds"] = list(run["seeds"])[:1]
@@ -522,7 +533,8 @@ def study_trainings(study: dict, *, only_conditions=None, skip_references: bool 
         train = [str(p) for p, _ in shards(study, cond, "train")]
         tests = tuple(p.name for p, _ in shards(study, cond, "test"))
         runs = {r["name"]: r for r in study["runs"]}
-        for name, cfg in study_runs(study, train, work, skip_references=skip_references):
+        for name, cfg in study_runs(study, train, work, skip_references=skip_references,
+                                    condition=cond):
             run = name.rsplit("_s", 1)[0]
             if only_runs and run not in only_runs:
                 continue
