@@ -695,6 +695,6 @@ def test_a_condition_trains_its_own_number_of_seeds(tmp_path, sample_path):
     for bad in (0, "4", True):
         d["conditions"]["other"]["seeds"] = bad
         path.write_text(json.dumps(d))
-        with pytest.raises(paper.StudyError, match="conditions.other.seeds must be a "
+        with pytest.raises(paper.StudyError, match=r"conditions\.other\.seeds must be a "
                                                    "positive integer"):
             paper.load_study(path)
