@@ -307,6 +307,21 @@ def test_missing_shard_is_generated_once(tmp_path, sample_path, generate_extra):
     # nothing missing: no generation speed to quote
     text, _ = paper.plan(study, paper.study_trainings(study))
     assert "0 missing shard(s)." in text and "jets per CPU second" not in text
+    # the cost is also in the committed record: a fresh machine (no shard, no log) prices
+    # the shard it must make again at that cost, and the others at its speed
+    rec = paper.generation_record(study, "clean")
+    assert rec == {"shard_s7.h5": {"jets": 30, "cpu_s": round(cpu, 1)}}
+    assert (tmp_path / "results" / "clean" / paper.GENERATION_RECORD).exists()
+    path.unlink()
+    path.with_suffix(".log").unlink()
+    text, fresh = paper.plan(more, paper.study_trainings(more))
+    assert "3 missing shard(s)" in text and "on the 0 of 0 shards on disk" in text
+    assert f"jets per CPU second: clean {30 / round(cpu, 1):.0f};" in text
+    (tmp_path / "results" / "clean" / paper.GENERATION_RECORD).unlink()
+    text, assumed = paper.plan(more, paper.study_trainings(more))
+    assert "(assumed: none measured yet)" in text  # the trainings' part is the same
+    assert (fresh - assumed) * 3600 == pytest.approx(
+        3 * round(cpu, 1) - 90 / paper.GENERATION_JETS_PER_S, rel=1e-6)
 
 
 def test_default_data_dir_separates_the_conditions(tmp_path):

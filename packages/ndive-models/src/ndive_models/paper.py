@@ -386,6 +386,33 @@ def _generate_shard(path: Path, options: dict) -> float:
     return cpu
 
 
+#: The committed record of what each generated shard cost: ``<report>/<condition>/`` this
+#: file, ``{shard file name: {"jets": n, "cpu_s": s}}``. A fresh machine's plan prices the
+#: shards it must make again from it (the same seed and options make the same file).
+GENERATION_RECORD = "generation.json"
+_record_lock = threading.Lock()
+
+
+def generation_record(study: dict, condition: str) -> dict:
+    """``{shard name: {"jets", "cpu_s"}}`` from the condition's :data:`GENERATION_RECORD`
+    (empty when there is none)."""
+    path = Path(study["report"]) / condition / GENERATION_RECORD
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _record_generation(study: dict, condition: str, path: Path, n_jets: int,
+                       cpu: float) -> None:
+    from ._files import atomic_write
+
+    rec = Path(study["report"]) / condition / GENERATION_RECORD
+    with _record_lock:  # shards finish in parallel threads
+        rec.parent.mkdir(parents=True, exist_ok=True)
+        d = generation_record(study, condition)
+        d[path.name] = {"jets": n_jets, "cpu_s": round(cpu, 1)}
+        text = json.dumps(dict(sorted(d.items())), indent=1)
+        atomic_write(rec, lambda tmp: tmp.write_text(text))
+
+
 def ensure_data(study: dict, condition: str, jobs: int = 1, *, wait: float = 0.0,
                 parts: tuple = ("train", "test")) -> list[str]:
     """Check the condition's shards of ``parts``, generate the missing ones (``jobs`` at a
@@ -393,6 +420,8 @@ def ensure_data(study: dict, condition: str, jobs: int = 1, *, wait: float = 0.0
 
     With ``wait`` > 0, missing shards are not generated but waited for (polling every
     ``wait`` seconds): another process is generating them into the data directory.
+
+    Each generated shard's CPU seconds are added to :data:`GENERATION_RECORD`.
 
     Returns the messages of what was done. Raises ``ValueError`` when an existing file was
     made with other options (it is never overwritten) and :class:`PresetUnavailable`.
@@ -416,8 +445,12 @@ def ensure_data(study: dict, condition: str, jobs: int = 1, *, wait: float = 0.0
         msgs.append(f"generating {len(todo)} missing {'/'.join(parts)} shard(s) of "
                     f"condition {condition or '(default)'}")
         print(msgs[-1], flush=True)
+        def make(path, opt):
+            cpu = _generate_shard(path, opt)
+            _record_generation(study, condition, path, opt["n_jets"], cpu)
+
         with ThreadPoolExecutor(max(1, jobs)) as pool:
-            list(pool.map(lambda a: _generate_shard(*a), todo))
+            list(pool.map(lambda a: make(*a), todo))
     return msgs
 
 
@@ -965,8 +998,9 @@ def plan(study: dict, trainings: list[Training]) -> tuple[str, float]:
     assume every training runs to its epoch limit (early stopping can only shorten it), at
     the median CPU throughput of the finished trainings of the same model (else
     :data:`DEFAULT_JETS_PER_S`), plus the missing shards at the median speed of the
-    condition's shards on disk (the CPU seconds the runner adds to their logs; else
-    :data:`GENERATION_JETS_PER_S`)."""
+    condition's shards on disk (the CPU seconds the runner adds to their logs) and of its
+    :data:`GENERATION_RECORD` (else :data:`GENERATION_JETS_PER_S`); a missing shard that the
+    record names is priced at its recorded CPU seconds."""
     import numpy as np
 
     rates: dict[str, list] = {}
@@ -1006,26 +1040,34 @@ def plan(study: dict, trainings: list[Training]) -> tuple[str, float]:
     gen_left, missing, gen_rates = 0.0, [], []
     gen_spent, n_measured, n_on_disk = 0.0, 0, 0
     for cond in dict.fromkeys(t.condition for t in trainings):
-        todo, measured = [], []
+        todo, measured, known = [], [], 0.0
+        record = generation_record(study, cond)
         for part in ("train", "test"):
             for p, o in shards(study, cond, part):
-                if not p.exists():
-                    todo.append(o["n_jets"])
-                    continue
-                n_on_disk += 1
-                if (cpu := _shard_cpu_s(p)):
+                cpu = _shard_cpu_s(p) if p.exists() else None
+                if p.exists():
+                    n_on_disk += 1
+                    if cpu:
+                        gen_spent += cpu
+                        n_measured += 1
+                cpu = cpu or record.get(p.name, {}).get("cpu_s")
+                if cpu:
                     measured.append(o["n_jets"] / cpu)
-                    gen_spent += cpu
-                    n_measured += 1
-        if not todo:  # nothing left to price in this condition
+                if not p.exists():
+                    missing.append(o["n_jets"])
+                    if cpu:
+                        known += cpu
+                    else:
+                        todo.append(o["n_jets"])
+        gen_left += known
+        if not todo:  # nothing left to price at a rate in this condition
             continue
         rate = float(np.median(measured)) if measured else GENERATION_JETS_PER_S
         gen_rates.append(f"{cond or 'data'} {rate:.0f}"
                          + ("" if measured else " (assumed: none measured yet)"))
-        missing += todo
         gen_left += sum(todo) / rate
     speeds = (f" (jets per CPU second: {', '.join(gen_rates)}; measured on the shards on "
-              "disk)") if gen_rates else ""
+              f"disk and in {GENERATION_RECORD})") if gen_rates else ""
     lines += ["", (f"Trainings: {sum(t.status() == 'done' for t in trainings)} done, "
               f"{sum(t.status() in ('trained', 'stale') for t in trainings)} to evaluate, "
               f"{sum(t.status() == 'partial' for t in trainings)} partial, "
