@@ -227,6 +227,11 @@ def test_shipped_study_describes_the_shards_and_runs(tmp_path):
     assert by["ftag_ndive_dim64_s1"].model.dim == 64 and runs[-2:] == ["baseline_dim64",
                                                                         "ftag_ndive_dim64"]
     assert by["ftag_ndive_s1"].model.fit_compile and by["ftag_ndive_s1"].model.dim == 32
+    # the realistic condition trains 10 seeds of the compared models (its seed spread),
+    # the references once
+    real = paper.study_trainings(study, only_conditions=["realistic"])
+    assert [t.run for t in real][:20] == ["baseline", "ftag_ndive"] * 10
+    assert [t.name for t in real][20:] == [t.name for t in ts][10:]
 
 
 def test_unavailable_preset_is_one_clear_error():
