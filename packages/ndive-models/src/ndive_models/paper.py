@@ -113,6 +113,11 @@ def _check_sample(d: dict, part: str, where: str) -> None:
                          "'shards: {first, count, jets}' (or a list of such groups)")
 
 
+def _check_seeds(n, what: str) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise StudyError(f"{what} must be a positive integer, got {n!r}")
+
+
 def load_study(study="paper/default", overrides: dict | None = None) -> dict:
     """The study file ``study`` (a path or a shipped config name) with ``overrides``
     ({dotted key: value}) applied, checked.
@@ -152,14 +157,11 @@ def load_study(study="paper/default", overrides: dict | None = None) -> dict:
         if "test" in c:
             _check_sample({"data": {"test": c["test"]}}, "test",
                           f"{where}: conditions.{name}")
-        n = c.get("seeds", 1)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise StudyError(f"{where}: conditions.{name}.seeds must be a positive integer, "
-                             f"got {n!r}")
+        if "seeds" in c:
+            _check_seeds(c["seeds"], f"{where}: conditions.{name}.seeds")
     if d.get("order", "runs") not in ORDERS:
         raise StudyError(f"{where}: order must be one of {ORDERS}, got {d['order']!r}")
-    if not isinstance(d["seeds"], int) or d["seeds"] < 1:
-        raise StudyError(f"{where}: seeds must be a positive integer, got {d['seeds']!r}")
+    _check_seeds(d["seeds"], f"{where}: seeds")
     if not isinstance(d["training"], dict) or not isinstance(d["runs"], list):
         raise StudyError(f"{where}: 'training' must be a mapping and 'runs' a list")
     for k, run in enumerate(d["runs"]):
@@ -393,10 +395,14 @@ GENERATION_RECORD = "generation.json"
 _record_lock = threading.Lock()
 
 
+def _record_path(study: dict, condition: str) -> Path:
+    return Path(study["report"]) / condition / GENERATION_RECORD
+
+
 def generation_record(study: dict, condition: str) -> dict:
     """``{shard name: {"jets", "cpu_s"}}`` from the condition's :data:`GENERATION_RECORD`
     (empty when there is none)."""
-    path = Path(study["report"]) / condition / GENERATION_RECORD
+    path = _record_path(study, condition)
     return json.loads(path.read_text()) if path.exists() else {}
 
 
@@ -404,7 +410,7 @@ def _record_generation(study: dict, condition: str, path: Path, n_jets: int,
                        cpu: float) -> None:
     from ._files import atomic_write
 
-    rec = Path(study["report"]) / condition / GENERATION_RECORD
+    rec = _record_path(study, condition)
     with _record_lock:  # shards finish in parallel threads
         rec.parent.mkdir(parents=True, exist_ok=True)
         d = generation_record(study, condition)
@@ -1044,21 +1050,22 @@ def plan(study: dict, trainings: list[Training]) -> tuple[str, float]:
         record = generation_record(study, cond)
         for part in ("train", "test"):
             for p, o in shards(study, cond, part):
-                cpu = _shard_cpu_s(p) if p.exists() else None
-                if p.exists():
-                    n_on_disk += 1
-                    if cpu:
-                        gen_spent += cpu
-                        n_measured += 1
-                cpu = cpu or record.get(p.name, {}).get("cpu_s")
+                on_disk = p.exists()
+                logged = _shard_cpu_s(p) if on_disk else None
+                n_on_disk += on_disk
+                if logged:
+                    gen_spent += logged
+                    n_measured += 1
+                cpu = logged or record.get(p.name, {}).get("cpu_s")
                 if cpu:
                     measured.append(o["n_jets"] / cpu)
-                if not p.exists():
-                    missing.append(o["n_jets"])
-                    if cpu:
-                        known += cpu
-                    else:
-                        todo.append(o["n_jets"])
+                if on_disk:
+                    continue
+                missing.append(o["n_jets"])
+                if cpu:
+                    known += cpu
+                else:
+                    todo.append(o["n_jets"])
         gen_left += known
         if not todo:  # nothing left to price at a rate in this condition
             continue
