@@ -30,6 +30,109 @@ def test_ratio_seed_term_is_the_propagated_standard_errors():
     assert np.isnan(one["seed"]) and np.isnan(one["total"])
 
 
+def test_one_seed_ratio_borrows_a_given_seed_spread():
+    """A one-seed model's unknown spread is replaced by the one given (that of a sibling
+    model with several seeds), and the result says so."""
+    den = [1.0, 1.2]
+    one = _metrics.ratio_uncertainty([2.0], den, num_spread=0.1)
+    # relative standard errors in quadrature: 0.1 for the one training, sd/sqrt(2)/mean
+    rel_b = np.std(den, ddof=1) / np.sqrt(2) / np.mean(den)
+    assert one["seed"] == pytest.approx(one["ratio"] * np.hypot(0.1, rel_b))
+    assert one["borrowed"]
+    # a model with seeds of its own keeps its own spread: nothing is borrowed
+    own = _metrics.ratio_uncertainty([2.0, 2.2], den, num_spread=0.5)
+    assert own["seed"] == pytest.approx(_metrics.ratio_uncertainty([2.0, 2.2], den)["seed"])
+    assert not own["borrowed"]
+    # both with one seed: both spreads
+    both = _metrics.ratio_uncertainty([2.0], [1.0], num_spread=0.1, den_spread=0.2)
+    assert both["seed"] == pytest.approx(2.0 * np.hypot(0.1, 0.2))
+
+
+def _fake_metrics(light: float, c: float, n_boot: int = 50, rel: float = 0.03) -> dict:
+    """``metrics.json`` as the report reads it: rejections at the report's WPs and their
+    bootstrap replicates (``rel`` relative scatter)."""
+    from ndive_models._study_report import WPS
+
+    rng = np.random.default_rng(int(light))
+    m = {"rejection": {}, "bootstrap": {}}
+    for bkg, v in (("light", light), ("c", c)):
+        m["rejection"][bkg] = {wp: {"rejection": v} for wp in WPS}
+        m["bootstrap"][bkg] = {wp: list(v * (1 + rel * rng.normal(size=n_boot)))
+                               for wp in WPS}
+    return m
+
+
+def test_report_compares_the_versus_pairs_with_a_borrowed_seed_term():
+    """A run with ``versus`` gets its own row of ratios; a one-seed run's ratios take the
+    seed spread of the run of the same model config with the most seeds, marked †."""
+    from ndive_models._study_report import _pairs, _ratio, _spreads
+
+    study = {"runs": [{"name": "baseline", "config": "baseline"},
+                      {"name": "ftag_ndive", "config": "ftag_ndive"},
+                      {"name": "baseline_dim64", "config": "baseline"},
+                      {"name": "ftag_ndive_dim64", "config": "ftag_ndive",
+                       "versus": "baseline_dim64"}]}
+    base = [800.0, 900.0, 1000.0]
+    tagged = {"baseline": [(None, _fake_metrics(x, 15.0)) for x in base],
+              "ftag_ndive": [(None, _fake_metrics(x, 16.0)) for x in (1000.0, 1100.0)],
+              "baseline_dim64": [(None, _fake_metrics(1000.0, 17.0))],
+              "ftag_ndive_dim64": [(None, _fake_metrics(1300.0, 18.0))]}
+    spreads = _spreads(study, tagged)
+    assert spreads == {"baseline_dim64": ("baseline", 3), "ftag_ndive_dim64": ("ftag_ndive", 2)}
+    r = _ratio(tagged, spreads, "ftag_ndive_dim64", "baseline_dim64", "light", "0.70")
+    s_a = np.std([1000.0, 1100.0], ddof=1) / 1050.0
+    s_b = np.std(base, ddof=1) / 900.0
+    assert r["ratio"] == pytest.approx(1.3)
+    assert r["seed"] == pytest.approx(1.3 * np.hypot(s_a, s_b)) and r["borrowed"]
+    text = "\n".join(_pairs(study, tagged, spreads))
+    assert "| FTAG+NDIVE / Baseline (GN2-like) | light |" not in text
+    row = next(x for x in text.splitlines() if x.startswith("| ftag_ndive_dim64 / "
+                                                             "baseline_dim64 | light"))
+    assert f"1.300 ± {r['total']:.3f} †" in row
+    assert "ftag_ndive_dim64 from FTAG+NDIVE (2 seeds" in text
+    # without a finished partner there is no pair; without a sibling, stat only
+    del tagged["baseline_dim64"]
+    assert _pairs(study, tagged, _spreads(study, tagged)) == []
+    lone = {"baseline": tagged["baseline"], "x": [(None, _fake_metrics(950.0, 15.0))]}
+    study["runs"].append({"name": "x", "config": "dips"})
+    assert _spreads(study, lone) == {}
+    assert "(stat only)" in _ratio_cell_of(lone, "x")
+
+
+def test_moonshot_is_for_the_vertex_fit_ideas_only():
+    from types import SimpleNamespace
+
+    from ndive_models._study_report import moonshot_runs
+
+    study = {"runs": [{"name": "baseline", "config": "baseline"},
+                      {"name": "ftag_ndive", "config": "ftag_ndive"},
+                      {"name": "truth", "config": "ftag_ndive", "reference": True},
+                      {"name": "fitinfo", "config": "ftag_ndive"},
+                      {"name": "baseline_dim64", "config": "baseline"}]}
+    tagged = {r["name"]: [(SimpleNamespace(reference=r.get("reference", False)), {})]
+              for r in study["runs"]}
+    assert moonshot_runs(study, tagged, "baseline") == ["ftag_ndive", "fitinfo"]
+
+
+def _ratio_cell_of(tagged, run) -> str:
+    from ndive_models._study_report import _ratio, _ratio_cell
+
+    return _ratio_cell(_ratio(tagged, {}, run, "baseline", "light", "0.70"))
+
+
+def test_versus_must_name_another_run(tmp_path):
+    for bad in ("nope", "baseline"):
+        text = {"data": {"train": {"jets": 10, "seed": 1}, "test": {"jets": 10, "seed": 2}},
+                "seeds": 1, "training": {}, "jobs": 1, "threads": 1, "workdir": "w",
+                "report": "r", "runs": [{"name": "baseline", "config": "baseline",
+                                         "versus": bad}]}
+        path = tmp_path / "s.yaml"
+        path.write_text(json.dumps(text))
+        with pytest.raises(paper.StudyError, match=f"run baseline: versus must name another "
+                           f"run .*got '{bad}'"):
+            paper.load_study(str(path))
+
+
 def test_ratio_stat_term_keeps_the_correlation_of_the_shared_test_set():
     rng = np.random.default_rng(0)
     eps = rng.normal(0, 0.1, 500)

@@ -197,7 +197,9 @@ def seeds_for_target(num, den, stat: float, target: float, most: int = 50) -> in
     return None
 
 
-def ratio_uncertainty(num, den, num_boot=None, den_boot=None) -> dict:
+def ratio_uncertainty(num, den, num_boot=None, den_boot=None, *,
+                      num_spread: float | None = None,
+                      den_spread: float | None = None) -> dict:
     """The ratio of the seed means of two models, ``mean(num) / mean(den)``, with its
     uncertainty.
 
@@ -206,24 +208,32 @@ def ratio_uncertainty(num, den, num_boot=None, den_boot=None) -> dict:
             70%) of the two models on the same test set.
         num_boot, den_boot: ``(k_a, n)`` and ``(k_b, n)`` the same on the *same* ``n``
             bootstrap replicates of the test set (optional).
+        num_spread, den_spread: the relative seed spread of one training (sd / mean) to use
+            for a model with one seed, whose own spread is unknown: in practice that of a
+            model of the same kind with several seeds (an estimate; ``None``: unknown).
 
     Returns:
-        ``{"ratio", "seed", "stat", "total", "per_seed"}``: ``seed`` propagates the
-        standard errors of the two seed means (``ratio * sqrt(sd_a^2 / (k_a m_a^2) +
+        ``{"ratio", "seed", "stat", "total", "per_seed", "borrowed"}``: ``seed`` propagates
+        the standard errors of the two seed means (``ratio * sqrt(sd_a^2 / (k_a m_a^2) +
         sd_b^2 / (k_b m_b^2))``); ``stat`` is the sd over replicates of the ratio of the
         replicate's seed means (the replicate resamples the test jets once for both models,
         so their correlation through the shared test set is kept); ``total`` adds the two
         in quadrature (conservative: the seed spread on a fixed test set also contains part
         of the test fluctuation). ``per_seed``: ``num[k] / den[k]`` for the seeds both have.
-        ``nan`` where undefined (one seed: ``seed`` and ``total``).
+        ``borrowed``: whether a ``*_spread`` stood in for a one-seed model's spread.
+        ``nan`` where undefined (one seed and no spread given: ``seed`` and ``total``).
     """
     a, b = np.asarray(num, np.float64), np.asarray(den, np.float64)
     r = float(np.mean(a) / np.mean(b))
-    if len(a) > 1 and len(b) > 1:
-        seed = r * float(np.sqrt(np.var(a, ddof=1) / (len(a) * np.mean(a) ** 2)
-                                 + np.var(b, ddof=1) / (len(b) * np.mean(b) ** 2)))
-    else:
-        seed = float("nan")
+
+    def rel_var(x, spread):  # squared relative standard error of the seed mean
+        if len(x) > 1:
+            return float(np.var(x, ddof=1) / (len(x) * np.mean(x) ** 2))
+        return float("nan") if spread is None else float(spread) ** 2
+
+    seed = r * float(np.sqrt(rel_var(a, num_spread) + rel_var(b, den_spread)))
+    borrowed = bool(math.isfinite(seed) and (
+        (len(a) == 1 and num_spread is not None) or (len(b) == 1 and den_spread is not None)))
     stat = float("nan")
     if num_boot is not None and den_boot is not None:
         rb = np.mean(np.asarray(num_boot, np.float64), 0) / np.mean(
@@ -232,4 +242,5 @@ def ratio_uncertainty(num, den, num_boot=None, den_boot=None) -> dict:
         if len(rb) > 1:
             stat = float(np.std(rb, ddof=1))
     return {"ratio": r, "seed": seed, "stat": stat, "total": float(np.hypot(seed, stat)),
+            "borrowed": borrowed,
             "per_seed": [float(x / y) for x, y in zip(a, b)]}

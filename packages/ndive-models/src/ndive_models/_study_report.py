@@ -92,10 +92,58 @@ def _pm(u: dict, nd=3) -> str:
 def _ratio_cell(r: dict) -> str:
     s = f"{r['ratio']:.3f}"
     if math.isfinite(r["total"]):
-        s += f" ± {r['total']:.3f}"
+        s += f" ± {r['total']:.3f}" + (" †" if r.get("borrowed") else "")
     elif math.isfinite(r["stat"]):
         s += f" ± {r['stat']:.3f} (stat only)"
     return s
+
+
+def _spreads(study, tagged) -> dict:
+    """``{run: (sibling, n_seeds)}`` for the one-seed runs of ``tagged``: the run of the
+    same model config (the study's ``config`` of the run) with the most finished seeds,
+    two or more, whose seed spread per training stands in for the one-seed run's unknown
+    spread in its ratios (:func:`~ndive_models._metrics.ratio_uncertainty`)."""
+    kind = {r["name"]: r["config"] for r in study["runs"]}
+    out = {}
+    for run, ms in tagged.items():
+        if len(ms) != 1:
+            continue
+        sib = max((r for r in tagged if r != run and len(tagged[r]) > 1
+                   and kind.get(r) == kind.get(run)),
+                  key=lambda r: len(tagged[r]), default=None)
+        if sib is not None:
+            out[run] = (sib, len(tagged[sib]))
+    return out
+
+
+def _ratio(tagged, spreads, num, den, bkg, wp) -> dict:
+    """:func:`~ndive_models._metrics.ratio_uncertainty` of runs ``num`` / ``den``, a
+    one-seed run taking the seed spread per training of its sibling in ``spreads``."""
+    def spread(run):
+        if run not in spreads:
+            return None
+        v, _ = _rej(tagged[spreads[run][0]], bkg, wp)
+        return float(np.std(v, ddof=1) / np.mean(v))
+
+    a, ab = _rej(tagged[num], bkg, wp)
+    b, bb = _rej(tagged[den], bkg, wp)
+    return ratio_uncertainty(a, b, ab, bb, num_spread=spread(num), den_spread=spread(den))
+
+
+def _borrowed_note(spreads, used: set, tagged) -> list[str]:
+    """The note under a ratio table for the one-seed runs in ``used`` whose seed term was
+    borrowed."""
+    rows = []
+    for run in sorted(used & set(spreads)):
+        sib, n = spreads[run]
+        v, _ = _rej(tagged[sib], "light", "0.70")
+        rows.append(f"{DISPLAY.get(run, run)} from {DISPLAY.get(sib, sib)} ({n} seeds: "
+                    f"{np.std(v, ddof=1) / np.mean(v):.0%} per training for light at 70%)")
+    if not rows:
+        return []
+    return [("† One seed: the seed term of this run is the spread of one training of the "
+             "same model config with several seeds (an estimate; its own is unknown): "
+             + "; ".join(rows) + "."), ""]
 
 
 def verdict_line(bkg: str, r: dict, n_a: int, n_b: int, paper_gain: float) -> str:
@@ -155,6 +203,16 @@ def answer_line(cond: str, light: dict | None, c: dict | None, n_a: int, n_b: in
                  + ("reached" if r["ratio"] >= MOONSHOT else "not reached")
                  + f" (best: {label}, {r['ratio']:.3f}{err}).")
     return line
+
+
+def moonshot_runs(study: dict, tagged: dict, ref: str) -> list[str]:
+    """The runs of ``tagged`` that may claim the :data:`MOONSHOT`: no reference run
+    (``reference: true``: a perfect selection is no tagger) and no variant of the
+    reference's own model config (a larger baseline is no vertex-fit idea)."""
+    kind = {r["name"]: r["config"] for r in study["runs"]}
+    return [r for r in tagged if r != ref
+            and not any(getattr(t, "reference", False) for t, _ in tagged[r])
+            and (kind.get(r) is None or kind.get(r) != kind.get(ref))]
 
 
 def projection_line(a, b, stat: float, planned: int) -> str | None:
@@ -253,21 +311,22 @@ def _condition(study, trainings, cond, report: Path, paper: dict,
               "in quadrature; see the end of this report)."), "",
               "| model | background | " + " | ".join(f"{float(w):.0%}" for w in WPS)
               + " | per-seed ratios at 70% |", "|---|---|" + "---|" * len(WPS) + "---|"]
-        for run, ms in tagged.items():
+        spreads = _spreads(study, tagged)
+        for run in tagged:
             if run == ref:
                 continue
             for bkg in ("light", "c"):
                 cells = []
                 for wp in WPS:
-                    a, ab = _rej(ms, bkg, wp)
-                    b, bb = _rej(tagged[ref], bkg, wp)
-                    r = ratio_uncertainty(a, b, ab, bb)
+                    r = _ratio(tagged, spreads, run, ref, bkg, wp)
                     ratios[(run, bkg, wp)] = r
                     cells.append(_ratio_cell(r))
                 per = ", ".join(f"{x:.2f}" for x in ratios[(run, bkg, "0.70")]["per_seed"])
                 L.append(f"| {DISPLAY.get(run, run)} | {bkg} | {' | '.join(cells)} | "
                          f"{per} |")
         L.append("")
+        L += _borrowed_note(spreads, set(tagged), tagged)
+        pairs = _pairs(study, tagged, spreads)  # after the verdict
         if ref == "baseline" and ("ftag_ndive", "light", "0.70") in ratios:
             L += ["### Verdict (FTAG+NDIVE / baseline at 70%)", ""]
             for bkg in ("light", "c"):
@@ -281,13 +340,14 @@ def _condition(study, trainings, cond, report: Path, paper: dict,
             L += [line] if line else []
             L.append("")
             if want[0] and want[1]:  # the answer with numbers replaces "no answer yet"
-                cands = [(DISPLAY.get(r, r), ratios[(r, "light", "0.70")]) for r in tagged
-                         if r != ref and not any(t.reference for t, _ in tagged[r])]
+                cands = [(DISPLAY.get(r, r), ratios[(r, "light", "0.70")])
+                         for r in moonshot_runs(study, tagged, ref)]
                 best = max(cands, key=lambda x: x[1]["ratio"], default=None)
                 answers[-1] = answer_line(cond, ratios[("ftag_ndive", "light", "0.70")],
                                           ratios[("ftag_ndive", "c", "0.70")],
                                           len(tagged["ftag_ndive"]), len(tagged["baseline"]),
                                           want, paper["gain_at_70"]["light"], best)
+        L += pairs
     # beside the paper
     L += ["### Beside the paper (Fig. 7)", "",
           "| model | WP | light (here) | light (paper) | c (here) | c (paper) |",
@@ -373,6 +433,29 @@ def _condition(study, trainings, cond, report: Path, paper: dict,
     plots = _plots(models, tagged, fitted, report, tag, DISPLAY.get(ref, ref))
     L += ["### Plots", ""] + [f"![{name}]({name})" + "\n" for name in plots]
     return L
+
+
+def _pairs(study, tagged, spreads) -> list[str]:
+    """The table of the runs' own comparisons (a run's ``versus: <run>`` in the study, e.g.
+    the dim-64 FTAG+NDIVE against the dim-64 baseline), where both have finished."""
+    pairs = [(r["name"], r["versus"]) for r in study["runs"] if r.get("versus")
+             and r["name"] in tagged and r["versus"] in tagged]
+    if not pairs:
+        return []
+    L = ["### Other comparisons", "",
+         ("Ratio of the seed means of a run to the run it is compared with (`versus` in the "
+          "study), ± as above."), "",
+         "| model / compared with | background | " + " | ".join(
+             f"{float(w):.0%}" for w in WPS) + " | per-seed ratios at 70% |",
+         "|---|---|" + "---|" * len(WPS) + "---|"]
+    for num, den in pairs:
+        for bkg in ("light", "c"):
+            rs = [_ratio(tagged, spreads, num, den, bkg, wp) for wp in WPS]
+            per = ", ".join(f"{x:.2f}" for x in rs[WPS.index("0.70")]["per_seed"])
+            L.append(f"| {DISPLAY.get(num, num)} / {DISPLAY.get(den, den)} | {bkg} | "
+                     f"{' | '.join(_ratio_cell(r) for r in rs)} | {per} |")
+    L.append("")
+    return L + _borrowed_note(spreads, {x for p in pairs for x in p}, tagged)
 
 
 def _plots(models, tagged, fitted, report: Path, tag: str, reference: str) -> list[str]:
@@ -505,7 +588,10 @@ def write(study: dict, trainings: list, paper: dict, remaining: str) -> str:
           "replicate's seed mean. For a ratio A/B of seed means, **seed** propagates the two "
           "standard errors and **stat** is the sd over replicates of the ratio computed on "
           "each replicate (both models see the same resampled jets, so their correlation "
-          "through the shared test set is kept). **total** = seed and stat in quadrature; "
+          "through the shared test set is kept). A model with one seed (†) takes the "
+          "relative spread of one training of the same model config with the most seeds as "
+          "its own (its own is unknown): an estimate. "
+          "**total** = seed and stat in quadrature; "
           "this is conservative, since the spread between seeds on one test set also "
           "contains part of the test-set fluctuation. The **projection** under the verdict "
           "scales the seed term to the planned seeds at the relative seed spreads measured "

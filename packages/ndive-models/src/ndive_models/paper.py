@@ -76,7 +76,7 @@ STUDY_KEYS = ("data", "seeds", "training", "runs", "jobs", "threads", "workdir",
 #: so a study stopped at any point has as many seeds of each compared model).
 OPTIONAL_STUDY_KEYS = ("conditions", "title", "reference", "order")
 ORDERS = ("runs", "seeds")
-RUN_KEYS = ("name", "config", "set", "seeds", "reference")
+RUN_KEYS = ("name", "config", "set", "seeds", "reference", "versus")
 
 
 def shard_groups(spec: dict) -> list[dict]:
@@ -169,6 +169,11 @@ def load_study(study="paper/default", overrides: dict | None = None) -> dict:
         if not ok:
             raise StudyError(f"{where}: run {k} must be a mapping with 'name' and 'config' "
                              f"(keys {list(RUN_KEYS)}), got {run!r}")
+    names = [run["name"] for run in d["runs"]]
+    for run in d["runs"]:
+        if "versus" in run and (run["versus"] not in names or run["versus"] == run["name"]):
+            raise StudyError(f"{where}: run {run['name']}: versus must name another run of "
+                             f"the study ({names}), got {run['versus']!r}")
     d["source"] = str(path)
     return d
 
