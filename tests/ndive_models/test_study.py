@@ -330,6 +330,12 @@ def test_shipped_study_describes_the_shards_and_runs(tmp_path):
     assert by["ftag_ndive_dim64_s1"].model.dim == 64 and runs[-2:] == ["baseline_dim64",
                                                                         "ftag_ndive_dim64"]
     assert by["ftag_ndive_s1"].model.fit_compile and by["ftag_ndive_s1"].model.dim == 32
+    # the dim-64 baseline is the parameter-count control of FTAG+NDIVE: 5 seeds; the dim-64
+    # FTAG+NDIVE and the fit-features idea are compared with their own partners
+    assert runs.count("baseline_dim64") == 5 and runs.count("ftag_ndive_dim64") == 1
+    versus = {r["name"]: r.get("versus") for r in study["runs"]}
+    assert versus["ftag_ndive_dim64"] == "baseline_dim64"
+    assert versus["ftag_ndive_fitinfo"] == "ftag_ndive"
     # the realistic condition trains 10 seeds of the compared models (its seed spread),
     # the references once
     real = paper.study_trainings(study, only_conditions=["realistic"])
