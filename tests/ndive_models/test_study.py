@@ -487,10 +487,13 @@ def test_study_skips_finished_and_resumes_unfinished(tmp_path, sample_path, caps
     assert json.loads((res / "cpu.json").read_text())["train"]["cpu_s"] > 0
     from ndive_models.train import load_checkpoint
 
-    _model, ck = load_checkpoint(res / "best.pt")  # the committed checkpoint is usable
+    model, ck = load_checkpoint(res / "best.pt")  # the committed checkpoint is usable
     assert "optimizer" not in ck
     report = (tmp_path / "results" / "report.md").read_text()
     assert "Rejections at fixed b-jet efficiency" in report
+    # the cost table names the model's size (trainable parameters of the committed model)
+    n = sum(p.numel() for p in model.parameters())
+    assert f"| Baseline (GN2-like) | {n:,} | 1 |" in report
     assert "adamw lr 0.001, validation" in report  # a constant rate: no schedule named
     assert "counted only from a later epoch" not in report
     # a training whose first epochs ran before CPU records: out of the cost means, named

@@ -243,6 +243,18 @@ def file_list(names: list[str], most: int = 4) -> str:
     return f"{names[0]} ... {names[-1]}: {len(names)} files"
 
 
+def _n_parameters(t) -> str:
+    """The trainable parameters of training ``t``'s model, from its committed ``best.pt``
+    ("-" without one): the models differ in size, which a comparison must name."""
+    p = t.result / "best.pt"
+    if not p.exists():
+        return "-"
+    from .train import load_checkpoint
+
+    model, _ = load_checkpoint(p)
+    return f"{sum(x.numel() for x in model.parameters() if x.requires_grad):,}"
+
+
 def _cpu_complete(m: dict) -> bool:
     """Whether the training CPU of results ``m`` counts every epoch (``from_epoch``: the
     first counted, when a training resumed from a checkpoint without CPU records)."""
@@ -402,9 +414,9 @@ def _condition(study, trainings, cond, report: Path, paper: dict,
                      f"{', '.join(f'{x:.2f}' for x in v['pull']['sigma68'])} |")
         L.append("")
     # cost
-    L += ["### Cost", "", ("| model | trainings | CPU h per training (train) | "
+    L += ["### Cost", "", ("| model | parameters | trainings | CPU h per training (train) | "
           "CPU h per training (evaluation) | epochs | jets/s (training, median) |"),
-          "|---|---|---|---|---|---|"]
+          "|---|---|---|---|---|---|---|"]
     uncounted = []
     for run, ms in models.items():
         if not ms:
@@ -422,7 +434,8 @@ def _condition(study, trainings, cond, report: Path, paper: dict,
         tr_txt = f"{np.mean(tr) / 3600:.2f}" if tr else "-"
         if partial:
             tr_txt += f" ({len(tr)} of {len(ms)})"
-        L.append(f"| {DISPLAY.get(run, run)} | {len(ms)} | {tr_txt} | "
+        L.append(f"| {DISPLAY.get(run, run)} | {_n_parameters(ms[0][0])} | {len(ms)} | "
+                 f"{tr_txt} | "
                  f"{np.mean(ev) / 3600:.3f} | {np.mean(ep):.1f} | "
                  f"{np.median(jps) if jps else 0:.0f} |")
     L.append("")
