@@ -90,6 +90,16 @@ def test_report_compares_the_versus_pairs_with_a_borrowed_seed_term():
                                                              "baseline_dim64 | light"))
     assert f"1.300 ± {r['total']:.3f} †" in row
     assert "ftag_ndive_dim64 from FTAG+NDIVE (2 seeds" in text
+    # the answer's sentence for a run with a versus partner; none without one
+    from ndive_models._study_report import versus_sentence
+
+    study["runs"][1]["versus"] = "baseline_dim64"
+    r = _ratio(tagged, spreads, "ftag_ndive", "baseline_dim64", "light", "0.70")
+    z = (r["ratio"] - 1) / r["total"]
+    assert versus_sentence(study, tagged, spreads, "ftag_ndive") == (
+        f" Against baseline_dim64 instead: light ratio {r['ratio']:.3f} ± {r['total']:.3f} †, "
+        f"{z:+.1f} sigma from 1 (2 vs 1 seeds).")
+    assert versus_sentence(study, tagged, spreads, "baseline") == ""
     # without a finished partner there is no pair; without a sibling, stat only
     del tagged["baseline_dim64"]
     assert _pairs(study, tagged, _spreads(study, tagged)) == []
@@ -336,6 +346,7 @@ def test_shipped_study_describes_the_shards_and_runs(tmp_path):
     versus = {r["name"]: r.get("versus") for r in study["runs"]}
     assert versus["ftag_ndive_dim64"] == "baseline_dim64"
     assert versus["ftag_ndive_fitinfo"] == "ftag_ndive"
+    assert versus["ftag_ndive"] == "baseline_dim64"
     # the realistic condition trains 10 seeds of the compared models (its seed spread),
     # the references once
     real = paper.study_trainings(study, only_conditions=["realistic"])

@@ -359,6 +359,7 @@ def _condition(study, trainings, cond, report: Path, paper: dict,
                                           ratios[("ftag_ndive", "c", "0.70")],
                                           len(tagged["ftag_ndive"]), len(tagged["baseline"]),
                                           want, paper["gain_at_70"]["light"], best)
+                answers[-1] += versus_sentence(study, tagged, spreads, "ftag_ndive")
         L += pairs
     # beside the paper
     L += ["### Beside the paper (Fig. 7)", "",
@@ -469,6 +470,22 @@ def _pairs(study, tagged, spreads) -> list[str]:
                      f"{' | '.join(_ratio_cell(r) for r in rs)} | {per} |")
     L.append("")
     return L + _borrowed_note(spreads, {x for p in pairs for x in p}, tagged)
+
+
+def versus_sentence(study, tagged, spreads, run: str) -> str:
+    """For the answer: ``run``'s light ratio at 70% to its ``versus`` run (e.g. FTAG+NDIVE
+    against the larger baseline that has at least its parameters), "" while either has no
+    result."""
+    den = next((r.get("versus") for r in study["runs"] if r["name"] == run), None)
+    if den not in tagged or run not in tagged:
+        return ""
+    r = _ratio(tagged, spreads, run, den, "light", "0.70")
+    err = (f" ± {r['total']:.3f}" + (" †" if r["borrowed"] else "")
+           if math.isfinite(r["total"]) else f" ± {r['stat']:.3f} (stat only)")
+    z = (f", {(r['ratio'] - 1) / r['total']:+.1f} sigma from 1"
+         if math.isfinite(r["total"]) else "")
+    return (f" Against {DISPLAY.get(den, den)} instead: light ratio {r['ratio']:.3f}{err}"
+            f"{z} ({len(tagged[run])} vs {len(tagged[den])} seeds).")
 
 
 def _plots(models, tagged, fitted, report: Path, tag: str, reference: str) -> list[str]:
