@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import sys
 
@@ -93,7 +94,7 @@ def test_report_compares_the_versus_pairs_with_a_borrowed_seed_term():
     # the answer's sentence for a run with a versus partner; none without one
     from ndive_models._study_report import versus_sentence
 
-    study["runs"][1]["versus"] = "baseline_dim64"
+    study["runs"][1]["versus"] = ["nope", "baseline_dim64"]  # one without a result
     r = _ratio(tagged, spreads, "ftag_ndive", "baseline_dim64", "light", "0.70")
     z = (r["ratio"] - 1) / r["total"]
     assert versus_sentence(study, tagged, spreads, "ftag_ndive") == (
@@ -131,15 +132,15 @@ def _ratio_cell_of(tagged, run) -> str:
 
 
 def test_versus_must_name_another_run(tmp_path):
-    for bad in ("nope", "baseline"):
+    for bad in ("nope", "baseline", ["baseline"], 3):
         text = {"data": {"train": {"jets": 10, "seed": 1}, "test": {"jets": 10, "seed": 2}},
                 "seeds": 1, "training": {}, "jobs": 1, "threads": 1, "workdir": "w",
                 "report": "r", "runs": [{"name": "baseline", "config": "baseline",
                                          "versus": bad}]}
         path = tmp_path / "s.yaml"
         path.write_text(json.dumps(text))
-        with pytest.raises(paper.StudyError, match=f"run baseline: versus must name another "
-                           f"run .*got '{bad}'"):
+        with pytest.raises(paper.StudyError, match=r"run baseline: versus must name another "
+                           rf"run of the study, or list such runs .*got {re.escape(repr(bad))}"):
             paper.load_study(str(path))
 
 
@@ -346,7 +347,8 @@ def test_shipped_study_describes_the_shards_and_runs(tmp_path):
     versus = {r["name"]: r.get("versus") for r in study["runs"]}
     assert versus["ftag_ndive_dim64"] == "baseline_dim64"
     assert versus["ftag_ndive_fitinfo"] == "ftag_ndive"
-    assert versus["ftag_ndive"] == "baseline_dim64"
+    assert versus["ftag_ndive"] == ["baseline_dim54", "baseline_dim64"]
+    assert runs.count("baseline_dim54") == 5 and by["baseline_dim54_s1"].model.dim == 54
     # the realistic condition trains 10 seeds of the compared models (its seed spread),
     # the references once
     real = paper.study_trainings(study, only_conditions=["realistic"])

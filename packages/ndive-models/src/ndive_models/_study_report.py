@@ -452,8 +452,8 @@ def _condition(study, trainings, cond, report: Path, paper: dict,
 def _pairs(study, tagged, spreads) -> list[str]:
     """The table of the runs' own comparisons (a run's ``versus: <run>`` in the study, e.g.
     the dim-64 FTAG+NDIVE against the dim-64 baseline), where both have finished."""
-    pairs = [(r["name"], r["versus"]) for r in study["runs"] if r.get("versus")
-             and r["name"] in tagged and r["versus"] in tagged]
+    pairs = [(r["name"], v) for r in study["runs"] for v in versus(r)
+             if r["name"] in tagged and v in tagged]
     if not pairs:
         return []
     L = ["### Other comparisons", "",
@@ -472,20 +472,27 @@ def _pairs(study, tagged, spreads) -> list[str]:
     return L + _borrowed_note(spreads, {x for p in pairs for x in p}, tagged)
 
 
+def versus(run: dict) -> list[str]:
+    """The runs a study run is compared with (its ``versus``: one name or a list)."""
+    v = run.get("versus") or []
+    return [v] if isinstance(v, str) else list(v)
+
+
 def versus_sentence(study, tagged, spreads, run: str) -> str:
-    """For the answer: ``run``'s light ratio at 70% to its ``versus`` run (e.g. FTAG+NDIVE
-    against the larger baseline that has at least its parameters), "" while either has no
-    result."""
-    den = next((r.get("versus") for r in study["runs"] if r["name"] == run), None)
-    if den not in tagged or run not in tagged:
-        return ""
-    r = _ratio(tagged, spreads, run, den, "light", "0.70")
-    err = (f" ± {r['total']:.3f}" + (" †" if r["borrowed"] else "")
-           if math.isfinite(r["total"]) else f" ± {r['stat']:.3f} (stat only)")
-    z = (f", {(r['ratio'] - 1) / r['total']:+.1f} sigma from 1"
-         if math.isfinite(r["total"]) else "")
-    return (f" Against {DISPLAY.get(den, den)} instead: light ratio {r['ratio']:.3f}{err}"
-            f"{z} ({len(tagged[run])} vs {len(tagged[den])} seeds).")
+    """For the answer: ``run``'s light ratio at 70% to each of its ``versus`` runs that has
+    a result (e.g. FTAG+NDIVE against baselines of its size and larger); "" for none."""
+    out = ""
+    for den in next((versus(r) for r in study["runs"] if r["name"] == run), []):
+        if den not in tagged or run not in tagged:
+            continue
+        r = _ratio(tagged, spreads, run, den, "light", "0.70")
+        err = (f" ± {r['total']:.3f}" + (" †" if r["borrowed"] else "")
+               if math.isfinite(r["total"]) else f" ± {r['stat']:.3f} (stat only)")
+        z = (f", {(r['ratio'] - 1) / r['total']:+.1f} sigma from 1"
+             if math.isfinite(r["total"]) else "")
+        out += (f" Against {DISPLAY.get(den, den)} instead: light ratio {r['ratio']:.3f}{err}"
+                f"{z} ({len(tagged[run])} vs {len(tagged[den])} seeds).")
+    return out
 
 
 def _plots(models, tagged, fitted, report: Path, tag: str, reference: str) -> list[str]:

@@ -171,9 +171,12 @@ def load_study(study="paper/default", overrides: dict | None = None) -> dict:
                              f"(keys {list(RUN_KEYS)}), got {run!r}")
     names = [run["name"] for run in d["runs"]]
     for run in d["runs"]:
-        if "versus" in run and (run["versus"] not in names or run["versus"] == run["name"]):
+        v = run.get("versus", [])
+        if not isinstance(v, (str, list)) or not all(
+                isinstance(x, str) and x in names and x != run["name"]
+                for x in ([v] if isinstance(v, str) else v)):
             raise StudyError(f"{where}: run {run['name']}: versus must name another run of "
-                             f"the study ({names}), got {run['versus']!r}")
+                             f"the study, or list such runs ({names}), got {v!r}")
     d["source"] = str(path)
     return d
 
