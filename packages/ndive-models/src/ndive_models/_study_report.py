@@ -98,12 +98,17 @@ def _ratio_cell(r: dict) -> str:
     return s
 
 
+def _kinds(study) -> dict:
+    """``{run name: its model config}`` of the study's runs (runs of one kind share it)."""
+    return {r["name"]: r["config"] for r in study["runs"]}
+
+
 def _spreads(study, tagged) -> dict:
     """``{run: (sibling, n_seeds)}`` for the one-seed runs of ``tagged``: the run of the
     same model config (the study's ``config`` of the run) with the most finished seeds,
     two or more, whose seed spread per training stands in for the one-seed run's unknown
     spread in its ratios (:func:`~ndive_models._metrics.ratio_uncertainty`)."""
-    kind = {r["name"]: r["config"] for r in study["runs"]}
+    kind = _kinds(study)
     out = {}
     for run, ms in tagged.items():
         if len(ms) != 1:
@@ -209,7 +214,7 @@ def moonshot_runs(study: dict, tagged: dict, ref: str) -> list[str]:
     """The runs of ``tagged`` that may claim the :data:`MOONSHOT`: no reference run
     (``reference: true``: a perfect selection is no tagger) and no variant of the
     reference's own model config (a larger baseline is no vertex-fit idea)."""
-    kind = {r["name"]: r["config"] for r in study["runs"]}
+    kind = _kinds(study)
     return [r for r in tagged if r != ref
             and not any(getattr(t, "reference", False) for t, _ in tagged[r])
             and (kind.get(r) is None or kind.get(r) != kind.get(ref))]
