@@ -451,6 +451,59 @@ def test_missing_shard_is_generated_once(tmp_path, sample_path, generate_extra):
         3 * round(cpu, 1) - 90 / paper.GENERATION_JETS_PER_S, rel=1e-6)
 
 
+def test_runners_share_the_shards_to_make(tmp_path, sample_path, monkeypatch):
+    """Two runners on one data directory make each missing shard once; one waiting for a
+    shard whose maker died (its lock released, no file) makes it itself."""
+    import fcntl
+    import threading
+    import time
+
+    study = paper.load_study(_study(tmp_path, sample_path),
+                             {"data.train.shards": {"first": 1, "count": 4, "jets": 30}})
+    made, lock = [], threading.Lock()
+
+    def generate(path, opt):
+        with lock:
+            made.append((threading.current_thread().name, path.name))
+        time.sleep(0.2)
+        path.write_bytes(b"shard")
+        return 1.0
+
+    monkeypatch.setattr(paper, "_generate_shard", generate)
+    monkeypatch.setattr(paper, "_shard_mismatch", lambda path, cfg: None)
+    names = [f"shard_s{s}.h5" for s in range(1, 5)]
+
+    def runners():
+        ts = [threading.Thread(target=paper.ensure_data, args=(study, "clean", 1),
+                               kwargs={"parts": ("train",)}) for _ in (1, 2)]
+        for t in ts:
+            t.start()
+        return ts
+
+    for t in runners():
+        t.join(30)
+    assert sorted(n for _, n in made) == names  # each once
+    assert len({r for r, _ in made}) == 2  # both worked (each in its own pool thread)
+    assert paper.generation_record(study, "clean").keys() == set(names)
+    # a maker holding shard 2 dies: the other makes the rest, waits, then makes shard 2
+    for n in names:
+        (tmp_path / "data" / "clean" / n).unlink()
+    made.clear()
+    dead = open(tmp_path / "data" / "clean" / "shard_s2.genlock", "a")
+    fcntl.flock(dead, fcntl.LOCK_EX)
+    t = threading.Thread(target=paper.ensure_data, args=(study, "clean", 1),
+                         kwargs={"parts": ("train",)})
+    t.start()
+    deadline = time.monotonic() + 30
+    while len(made) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [n for _, n in made] == [names[0], names[2], names[3]] and t.is_alive()
+    dead.close()
+    t.join(30)
+    assert not t.is_alive() and [n for _, n in made][-1] == names[1]
+    assert all((tmp_path / "data" / "clean" / n).exists() for n in names)
+
+
 def test_default_data_dir_separates_the_conditions(tmp_path):
     """Without data.dir each condition has its own directory under <workdir>/data (their
     shards have the same names); a study without conditions keeps its files in workdir."""

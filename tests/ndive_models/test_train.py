@@ -211,6 +211,33 @@ def test_monitor_picks_the_best_epoch_and_may_change_on_resume(sample_path, tmp_
             assert torch.equal(best["model"][k], ck["model"][k]), k
 
 
+def test_resume_without_best_pt_keeps_what_it_can(sample_path, tmp_path, capsys):
+    """Resumed without best.pt: a best last epoch is written again from last.pt; a lost
+    earlier best epoch is said, and the best epoch is chosen again from the last one on."""
+    train(_cfg(sample_path, tmp_path / "r", epochs=2))
+    last, best = tmp_path / "r" / "last.pt", tmp_path / "r" / "best.pt"
+    ck = torch.load(last, weights_only=False)
+    best.unlink()
+    torch.save({**ck, "best_epoch": 2, "bad_epochs": 0}, last)
+    train(_cfg(sample_path, tmp_path / "r", epochs=2), resume=True)  # nothing left to train
+    b = torch.load(best, weights_only=False)
+    assert b["best_epoch"] == 2 and b.get("best_kept_from", 1) == 1
+    for k in ck["model"]:
+        assert torch.equal(b["model"][k], ck["model"][k]), k
+    assert "lost" not in capsys.readouterr().err
+    best.unlink()
+    # best at epoch 1, whose weights are gone with best.pt
+    torch.save({**ck, "best_epoch": 1, "best_val": -1.0, "bad_epochs": 1}, last)
+    res = train(_cfg(sample_path, tmp_path / "r", epochs=3), resume=True)
+    assert "weights of the best epoch 1 are lost" in capsys.readouterr().err
+    b = torch.load(best, weights_only=False)
+    assert res["best_epoch"] in (2, 3) and b["best_epoch"] == res["best_epoch"]
+    assert b["best_kept_from"] == 2
+    assert torch.load(last, weights_only=False)["best_kept_from"] == 2
+    val = {h["epoch"]: h["val"]["loss"] for h in res["history"]}
+    assert res["best_val"] == min(val[2], val[3])  # not the lost epoch's -1
+
+
 def test_checkpoints_count_the_training_cpu(sample_path, tmp_path):
     """Every checkpoint carries the CPU seconds of the training so far (train_cpu.json
     too); a resumed run continues the count; the study runner takes it when its own record

@@ -13,8 +13,9 @@ end of a session) and continued later, on this machine or on a fresh clone:
    one ``ndive generate --balance`` file of a given size, seed and options
    (``<data.dir>/<condition>/shard_s<seed>.h5``). An existing shard is reused after its
    stored generator options are checked; a missing one is regenerated (the same seed and
-   options give an identical file): training shards first, test shards when the first
-   training is evaluated. Data files are never committed.
+   options give an identical file): training shards first, test shards when a training
+   is evaluated; runners on one data directory share the shards to make (a lock file per
+   shard). Data files are never committed.
 2. **trainings**: one ``python -m ndive_models.train`` process per training (``jobs`` at a
    time, ``threads`` torch threads each), output in ``<workdir>/<condition>/runs/<name>``;
    an interrupted training resumes from its ``last.pt``, which the runner mirrors to
@@ -432,8 +433,10 @@ def ensure_data(study: dict, condition: str, jobs: int = 1, *, wait: float = 0.0
     """Check the condition's shards of ``parts``, generate the missing ones (``jobs`` at a
     time).
 
-    With ``wait`` > 0, missing shards are not generated but waited for (polling every
-    ``wait`` seconds): another process is generating them into the data directory.
+    Several processes may call it on the same data directory at once: a shard is made by
+    one of them (a lock file ``<shard>.genlock`` beside it), the others make the rest and
+    then wait for it. With ``wait`` > 0, missing shards are not generated but waited for
+    (polling every ``wait`` seconds): another process is generating them.
 
     Each generated shard's CPU seconds are added to :data:`GENERATION_RECORD`.
 
@@ -459,12 +462,36 @@ def ensure_data(study: dict, condition: str, jobs: int = 1, *, wait: float = 0.0
         msgs.append(f"generating {len(todo)} missing {'/'.join(parts)} shard(s) of "
                     f"condition {condition or '(default)'}")
         print(msgs[-1], flush=True)
-        def make(path, opt):
-            cpu = _generate_shard(path, opt)
-            _record_generation(study, condition, path, opt["n_jets"], cpu)
+        def make(path, opt, block=False):
+            """Make the shard unless another process (or job) is on it; returns whether
+            it is left to that one (``block``: wait for it, then make it if it did not)."""
+            import fcntl
 
+            with open(path.with_suffix(".genlock"), "a") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+                except BlockingIOError:
+                    return True
+                if not path.exists():  # else its maker finished while we were waiting
+                    cpu = _generate_shard(path, opt)
+                    _record_generation(study, condition, path, opt["n_jets"], cpu)
+            return False
+
+        # several runners (or jobs) on one data directory share the work: each makes the
+        # shards nobody else is on, then waits for the others' (the lock of a maker that
+        # died is released, and the shard is made by whoever waits for it)
         with ThreadPoolExecutor(max(1, jobs)) as pool:
-            list(pool.map(lambda a: make(*a), todo))
+            theirs = [a for a, left in zip(todo, pool.map(lambda a: make(*a), todo))
+                      if left]
+            if theirs:
+                print(f"{time.strftime('%H:%M:%S')} waiting for {len(theirs)} shard(s) "
+                      "another process is making", flush=True)
+            list(pool.map(lambda a: make(*a, block=True), theirs))
+        for path, opt in todo:
+            why = _shard_mismatch(path, generation_config(opt))
+            if why:
+                raise ValueError(f"{path} was made by another process but {why}; move it "
+                                 "away or point data.dir elsewhere")
     return msgs
 
 
@@ -658,7 +685,8 @@ def _add_cpu(path: Path, key: str, seconds: float, wall: float) -> dict:
 
 
 #: What ``<result>/partial/`` holds of an unfinished training (``last.pt`` written last).
-PARTIAL_FILES = ("config.yaml", "history.json", "train_cpu.json", "cpu.json", "last.pt")
+PARTIAL_FILES = ("config.yaml", "history.json", "train_cpu.json", "cpu.json", "best.pt",
+                 "last.pt")
 #: Seconds between two looks at a running training's ``last.pt`` (written once an epoch).
 PARTIAL_EVERY = 60.0
 
@@ -946,7 +974,8 @@ def finish_training(out, result, test_files) -> dict:
     m, ck = _evaluate(out / "best.pt", test_files)
     result.mkdir(parents=True, exist_ok=True)
     slim = {k: ck[k] for k in ("format", "config", "bz", "stats", "model", "epoch",
-                               "best_val", "best_epoch", "n_train") if k in ck}
+                               "best_val", "best_epoch", "best_kept_from", "n_train")
+            if k in ck}
     atomic_write(result / "best.pt", lambda tmp: torch.save(slim, tmp))
     for name in ("config.yaml", "history.json"):
         atomic_write(result / name, lambda tmp, n=name: shutil.copy(out / n, tmp))
@@ -1132,9 +1161,9 @@ def run_study(study: dict, *, skip_references: bool = False, only_conditions=Non
             if not ts:
                 continue
             test = [str(p) for p, _ in shards(study, cond, "test")]
-            test_lock, test_ready = threading.Lock(), threading.Event()
+            test_ready = threading.Event()
             # training shards first: the trainings start while the test shards are made by
-            # the first training that needs them, one at a time (the other jobs train on).
+            # the trainings that need them, each one at a time (the other jobs train on).
             # When every training left only needs evaluating (a test set enlarged, results
             # committed from another machine), no training shard is needed: the test
             # shards are made `jobs` at a time.
@@ -1150,11 +1179,12 @@ def run_study(study: dict, *, skip_references: bool = False, only_conditions=Non
                 failures.append((cond, str(err)))
                 continue
 
-            def make_test(cond=cond, lock=test_lock, ready=test_ready):
-                with lock:  # checked (and made) once; later evaluations find them ready
-                    if not ready.is_set():
-                        ensure_data(study, cond, 1, wait=wait_data, parts=("test",))
-                        ready.set()
+            def make_test(cond=cond, ready=test_ready):
+                # every job that reaches an evaluation makes test shards nobody else is on
+                # (no core idles while another makes them); later evaluations find them ready
+                if not ready.is_set():
+                    ensure_data(study, cond, 1, wait=wait_data, parts=("test",))
+                    ready.set()
 
             with ThreadPoolExecutor(jobs) as pool:
                 failures += [r for r in pool.map(

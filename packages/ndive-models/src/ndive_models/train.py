@@ -431,6 +431,31 @@ def with_defaults(saved: dict) -> dict:
     return {**out, **saved}
 
 
+def _rebest(cfg: TrainConfig, ck: dict, out: Path, rank: int) -> tuple[float, int, int]:
+    """``(best value, best epoch, epochs since)`` of a run resumed without its ``best.pt``
+    (e.g. a checkpoint directory copied without it). When the best epoch is the last one,
+    ``best.pt`` is written again from ``last.pt`` and nothing is lost. Otherwise the best
+    epoch's weights are gone: that is said on stderr, and the best epoch is chosen again
+    among the epochs from the last one on (``best.pt`` holds the last weights until a later
+    epoch improves on them); the checkpoints record that epoch as ``best_kept_from``."""
+    if ck["best_epoch"] != ck["epoch"]:
+        entry = next((h for h in ck["history"] if h.get("epoch") == ck["epoch"]), None)
+        if entry is None or "val" not in entry:
+            raise ValueError(f"--resume: {out} has no best.pt and no validation of its last "
+                             f"epoch {ck['epoch']} to start the choice of the best epoch "
+                             "again: train into a new --out")
+        monitor = with_defaults(ck["config"])["monitor"]
+        if rank == 0:
+            print(f"warning: {out}: best.pt is missing; the weights of the best epoch "
+                  f"{ck['best_epoch']} are lost: the best epoch is chosen again from epoch "
+                  f"{ck['epoch']} on", file=sys.stderr, flush=True)
+        ck.update(best_val=_monitored(entry["val"], monitor), best_epoch=ck["epoch"],
+                  bad_epochs=0, best_kept_from=ck["epoch"])
+    if rank == 0:
+        atomic_write(out / "best.pt", lambda tmp: torch.save(ck, tmp))
+    return ck["best_val"], ck["best_epoch"], ck["bad_epochs"]
+
+
 def _check_resume(cfg: TrainConfig, saved: dict, last) -> None:
     """Refuse to resume with options that differ from the checkpoint's (the run would
     silently continue with the saved optimiser state, e.g. the old learning rate)."""
@@ -528,6 +553,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
             best_epoch, bad, start = ck["best_epoch"], ck["bad_epochs"], ck["epoch"]
             torch.set_rng_state(ck["rng"])
             stopped_before = ck.get("stopped_early")
+            if not (out / "best.pt").exists() and history:
+                best_val, best_epoch, bad = _rebest(cfg, ck, out, rank)
             if with_defaults(ck["config"])["monitor"] != cfg.monitor:
                 best_val, best_epoch, bad = _remonitor(cfg, ck, out, rank)
                 stopped_before = bad >= cfg.patience and start < cfg.epochs
@@ -561,6 +588,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
                 "best_epoch": best_epoch, "bad_epochs": bad, "rng": torch.get_rng_state(),
                 "stopped_early": stopped, "n_train": n_train, "provenance": prov,
                 "cpu_s": cpu_before + _cpu_seconds() - cpu0, "cpu_from_epoch": cpu_from,
+                "best_kept_from": (ck or {}).get("best_kept_from", 1),
             }
             atomic_write(last, lambda tmp: torch.save(state, tmp))
             if improved:
