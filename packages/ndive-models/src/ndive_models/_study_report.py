@@ -22,6 +22,7 @@ from ._metrics import (
     seed_mean_uncertainty,
     seeds_for_target,
 )
+from .paper import versus
 
 #: Display names of the study's runs (the run name is shown for others).
 DISPLAY = {
@@ -475,12 +476,6 @@ def _pairs(study, tagged, spreads) -> list[str]:
                      f"{' | '.join(_ratio_cell(r) for r in rs)} | {per} |")
     L.append("")
     return L + _borrowed_note(spreads, {x for p in pairs for x in p}, tagged)
-
-
-def versus(run: dict) -> list[str]:
-    """The runs a study run is compared with (its ``versus``: one name or a list)."""
-    v = run.get("versus") or []
-    return [v] if isinstance(v, str) else list(v)
 
 
 def versus_sentence(study, tagged, spreads, run: str) -> str:

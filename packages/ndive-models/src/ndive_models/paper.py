@@ -174,12 +174,17 @@ def load_study(study="paper/default", overrides: dict | None = None) -> dict:
     for run in d["runs"]:
         v = run.get("versus", [])
         if not isinstance(v, (str, list)) or not all(
-                isinstance(x, str) and x in names and x != run["name"]
-                for x in ([v] if isinstance(v, str) else v)):
+                isinstance(x, str) and x in names and x != run["name"] for x in versus(run)):
             raise StudyError(f"{where}: run {run['name']}: versus must name another run of "
                              f"the study, or list such runs ({names}), got {v!r}")
     d["source"] = str(path)
     return d
+
+
+def versus(run: dict) -> list[str]:
+    """The runs a study run is compared with (its ``versus``: one name or a list)."""
+    v = run.get("versus") or []
+    return [v] if isinstance(v, str) else list(v)
 
 
 def study_runs(study: dict, train_file, workdir, *, skip_references: bool = False,
