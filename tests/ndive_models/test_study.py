@@ -690,6 +690,37 @@ def test_an_unfinished_training_resumes_on_a_fresh_machine(tmp_path, sample_path
     assert t.status() == "done" and not t.partial.exists()
 
 
+def test_train_only_leaves_a_finished_training_to_evaluate_anywhere(tmp_path, sample_path,
+                                                                   monkeypatch):
+    """--train-only trains, makes no test shard and evaluates nothing; the finished training
+    waits in its committed partial/, and a fresh machine evaluates it from there without
+    making (or reading) the training shards."""
+    parts, real_ensure = [], paper.ensure_data
+
+    def ensure(study, cond, jobs=1, **kw):
+        parts.append(kw.get("parts"))
+        return real_ensure(study, cond, jobs, **kw)
+
+    monkeypatch.setattr(paper, "ensure_data", ensure)
+    path = _study(tmp_path, sample_path)
+    assert cli.main(["paper", "--study", str(path), "--train-only"]) == 0
+    t = paper.study_trainings(paper.load_study(path))[0]
+    assert parts == [("train",)] and t.status() == "trained"
+    assert not (t.result / "metrics.json").exists()
+    assert {"best.pt", "last.pt", "finished.json", "cpu.json"} <= {
+        p.name for p in t.partial.iterdir()}
+    assert cli.main(["paper", "--study", str(path), "--train-only"]) == 0  # nothing to do
+    assert parts == [("train",)]
+    shutil.rmtree(tmp_path / "work")  # a fresh machine
+    assert t.status() == "trained" and t.trained_in() == t.partial
+    parts.clear()
+    assert cli.main(["paper", "--study", str(path)]) == 0
+    assert parts == [("test",)] and t.status() == "done" and not t.partial.exists()
+    cpu = json.loads((t.result / "cpu.json").read_text())
+    assert cpu["train"]["cpu_s"] > 0 and cpu["evaluate"]["cpu_s"] > 0
+    assert json.loads((t.result / "history.json").read_text())[-1]["epoch"] == 1
+
+
 def test_child_callback_runs_while_the_child_runs(tmp_path):
     calls = []
     with open(tmp_path / "log", "w") as f:

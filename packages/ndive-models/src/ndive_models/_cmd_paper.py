@@ -60,6 +60,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait-data", type=float, default=0.0, metavar="SECONDS",
                    help="wait for missing shards (another process generates them), polling "
                         "at this interval, instead of generating them")
+    p.add_argument("--train-only", action="store_true",
+                   help="train, but evaluate nothing and make no test shard: a finished "
+                        "training waits in its committed partial/ for a later run (on any "
+                        "machine, without the training shards) to evaluate it")
     p.add_argument("--report-only", action="store_true",
                    help="only rewrite the report from the finished trainings' results")
     p.add_argument("--smoke", action="store_true",
@@ -88,7 +92,7 @@ def run(args) -> int:
         return run_study(study_from_args(args), skip_references=args.skip_references,
                          only_conditions=args.conditions, only_runs=args.runs,
                          plan_only=args.plan, report_only=args.report_only,
-                         wait_data=args.wait_data)
+                         wait_data=args.wait_data, train_only=args.train_only)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"ndive paper: error: {err}", file=sys.stderr)
         return 2

@@ -571,6 +571,15 @@ class Training:
         walk(old, new)
         return diff
 
+    def trained_in(self) -> Path | None:
+        """Where ``t``'s finished, not yet evaluated training is: the workdir, else its
+        committed copy :attr:`partial` (a training finished with ``--train-only`` on another
+        machine); None when it has not finished."""
+        for d in (self.out, self.partial):
+            if (d / "finished.json").exists() and (d / "best.pt").exists():
+                return d
+        return None
+
     def status(self) -> str:
         """``done`` (results written), ``stale`` (results written, on other test files than
         the study's: to evaluate again), ``trained`` (finished, not yet evaluated),
@@ -579,7 +588,7 @@ class Training:
         if (self.result / "metrics.json").exists():
             done_on = json.loads((self.result / "metrics.json").read_text()).get("test_files")
             return "stale" if self.tests and done_on != list(self.tests) else "done"
-        if (self.out / "finished.json").exists():
+        if self.trained_in() is not None:
             return "trained"
         if (self.out / "last.pt").exists() or (self.partial / "last.pt").exists():
             return "partial"
@@ -756,8 +765,12 @@ def _train(t: Training, threads: int) -> None:
     _mirror_partial(t)
     if rc != 0:
         raise RuntimeError(f"training {t.key} failed (exit {rc}); see {t.out / 'train.log'}")
-    atomic_write(t.out / "finished.json", lambda tmp: tmp.write_text(json.dumps(
-        {"finished": time.strftime("%Y-%m-%d %H:%M:%S")})))
+    text = json.dumps({"finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+    atomic_write(t.out / "finished.json", lambda tmp: tmp.write_text(text))
+    # the committed copy too: a fresh machine evaluates it without the training shards
+    t.partial.mkdir(parents=True, exist_ok=True)
+    for name in ("cpu.json", "finished.json"):
+        atomic_write(t.partial / name, lambda tmp, n=name: shutil.copy2(t.out / n, tmp))
 
 
 def _finish(t: Training, test_files: list[str], threads: int) -> None:
@@ -766,14 +779,17 @@ def _finish(t: Training, test_files: list[str], threads: int) -> None:
     checkpoint (no workdir needed), its history and configuration kept."""
     t0 = time.perf_counter()
     again = t.status() == "stale"
+    t.out.mkdir(parents=True, exist_ok=True)
     if again:
         args = ["reevaluate_training(sys.argv[1], sys.argv[2:])", str(t.result)]
     else:
-        args = ["finish_training(sys.argv[1], sys.argv[2], sys.argv[3:])", str(t.out),
+        src = t.trained_in()
+        if src == t.partial and (src / "cpu.json").exists():  # its training's CPU record
+            shutil.copy(src / "cpu.json", t.out / "cpu.json")
+        args = ["finish_training(sys.argv[1], sys.argv[2], sys.argv[3:])", str(src),
                 str(t.result)]
     code = ("import sys; from ndive_models.paper import finish_training, "
             f"reevaluate_training; {args[0]}")
-    t.out.mkdir(parents=True, exist_ok=True)
     if again:
         print(f"{time.strftime('%H:%M:%S')} evaluating {t.key} again: its results are on "
               f"other test files than the study's", flush=True)
@@ -816,23 +832,27 @@ def _running(t: Training) -> bool:
     return False
 
 
-def _one(t: Training, test_files: list[str], threads: int, before_eval=None):
+def _one(t: Training, test_files: list[str], threads: int, before_eval=None,
+         evaluate: bool = True):
     """Train/resume, evaluate and publish one training; returns ``(key, error or None)``.
     A training another runner is working on (its lock is held) is left to it.
-    ``before_eval``: called before the evaluation (it makes the test shards)."""
+    ``before_eval``: called before the evaluation (it makes the test shards).
+    ``evaluate=False``: train only (a finished training stays in :attr:`Training.partial`,
+    to commit and evaluate later, on any machine)."""
     lock = _lock(t)
     if lock is None:
         print(f"{time.strftime('%H:%M:%S')} {t.key}: another runner is on it; skipped",
               flush=True)
         return t.key, None
     try:
-        diff = t.config_differences(t.out / "config.yaml") if t.status() == "trained" else []
+        diff = (t.config_differences(t.trained_in() / "config.yaml")
+                if t.status() == "trained" else [])
         if diff:
             raise ValueError(f"{t.key}: {t.out} finished with other settings than the "
                              f"study's ({'; '.join(diff)}); move it away to train it again")
         if t.status() in ("todo", "partial"):
             _train(t, threads)
-        if t.status() in ("trained", "stale"):
+        if evaluate and t.status() in ("trained", "stale"):
             if before_eval is not None:
                 before_eval()
             _finish(t, test_files, threads)
@@ -1134,10 +1154,13 @@ def plan(study: dict, trainings: list[Training]) -> tuple[str, float]:
 # --------------------------------------------------------------------------------------------
 def run_study(study: dict, *, skip_references: bool = False, only_conditions=None,
               only_runs=None, plan_only: bool = False, report_only: bool = False,
-              wait_data: float = 0.0) -> int:
+              wait_data: float = 0.0, train_only: bool = False) -> int:
     """Run a study (from :func:`load_study`): data, trainings, per-training results,
     report; everything already done is skipped. ``wait_data`` > 0: wait for missing shards
     (generated by another process) instead of generating them, polling at that interval [s].
+    ``train_only``: train, evaluate nothing and make no test shard; a finished training
+    stays in its committed ``partial/`` (with ``finished.json``), and a later run on any
+    machine evaluates it without the training shards.
 
     Returns 0, or 1 when a training or a condition failed (the others still ran; the
     messages name the logs).
@@ -1162,7 +1185,8 @@ def run_study(study: dict, *, skip_references: bool = False, only_conditions=Non
                     print(f"note: {t.key} is done with other settings than the study's "
                           f"({'; '.join(t.config_differences())}); it is kept, not retrained: "
                           f"remove {t.result} to retrain it", file=sys.stderr)
-            ts = [t for t in todo if t.condition == cond and t.status() != "done"]
+            ts = [t for t in todo if t.condition == cond and t.status() != "done"
+                  and not (train_only and t.status() in ("trained", "stale"))]
             if not ts:
                 continue
             test = [str(p) for p, _ in shards(study, cond, "test")]
@@ -1173,6 +1197,7 @@ def run_study(study: dict, *, skip_references: bool = False, only_conditions=Non
             # committed from another machine), no training shard is needed: the test
             # shards are made `jobs` at a time.
             evaluations_only = all(t.status() in ("trained", "stale") for t in ts)
+            # (never with train_only: those are left out of ts)
             try:
                 if evaluations_only:
                     ensure_data(study, cond, jobs, wait=wait_data, parts=("test",))
@@ -1193,7 +1218,8 @@ def run_study(study: dict, *, skip_references: bool = False, only_conditions=Non
 
             with ThreadPoolExecutor(jobs) as pool:
                 failures += [r for r in pool.map(
-                    lambda t, test=test, mk=make_test: _one(t, test, threads, mk), ts)
+                    lambda t, test=test, mk=make_test: _one(t, test, threads, mk,
+                                                            evaluate=not train_only), ts)
                     if r[1] is not None]
     write_report(study, every)
     print(plan(study, every)[0])
