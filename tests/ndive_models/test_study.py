@@ -72,7 +72,7 @@ def test_report_compares_the_versus_pairs_with_a_borrowed_seed_term():
                       {"name": "ftag_ndive", "config": "ftag_ndive"},
                       {"name": "baseline_dim64", "config": "baseline"},
                       {"name": "ftag_ndive_dim64", "config": "ftag_ndive",
-                       "versus": "baseline_dim64"}]}
+                       "versus": ["baseline_dim64"]}]}
     base = [800.0, 900.0, 1000.0]
     tagged = {"baseline": [(None, _fake_metrics(x, 15.0)) for x in base],
               "ftag_ndive": [(None, _fake_metrics(x, 16.0)) for x in (1000.0, 1100.0)],
@@ -142,6 +142,12 @@ def test_versus_must_name_another_run(tmp_path):
         with pytest.raises(paper.StudyError, match=r"run baseline: versus must name another "
                            rf"run of the study, or list such runs .*got {re.escape(repr(bad))}"):
             paper.load_study(str(path))
+    # a name is read as a one-name list
+    text["runs"] += [{"name": "ftag_ndive", "config": "ftag_ndive", "versus": "baseline"}]
+    text["runs"][0]["versus"] = ["ftag_ndive"]
+    path.write_text(json.dumps(text))
+    assert [r["versus"] for r in paper.load_study(str(path))["runs"]] == [["ftag_ndive"],
+                                                                           ["baseline"]]
 
 
 def test_ratio_stat_term_keeps_the_correlation_of_the_shared_test_set():
@@ -345,8 +351,8 @@ def test_shipped_study_describes_the_shards_and_runs(tmp_path):
     # FTAG+NDIVE and the fit-features idea are compared with their own partners
     assert runs.count("baseline_dim64") == 5 and runs.count("ftag_ndive_dim64") == 1
     versus = {r["name"]: r.get("versus") for r in study["runs"]}
-    assert versus["ftag_ndive_dim64"] == "baseline_dim64"
-    assert versus["ftag_ndive_fitinfo"] == "ftag_ndive"
+    assert versus["ftag_ndive_dim64"] == ["baseline_dim64"]
+    assert versus["ftag_ndive_fitinfo"] == ["ftag_ndive"]
     assert versus["ftag_ndive"] == ["baseline_dim54", "baseline_dim64"]
     assert runs.count("baseline_dim54") == 5 and by["baseline_dim54_s1"].model.dim == 54
     # the realistic condition trains 10 seeds of the compared models (its seed spread),

@@ -22,7 +22,6 @@ from ._metrics import (
     seed_mean_uncertainty,
     seeds_for_target,
 )
-from .paper import versus
 
 #: Display names of the study's runs (the run name is shown for others).
 DISPLAY = {
@@ -458,7 +457,7 @@ def _condition(study, trainings, cond, report: Path, paper: dict,
 def _pairs(study, tagged, spreads) -> list[str]:
     """The table of the runs' own comparisons (a run's ``versus: <run>`` in the study, e.g.
     the dim-64 FTAG+NDIVE against the dim-64 baseline), where both have finished."""
-    pairs = [(r["name"], v) for r in study["runs"] for v in versus(r)
+    pairs = [(r["name"], v) for r in study["runs"] for v in r.get("versus", [])
              if r["name"] in tagged and v in tagged]
     if not pairs:
         return []
@@ -482,7 +481,7 @@ def versus_sentence(study, tagged, spreads, run: str) -> str:
     """For the answer: ``run``'s light ratio at 70% to each of its ``versus`` runs that has
     a result (e.g. FTAG+NDIVE against baselines of its size and larger); "" for none."""
     out = ""
-    for den in next((versus(r) for r in study["runs"] if r["name"] == run), []):
+    for den in next((r.get("versus", []) for r in study["runs"] if r["name"] == run), []):
         if den not in tagged or run not in tagged:
             continue
         r = _ratio(tagged, spreads, run, den, "light", "0.70")

@@ -171,20 +171,16 @@ def load_study(study="paper/default", overrides: dict | None = None) -> dict:
             raise StudyError(f"{where}: run {k} must be a mapping with 'name' and 'config' "
                              f"(keys {list(RUN_KEYS)}), got {run!r}")
     names = [run["name"] for run in d["runs"]]
-    for run in d["runs"]:
+    for run in d["runs"]:  # versus: one name or a list; a list from here on
         v = run.get("versus", [])
+        run["versus"] = [v] if isinstance(v, str) else v
         if not isinstance(v, (str, list)) or not all(
-                isinstance(x, str) and x in names and x != run["name"] for x in versus(run)):
+                isinstance(x, str) and x in names and x != run["name"]
+                for x in run["versus"]):
             raise StudyError(f"{where}: run {run['name']}: versus must name another run of "
                              f"the study, or list such runs ({names}), got {v!r}")
     d["source"] = str(path)
     return d
-
-
-def versus(run: dict) -> list[str]:
-    """The runs a study run is compared with (its ``versus``: one name or a list)."""
-    v = run.get("versus") or []
-    return [v] if isinstance(v, str) else list(v)
 
 
 def study_runs(study: dict, train_file, workdir, *, skip_references: bool = False,
