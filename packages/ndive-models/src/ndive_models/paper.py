@@ -488,7 +488,7 @@ def ensure_data(study: dict, condition: str, jobs: int = 1, *, wait: float = 0.0
                 print(f"{time.strftime('%H:%M:%S')} waiting for {len(theirs)} shard(s) "
                       "another process is making", flush=True)
             list(pool.map(lambda a: make(*a, block=True), theirs))
-        for path, opt in todo:
+        for path, opt in theirs:
             why = _shard_mismatch(path, generation_config(opt))
             if why:
                 raise ValueError(f"{path} was made by another process but {why}; move it "
@@ -1181,8 +1181,9 @@ def run_study(study: dict, *, skip_references: bool = False, only_conditions=Non
                     print(f"note: {t.key} is done with other settings than the study's "
                           f"({'; '.join(t.config_differences())}); it is kept, not retrained: "
                           f"remove {t.result} to retrain it", file=sys.stderr)
-            ts = [t for t in todo if t.condition == cond and t.status() != "done"
-                  and not (train_only and t.status() in ("trained", "stale"))]
+            left = ("todo", "partial") if train_only else ("todo", "partial", "trained",
+                                                            "stale")
+            ts = [t for t in todo if t.condition == cond and t.status() in left]
             if not ts:
                 continue
             test = [str(p) for p, _ in shards(study, cond, "test")]
@@ -1193,7 +1194,6 @@ def run_study(study: dict, *, skip_references: bool = False, only_conditions=Non
             # committed from another machine), no training shard is needed: the test
             # shards are made `jobs` at a time.
             evaluations_only = all(t.status() in ("trained", "stale") for t in ts)
-            # (never with train_only: those are left out of ts)
             try:
                 if evaluations_only:
                     ensure_data(study, cond, jobs, wait=wait_data, parts=("test",))

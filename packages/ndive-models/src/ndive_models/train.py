@@ -431,7 +431,7 @@ def with_defaults(saved: dict) -> dict:
     return {**out, **saved}
 
 
-def _rebest(cfg: TrainConfig, ck: dict, out: Path, rank: int) -> tuple[float, int, int]:
+def _rebest(ck: dict, out: Path, rank: int) -> tuple[float, int, int]:
     """``(best value, best epoch, epochs since)`` of a run resumed without its ``best.pt``
     (e.g. a checkpoint directory copied without it). When the best epoch is the last one,
     ``best.pt`` is written again from ``last.pt`` and nothing is lost. Otherwise the best
@@ -554,7 +554,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
             torch.set_rng_state(ck["rng"])
             stopped_before = ck.get("stopped_early")
             if not (out / "best.pt").exists() and history:
-                best_val, best_epoch, bad = _rebest(cfg, ck, out, rank)
+                best_val, best_epoch, bad = _rebest(ck, out, rank)
             if with_defaults(ck["config"])["monitor"] != cfg.monitor:
                 best_val, best_epoch, bad = _remonitor(cfg, ck, out, rank)
                 stopped_before = bad >= cfg.patience and start < cfg.epochs
