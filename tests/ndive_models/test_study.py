@@ -362,6 +362,24 @@ def test_shipped_study_describes_the_shards_and_runs(tmp_path):
     assert [t.name for t in real][20:] == [t.name for t in ts][10:]
 
 
+def test_runs_names_runs_or_single_trainings(tmp_path, capsys):
+    """--runs takes a run (all its seeds) or one training (<run>_s<seed>); a name the study
+    lacks is one clear error that lists its runs."""
+    study = paper.load_study("paper/study", {"workdir": str(tmp_path),
+                                             "data.dir": str(tmp_path)})
+    ts = paper.study_trainings(study, only_conditions=["realistic"],
+                               only_runs=["baseline_dim54", "ftag_ndive_s7"])
+    assert sorted(t.name for t in ts) == ["baseline_dim54_s1", "baseline_dim54_s2",
+                                          "baseline_dim54_s3", "baseline_dim54_s4",
+                                          "baseline_dim54_s5", "ftag_ndive_s7"]
+    with pytest.raises(ValueError, match=r"--runs: no run or training 'ftag_ndiv_s7'.*"
+                                         r"'baseline_dim54'"):
+        paper.run_study(study, only_runs=["ftag_ndiv_s7"], plan_only=True)
+    assert paper.run_study(study, only_runs=["ftag_ndive_s7"], only_conditions=["realistic"],
+                           plan_only=True) == 0
+    assert "ftag_ndive_s7" in capsys.readouterr().out
+
+
 def test_unavailable_preset_is_one_clear_error():
     with pytest.raises(paper.PresetUnavailable, match="no_such_preset"):
         paper.generation_config({"n_jets": 10, "preset": "no_such_preset"})
@@ -478,6 +496,7 @@ def test_runners_share_the_shards_to_make(tmp_path, sample_path, monkeypatch):
     monkeypatch.setattr(paper, "_generate_shard", generate)
     monkeypatch.setattr(paper, "_shard_mismatch", lambda path, cfg: None)
     names = [f"shard_s{s}.h5" for s in range(1, 5)]
+    shutil.rmtree(tmp_path / "data", ignore_errors=True)  # a fresh machine: no data dir yet
 
     def runners():
         ts = [threading.Thread(target=paper.ensure_data, args=(study, "clean", 1),

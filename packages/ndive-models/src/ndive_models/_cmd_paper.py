@@ -54,7 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conditions", nargs="+", metavar="NAME",
                    help="run only these conditions of the study (default: all)")
     p.add_argument("--runs", nargs="+", metavar="NAME",
-                   help="run only these runs of the study (names in its 'runs')")
+                   help="run only these runs of the study (names in its 'runs': all their "
+                        "seeds) or trainings (<run>_s<seed>, e.g. ftag_ndive_s7)")
     p.add_argument("--plan", action="store_true",
                    help="print what is done, what remains and the CPU hours left; run nothing")
     p.add_argument("--wait-data", type=float, default=0.0, metavar="SECONDS",

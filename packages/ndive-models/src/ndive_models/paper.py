@@ -468,6 +468,7 @@ def ensure_data(study: dict, condition: str, jobs: int = 1, *, wait: float = 0.0
             it is left to that one (``block``: wait for it, then make it if it did not)."""
             import fcntl
 
+            path.parent.mkdir(parents=True, exist_ok=True)  # a fresh machine has none
             with open(path.with_suffix(".genlock"), "a") as lock:
                 try:
                     fcntl.flock(lock, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
@@ -608,7 +609,8 @@ def _same_best_epoch(run_dir: Path, a: str, b: str) -> bool:
 
 def study_trainings(study: dict, *, only_conditions=None, skip_references: bool = False,
                     only_runs=None) -> list[Training]:
-    """Every training of the study, condition by condition, in the study's run order."""
+    """Every training of the study, condition by condition, in the study's run order.
+    ``only_runs``: names of runs (all their seeds) or of trainings (``<run>_s<seed>``)."""
     out = []
     for cond in conditions(study):
         if only_conditions and cond not in only_conditions:
@@ -620,7 +622,7 @@ def study_trainings(study: dict, *, only_conditions=None, skip_references: bool 
         for name, cfg in study_runs(study, train, work, skip_references=skip_references,
                                     condition=cond):
             run = name.rsplit("_s", 1)[0]
-            if only_runs and run not in only_runs:
+            if only_runs and run not in only_runs and name not in only_runs:
                 continue
             out.append(Training(cond, name, run, bool(runs[run].get("reference")), cfg,
                                 Path(cfg.out), Path(study["report"]) / cond / name, tests))
@@ -1169,6 +1171,13 @@ def run_study(study: dict, *, skip_references: bool = False, only_conditions=Non
         if c not in known:
             raise ValueError(f"--conditions: no condition {c!r} in the study "
                              f"(it has {sorted(known)})")
+    if only_runs:
+        ts = study_trainings(study)
+        for r in only_runs:
+            if r not in {t.run for t in ts} | {t.name for t in ts}:
+                raise ValueError(f"--runs: no run or training {r!r} in the study (its "
+                                 f"runs: {sorted({t.run for t in ts})}, each as "
+                                 "<run>_s<seed>)")
     if plan_only:
         print(plan(study, todo)[0])
         return 0
