@@ -97,9 +97,12 @@ def test_report_compares_the_versus_pairs_with_a_borrowed_seed_term():
     study["runs"][1]["versus"] = ["nope", "baseline_dim64"]  # one without a result
     r = _ratio(tagged, spreads, "ftag_ndive", "baseline_dim64", "light", "0.70")
     z = (r["ratio"] - 1) / r["total"]
+    c = _ratio(tagged, spreads, "ftag_ndive", "baseline_dim64", "c", "0.70")
+    assert c["ratio"] == pytest.approx(16.0 / 17.0)
     assert versus_sentence(study, tagged, spreads, "ftag_ndive") == (
         f" Against baseline_dim64 instead: light ratio {r['ratio']:.3f} ± {r['total']:.3f} †, "
-        f"{z:+.1f} sigma from 1 (2 vs 1 seeds).")
+        f"{z:+.1f} sigma from 1; c {c['ratio']:.3f} ± {c['total']:.3f} †, "
+        f"{(c['ratio'] - 1) / c['total']:+.1f} sigma from 1 (2 vs 1 seeds).")
     assert versus_sentence(study, tagged, spreads, "baseline") == ""
     # without a finished partner there is no pair; without a sibling, stat only
     del tagged["baseline_dim64"]

@@ -478,19 +478,22 @@ def _pairs(study, tagged, spreads) -> list[str]:
 
 
 def versus_sentence(study, tagged, spreads, run: str) -> str:
-    """For the answer: ``run``'s light ratio at 70% to each of its ``versus`` runs that has
-    a result (e.g. FTAG+NDIVE against baselines of its size and larger); "" for none."""
+    """For the answer: ``run``'s light and c ratios at 70% to each of its ``versus`` runs
+    that has a result (e.g. FTAG+NDIVE against baselines of its size and larger); "" for
+    none."""
+    def one(den, bkg):
+        r = _ratio(tagged, spreads, run, den, bkg, "0.70")
+        if not math.isfinite(r["total"]):
+            return f"{r['ratio']:.3f} ± {r['stat']:.3f} (stat only)"
+        return (f"{r['ratio']:.3f} ± {r['total']:.3f}" + (" †" if r["borrowed"] else "")
+                + f", {(r['ratio'] - 1) / r['total']:+.1f} sigma from 1")
+
     out = ""
     for den in next((r.get("versus", []) for r in study["runs"] if r["name"] == run), []):
         if den not in tagged or run not in tagged:
             continue
-        r = _ratio(tagged, spreads, run, den, "light", "0.70")
-        err = (f" ± {r['total']:.3f}" + (" †" if r["borrowed"] else "")
-               if math.isfinite(r["total"]) else f" ± {r['stat']:.3f} (stat only)")
-        z = (f", {(r['ratio'] - 1) / r['total']:+.1f} sigma from 1"
-             if math.isfinite(r["total"]) else "")
-        out += (f" Against {DISPLAY.get(den, den)} instead: light ratio {r['ratio']:.3f}{err}"
-                f"{z} ({len(tagged[run])} vs {len(tagged[den])} seeds).")
+        out += (f" Against {DISPLAY.get(den, den)} instead: light ratio {one(den, 'light')}; "
+                f"c {one(den, 'c')} ({len(tagged[run])} vs {len(tagged[den])} seeds).")
     return out
 
 
