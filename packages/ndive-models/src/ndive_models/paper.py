@@ -382,7 +382,6 @@ def _shard_cpu_s(path: Path) -> float | None:
 def _generate_shard(path: Path, options: dict) -> float:
     """Generate one shard in a subprocess (its own Pythia; interrupting leaves no file).
     Returns the CPU seconds it took."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     code = ("import json, sys; from ndive_models.paper import generation_config; "
             "from ndive_models.generate import generate; "
             "generate(generation_config(json.loads(sys.argv[1])), sys.argv[2], progress=False)")
@@ -468,7 +467,6 @@ def ensure_data(study: dict, condition: str, jobs: int = 1, *, wait: float = 0.0
             it is left to that one (``block``: wait for it, then make it if it did not)."""
             import fcntl
 
-            path.parent.mkdir(parents=True, exist_ok=True)  # a fresh machine has none
             with open(path.with_suffix(".genlock"), "a") as lock:
                 try:
                     fcntl.flock(lock, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
@@ -479,6 +477,8 @@ def ensure_data(study: dict, condition: str, jobs: int = 1, *, wait: float = 0.0
                     _record_generation(study, condition, path, opt["n_jets"], cpu)
             return False
 
+        for d in {path.parent for path, _ in todo}:  # a fresh machine has none
+            d.mkdir(parents=True, exist_ok=True)
         # several runners (or jobs) on one data directory share the work: each makes the
         # shards nobody else is on, then waits for the others' (the lock of a maker that
         # died is released, and the shard is made by whoever waits for it)
@@ -1171,13 +1171,13 @@ def run_study(study: dict, *, skip_references: bool = False, only_conditions=Non
         if c not in known:
             raise ValueError(f"--conditions: no condition {c!r} in the study "
                              f"(it has {sorted(known)})")
-    if only_runs:
+    if only_runs:  # references too: --skip-references may leave them out of `every`
         ts = study_trainings(study)
-        for r in only_runs:
-            if r not in {t.run for t in ts} | {t.name for t in ts}:
-                raise ValueError(f"--runs: no run or training {r!r} in the study (its "
-                                 f"runs: {sorted({t.run for t in ts})}, each as "
-                                 "<run>_s<seed>)")
+        runs, names = {t.run for t in ts}, {t.name for t in ts}
+        bad = [r for r in only_runs if r not in runs and r not in names]
+        if bad:
+            raise ValueError(f"--runs: no run or training {bad[0]!r} in the study (its runs: "
+                             f"{sorted(runs)}, each as <run>_s<seed>)")
     if plan_only:
         print(plan(study, todo)[0])
         return 0
