@@ -104,6 +104,20 @@ def test_report_compares_the_versus_pairs_with_a_borrowed_seed_term():
         f"{z:+.1f} sigma from 1; c {c['ratio']:.3f} ± {c['total']:.3f} †, "
         f"{(c['ratio'] - 1) / c['total']:+.1f} sigma from 1 (2 vs 1 seeds).")
     assert versus_sentence(study, tagged, spreads, "baseline") == ""
+    # against a run of equal size the light ratio's verdict is the vertex fit's own
+    same = versus_sentence(study, tagged, spreads, "ftag_ndive",
+                           params={"ftag_ndive": 47213, "baseline_dim64": 46290})
+    assert same.startswith(" At equal size (47,213 vs 46,290 parameters), against "
+                           "baseline_dim64 instead: ")
+    assert same.endswith("(2 vs 1 seeds): for the vertex fit itself, **no gain is seen**.")
+    bigger = versus_sentence(study, tagged, spreads, "ftag_ndive",
+                             params={"ftag_ndive": 47213, "baseline_dim64": 64460})
+    assert bigger.startswith(" Against ") and "vertex fit itself" not in bigger
+    tagged["baseline_dim64"] = [(None, _fake_metrics(800.0, 17.0))] * 3
+    gain = versus_sentence(study, tagged, spreads, "ftag_ndive",
+                            params={"ftag_ndive": 47213, "baseline_dim64": 46290})
+    assert gain.endswith(": for the vertex fit itself, the gain is **confirmed**.")
+    tagged["baseline_dim64"] = [(None, _fake_metrics(1000.0, 17.0))]
     # without a finished partner there is no pair; without a sibling, stat only
     del tagged["baseline_dim64"]
     assert _pairs(study, tagged, _spreads(study, tagged)) == []

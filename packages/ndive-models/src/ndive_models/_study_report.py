@@ -170,6 +170,15 @@ def verdict_line(bkg: str, r: dict, n_a: int, n_b: int, paper_gain: float) -> st
             + ".")
 
 
+def gain_word(z: float, who: str = "FTAG+NDIVE") -> str:
+    """The verdict on a ratio ``z`` total standard deviations from 1: the gain is
+    *confirmed* at 3 or more, *indicated* at 2-3, *not seen* within 2; ``who`` is *worse*
+    at 2 or more below."""
+    return ("the gain is **confirmed**" if z >= 3 else "a gain is **indicated**, not "
+            "established" if z >= 2 else f"{who} is **worse**" if z <= -2 else
+            "**no gain is seen**")
+
+
 def answer_line(cond: str, light: dict | None, c: dict | None, n_a: int, n_b: int,
                 planned: tuple[int, int], paper_gain: float,
                 best: tuple[str, dict] | None = None) -> str:
@@ -194,9 +203,7 @@ def answer_line(cond: str, light: dict | None, c: dict | None, n_a: int, n_b: in
             f"; no significance with one seed of a model ({seeds}).")
     z = (light["ratio"] - 1) / light["total"]
     zp = (light["ratio"] - paper_gain) / light["total"]
-    word = ("the gain is **confirmed**" if z >= 3 else "a gain is **indicated**, not "
-            "established" if z >= 2 else "FTAG+NDIVE is **worse**" if z <= -2 else
-            "**no gain is seen**")
+    word = gain_word(z)
     paper_txt = ("" if abs(zp) < 2 else
                  f"; {'smaller' if zp < 0 else 'larger'} than the paper's ({zp:+.1f} sigma)")
     line = (name + text + f": {z:+.1f} sigma from 1, {word}{paper_txt}; c jets "
@@ -248,16 +255,22 @@ def file_list(names: list[str], most: int = 4) -> str:
     return f"{names[0]} ... {names[-1]}: {len(names)} files"
 
 
-def _n_parameters(t) -> str:
+def _param_count(t) -> int | None:
     """The trainable parameters of training ``t``'s model, from its committed ``best.pt``
-    ("-" without one): the models differ in size, which a comparison must name."""
-    p = t.result / "best.pt"
-    if not p.exists():
-        return "-"
+    (None without one): the models differ in size, which a comparison must name."""
+    p = None if t is None else t.result / "best.pt"
+    if p is None or not p.exists():
+        return None
     from .train import load_checkpoint
 
     model, _ = load_checkpoint(p)
-    return f"{sum(x.numel() for x in model.parameters() if x.requires_grad):,}"
+    return sum(x.numel() for x in model.parameters() if x.requires_grad)
+
+
+def _n_parameters(t) -> str:
+    """:func:`_param_count` for a table cell ("-" when unknown)."""
+    n = _param_count(t)
+    return "-" if n is None else f"{n:,}"
 
 
 def _cpu_complete(m: dict) -> bool:
@@ -477,10 +490,18 @@ def _pairs(study, tagged, spreads) -> list[str]:
     return L + _borrowed_note(spreads, {x for p in pairs for x in p}, tagged)
 
 
-def versus_sentence(study, tagged, spreads, run: str) -> str:
+EQUAL_SIZE = 0.05
+"""Two models within this relative difference of trainable parameters are of equal size:
+their ratio isolates what one has that the other lacks (here the vertex fit)."""
+
+
+def versus_sentence(study, tagged, spreads, run: str,
+                    params: dict[str, int | None] | None = None) -> str:
     """For the answer: ``run``'s light and c ratios at 70% to each of its ``versus`` runs
     that has a result (e.g. FTAG+NDIVE against baselines of its size and larger); "" for
-    none."""
+    none. ``params``: trainable parameters per run (default: from each run's first
+    ``best.pt``); against a run of equal size (:data:`EQUAL_SIZE`) the sentence gives the
+    verdict on the light ratio (:func:`gain_word`), which is then the vertex fit's own."""
     def one(den, bkg):
         r = _ratio(tagged, spreads, run, den, bkg, "0.70")
         if not math.isfinite(r["total"]):
@@ -488,12 +509,26 @@ def versus_sentence(study, tagged, spreads, run: str) -> str:
         return (f"{r['ratio']:.3f} ± {r['total']:.3f}" + (" †" if r["borrowed"] else "")
                 + f", {(r['ratio'] - 1) / r['total']:+.1f} sigma from 1")
 
+    def size(name):
+        if params is not None:
+            return params.get(name)
+        return _param_count(tagged[name][0][0])
+
     out = ""
     for den in next((r.get("versus", []) for r in study["runs"] if r["name"] == run), []):
         if den not in tagged or run not in tagged:
             continue
-        out += (f" Against {DISPLAY.get(den, den)} instead: light ratio {one(den, 'light')}; "
-                f"c {one(den, 'c')} ({len(tagged[run])} vs {len(tagged[den])} seeds).")
+        n_a, n_b = size(run), size(den)
+        equal = bool(n_a and n_b) and abs(n_a - n_b) <= EQUAL_SIZE * n_b
+        lead = (f" At equal size ({n_a:,} vs {n_b:,} parameters), against "
+                if equal else " Against ")
+        out += (f"{lead}{DISPLAY.get(den, den)} instead: light ratio {one(den, 'light')}; "
+                f"c {one(den, 'c')} ({len(tagged[run])} vs {len(tagged[den])} seeds)")
+        r = _ratio(tagged, spreads, run, den, "light", "0.70")
+        if equal and math.isfinite(r["total"]):
+            out += (": for the vertex fit itself, "
+                    + gain_word((r["ratio"] - 1) / r["total"], DISPLAY.get(run, run)))
+        out += "."
     return out
 
 
