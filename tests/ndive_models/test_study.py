@@ -63,6 +63,37 @@ def _fake_metrics(light: float, c: float, n_boot: int = 50, rel: float = 0.03) -
     return m
 
 
+def test_answer_figure_holds_the_ratios_of_the_answer(tmp_path):
+    """The answer's figure: FTAG+NDIVE / baseline, FTAG+NDIVE / each versus run with a
+    result, and each such run / baseline (size alone), light and c at 70%."""
+    from ndive_models._plots import ratio_summary
+    from ndive_models._study_report import DISPLAY, _ratio, _spreads, summary_rows
+
+    study = {"runs": [{"name": "baseline", "config": "baseline"},
+                      {"name": "ftag_ndive", "config": "ftag_ndive",
+                       "versus": ["baseline_dim54", "not_trained"]},
+                      {"name": "baseline_dim54", "config": "baseline"}]}
+    tagged = {"baseline": [(None, _fake_metrics(x, 15.0)) for x in (800.0, 900.0)],
+              "ftag_ndive": [(None, _fake_metrics(x, 16.0)) for x in (1000.0, 1100.0)],
+              "baseline_dim54": [(None, _fake_metrics(x, 17.0)) for x in (1100.0, 1200.0)]}
+    spreads = _spreads(study, tagged)
+    rows = summary_rows(study, tagged, spreads, "clean")
+    name = {r: DISPLAY.get(r, r) for r in tagged}
+    assert [(r[1], r[2]) for r in rows] == [
+        (f"{name[a]} / {name[b]}", bkg)
+        for a, b in (("ftag_ndive", "baseline"), ("ftag_ndive", "baseline_dim54"),
+                     ("baseline_dim54", "baseline")) for bkg in ("light", "c")]
+    assert rows[2][3] == pytest.approx(1050.0 / 1150.0)
+    assert rows[2][4] == pytest.approx(
+        _ratio(tagged, spreads, "ftag_ndive", "baseline_dim54", "light", "0.70")["total"])
+    assert {r[0] for r in rows} == {"clean"}
+    # a second condition and a ratio without a total (one seed, no sibling) still draw
+    path = tmp_path / "answer.png"
+    ratio_summary(rows + [("realistic", rows[0][1], "light", 1.1, float("nan"))], path,
+                  {"light": 1.27, "c": 1.13})
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_report_compares_the_versus_pairs_with_a_borrowed_seed_term():
     """A run with ``versus`` gets its own row of ratios; a one-seed run's ratios take the
     seed spread of the run of the same model config with the most seeds, marked †."""

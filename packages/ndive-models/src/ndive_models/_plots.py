@@ -97,6 +97,42 @@ def _finite_mean(c):
     return np.where(n > 0, np.nansum(c, 0) / np.maximum(n, 1), np.nan)
 
 
+def ratio_summary(rows: list, path, paper: dict) -> None:
+    """The study's answer at a glance: rejection ratios at 70% b-efficiency with their
+    total 1-sigma uncertainty, one panel per background (light, c), one row per
+    comparison, one colour per condition. ``rows``: ``(condition, comparison, background,
+    ratio, total)`` (``total`` NaN: drawn without a bar); ``paper``: the paper's ratio per
+    background, drawn as a dashed line beside the line at 1."""
+    plt = _plt()
+    comps = list(dict.fromkeys(r[1] for r in rows))
+    conds = list(dict.fromkeys(r[0] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 1.5 + 0.35 * len(comps) * len(conds)),
+                             sharey=True)
+    for ax, bkg in zip(axes, ("light", "c")):
+        for j, cond in enumerate(conds):
+            off = (j - (len(conds) - 1) / 2) * 0.25
+            for cond_, comp, bkg_, ratio, total in rows:
+                if cond_ != cond or bkg_ != bkg:
+                    continue
+                y = comps.index(comp) + off
+                ax.errorbar(ratio, y, xerr=total if np.isfinite(total) else None, fmt="o",
+                            color=f"C{j}", capsize=3, label=cond)
+        ax.axvline(1.0, color="k", lw=0.8)
+        if bkg in paper:
+            ax.axvline(paper[bkg], color="grey", ls="--", lw=0.8, label="paper")
+        ax.set_xlabel(f"{bkg}-jet rejection ratio at 70% b-efficiency")
+        ax.grid(alpha=0.3)
+        handles, labels = ax.get_legend_handles_labels()
+        seen = dict(zip(labels, handles))  # one entry per condition
+        ax.legend(seen.values(), seen.keys(), fontsize=7)
+    axes[0].set_yticks(range(len(comps)))
+    axes[0].set_yticklabels(comps, fontsize=8)
+    axes[0].invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def track_selection(sel: dict, path) -> None:
     """Efficiency (top) and purity (bottom) vs jet pT, multiplicity and Lxy; b and c jets."""
     plt = _plt()

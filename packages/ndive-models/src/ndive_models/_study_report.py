@@ -280,9 +280,9 @@ def _cpu_complete(m: dict) -> bool:
 
 
 def _condition(study, trainings, cond, report: Path, paper: dict,
-               answers: list) -> list[str]:
+               answers: list, answer_rows: list) -> list[str]:
     """The report's section of condition ``cond``; appends its :func:`answer_line` to
-    ``answers``."""
+    ``answers`` and the ratios behind it to ``answer_rows`` (:func:`summary_rows`)."""
     models = _models(trainings, cond)
     tag = cond or "study"
     L = [f"## Condition: {cond or '(default)'}", ""]
@@ -378,6 +378,7 @@ def _condition(study, trainings, cond, report: Path, paper: dict,
                                           len(tagged["ftag_ndive"]), len(tagged["baseline"]),
                                           want, paper["gain_at_70"]["light"], best)
                 answers[-1] += versus_sentence(study, tagged, spreads, "ftag_ndive")
+                answer_rows += summary_rows(study, tagged, spreads, cond or "study")
         L += pairs
     # beside the paper
     L += ["### Beside the paper (Fig. 7)", "",
@@ -488,6 +489,24 @@ def _pairs(study, tagged, spreads) -> list[str]:
                      f"{' | '.join(_ratio_cell(r) for r in rs)} | {per} |")
     L.append("")
     return L + _borrowed_note(spreads, {x for p in pairs for x in p}, tagged)
+
+
+def summary_rows(study, tagged, spreads, cond: str) -> list[tuple]:
+    """The ratios of the answer, for :func:`ndive_models._plots.ratio_summary`:
+    ``(cond, comparison, background, ratio, total)`` at 70% for FTAG+NDIVE / baseline,
+    FTAG+NDIVE / each of its ``versus`` runs, and each of those / baseline (what size
+    alone gives)."""
+    versus = [v for v in next((r.get("versus", []) for r in study["runs"]
+                               if r["name"] == "ftag_ndive"), []) if v in tagged]
+    pairs = ([("ftag_ndive", "baseline")] + [("ftag_ndive", v) for v in versus]
+             + [(v, "baseline") for v in versus])
+    rows = []
+    for num, den in pairs:
+        for bkg in ("light", "c"):
+            r = _ratio(tagged, spreads, num, den, bkg, "0.70")
+            rows.append((cond, f"{DISPLAY.get(num, num)} / {DISPLAY.get(den, den)}", bkg,
+                         r["ratio"], r["total"]))
+    return rows
 
 
 EQUAL_SIZE = 0.05
@@ -643,14 +662,22 @@ def write(study: dict, trainings: list, paper: dict, remaining: str) -> str:
           "the test" + "".join(f" ({c}: {_sample(c_spec['test'])})" for c, c_spec in
                                (study.get("conditions") or {}).items() if "test" in c_spec)),
           f"- {study['jobs']} trainings at a time, {study['threads']} thread(s) each", ""]
-    answers, sections = [], []
+    answers, sections, answer_rows = [], [], []
     for cond in dict.fromkeys(t.condition for t in trainings):
-        sections += _condition(study, trainings, cond, report, paper, answers)
+        sections += _condition(study, trainings, cond, report, paper, answers, answer_rows)
     if answers:  # the question first, the evidence below
+        figure = []
+        if answer_rows:
+            from . import _plots as P
+
+            P.ratio_summary(answer_rows, report / "answer.png", paper["gain_at_70"])
+            figure = [("![The answer's ratios at 70% b-efficiency, ± total 1-sigma; solid "
+                       "line: no gain, dashed: the paper's](answer.png)"), ""]
         L[4:4] = ["## The answer so far", "",
                   ("Is FTAG+NDIVE's light-jet rejection at 70% b-efficiency above the "
                    "baseline's? Ratio ± total uncertainty (seed spread and test statistics "
-                   "in quadrature); confirmed at >= 3 sigma from 1."), "", *answers, ""]
+                   "in quadrature); confirmed at >= 3 sigma from 1."), "", *answers, "",
+                  *figure]
     L += sections
     L += ["## What remains", "", remaining, "",
           "## How the uncertainties are combined", "",
