@@ -148,7 +148,6 @@ def test_report_compares_the_versus_pairs_with_a_borrowed_seed_term():
     gain = versus_sentence(study, tagged, spreads, "ftag_ndive",
                             params={"ftag_ndive": 47213, "baseline_dim64": 46290})
     assert gain.endswith(": for the vertex fit itself, the gain is **confirmed**.")
-    tagged["baseline_dim64"] = [(None, _fake_metrics(1000.0, 17.0))]
     # without a finished partner there is no pair; without a sibling, stat only
     del tagged["baseline_dim64"]
     assert _pairs(study, tagged, _spreads(study, tagged)) == []

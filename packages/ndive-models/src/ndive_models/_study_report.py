@@ -491,13 +491,17 @@ def _pairs(study, tagged, spreads) -> list[str]:
     return L + _borrowed_note(spreads, {x for p in pairs for x in p}, tagged)
 
 
+def _versus(study, run: str) -> list[str]:
+    """The runs ``run`` is compared with (its ``versus`` list in the study; [] without)."""
+    return next((r.get("versus", []) for r in study["runs"] if r["name"] == run), [])
+
+
 def summary_rows(study, tagged, spreads, cond: str) -> list[tuple]:
     """The ratios of the answer, for :func:`ndive_models._plots.ratio_summary`:
     ``(cond, comparison, background, ratio, total)`` at 70% for FTAG+NDIVE / baseline,
     FTAG+NDIVE / each of its ``versus`` runs, and each of those / baseline (what size
     alone gives)."""
-    versus = [v for v in next((r.get("versus", []) for r in study["runs"]
-                               if r["name"] == "ftag_ndive"), []) if v in tagged]
+    versus = [v for v in _versus(study, "ftag_ndive") if v in tagged]
     pairs = ([("ftag_ndive", "baseline")] + [("ftag_ndive", v) for v in versus]
              + [(v, "baseline") for v in versus])
     rows = []
@@ -521,8 +525,7 @@ def versus_sentence(study, tagged, spreads, run: str,
     none. ``params``: trainable parameters per run (default: from each run's first
     ``best.pt``); against a run of equal size (:data:`EQUAL_SIZE`) the sentence gives the
     verdict on the light ratio (:func:`gain_word`), which is then the vertex fit's own."""
-    def one(den, bkg):
-        r = _ratio(tagged, spreads, run, den, bkg, "0.70")
+    def one(r):
         if not math.isfinite(r["total"]):
             return f"{r['ratio']:.3f} ± {r['stat']:.3f} (stat only)"
         return (f"{r['ratio']:.3f} ± {r['total']:.3f}" + (" †" if r["borrowed"] else "")
@@ -534,19 +537,19 @@ def versus_sentence(study, tagged, spreads, run: str,
         return _param_count(tagged[name][0][0])
 
     out = ""
-    for den in next((r.get("versus", []) for r in study["runs"] if r["name"] == run), []):
-        if den not in tagged or run not in tagged:
-            continue
-        n_a, n_b = size(run), size(den)
+    dens = [den for den in _versus(study, run) if den in tagged and run in tagged]
+    n_a = size(run) if dens else None
+    for den in dens:
+        n_b = size(den)
         equal = bool(n_a and n_b) and abs(n_a - n_b) <= EQUAL_SIZE * n_b
         lead = (f" At equal size ({n_a:,} vs {n_b:,} parameters), against "
                 if equal else " Against ")
-        out += (f"{lead}{DISPLAY.get(den, den)} instead: light ratio {one(den, 'light')}; "
-                f"c {one(den, 'c')} ({len(tagged[run])} vs {len(tagged[den])} seeds)")
-        r = _ratio(tagged, spreads, run, den, "light", "0.70")
-        if equal and math.isfinite(r["total"]):
+        light, c = (_ratio(tagged, spreads, run, den, bkg, "0.70") for bkg in ("light", "c"))
+        out += (f"{lead}{DISPLAY.get(den, den)} instead: light ratio {one(light)}; "
+                f"c {one(c)} ({len(tagged[run])} vs {len(tagged[den])} seeds)")
+        if equal and math.isfinite(light["total"]):
             out += (": for the vertex fit itself, "
-                    + gain_word((r["ratio"] - 1) / r["total"], DISPLAY.get(run, run)))
+                    + gain_word((light["ratio"] - 1) / light["total"], DISPLAY.get(run, run)))
         out += "."
     return out
 
