@@ -172,6 +172,59 @@ def test_moonshot_is_for_the_vertex_fit_ideas_only():
     assert moonshot_runs(study, tagged, "baseline") == ["ftag_ndive", "fitinfo"]
 
 
+def test_moonshot_only_in_its_conditions_and_against_its_own_control():
+    """The study's ``moonshot`` names the conditions it is for; the best run (a larger
+    FTAG+NDIVE here, best against the small baseline) also comes against its ``versus``
+    baseline of its own size, not against the idea it is compared with."""
+    from ndive_models._study_report import _ratio, _spreads, moonshot_goal
+
+    study = {"runs": [{"name": "baseline", "config": "baseline"},
+                      {"name": "ftag_ndive", "config": "ftag_ndive", "versus": ["big"]},
+                      {"name": "big", "config": "baseline"},
+                      {"name": "ftag_ndive_big", "config": "ftag_ndive",
+                       "versus": ["big", "ftag_ndive"]}],
+             "moonshot": {"ratio": 1.5, "conditions": ["realistic"]}}
+    tagged = {"baseline": [(None, _fake_metrics(800.0, 20.0)),
+                           (None, _fake_metrics(840.0, 20.0))],
+              "ftag_ndive": [(None, _fake_metrics(900.0, 20.0)),
+                             (None, _fake_metrics(960.0, 20.0))],
+              "big": [(None, _fake_metrics(1200.0, 20.0)),
+                      (None, _fake_metrics(1100.0, 20.0))],
+              "ftag_ndive_big": [(None, _fake_metrics(1300.0, 20.0))]}
+    spreads = _spreads(study, tagged)
+    ratios = {(r, "light", "0.70"): _ratio(tagged, spreads, r, "baseline", "light", "0.70")
+              for r in tagged}
+    assert moonshot_goal(study, tagged, spreads, ratios, "baseline", "clean") == (
+        None, None, [])
+    goal, best, controls = moonshot_goal(study, tagged, spreads, ratios, "baseline",
+                                         "realistic")
+    assert goal == 1.5 and best[0] == "ftag_ndive_big"
+    assert best[1]["ratio"] == pytest.approx(1300 / 820)
+    assert [lab for lab, _ in controls] == ["big"]
+    assert controls[0][1]["ratio"] == pytest.approx(1300 / 1150)
+    # without conditions the goal holds in every condition; without the key in none
+    del study["moonshot"]["conditions"]
+    assert moonshot_goal(study, tagged, spreads, ratios, "baseline", "clean")[0] == 1.5
+    del study["moonshot"]
+    assert moonshot_goal(study, tagged, spreads, ratios, "baseline", "realistic")[0] is None
+
+
+def test_moonshot_key_is_checked(tmp_path):
+    base = {"data": {"train": {"jets": 10, "seed": 1}, "test": {"jets": 10, "seed": 2}},
+            "conditions": {"clean": {}, "realistic": {}},
+            "seeds": 1, "training": {}, "jobs": 1, "threads": 1, "workdir": "w",
+            "report": "r", "runs": [{"name": "baseline", "config": "baseline"}]}
+    path = tmp_path / "s.yaml"
+    for bad in ({"ratio": 1.5, "conditions": ["nope"]}, {"ratio": -1}, {"ratio": True},
+                {"ratio": 1.5, "when": 1}, 1.5, {"conditions": ["clean"]}):
+        path.write_text(json.dumps({**base, "moonshot": bad}))
+        with pytest.raises(paper.StudyError, match=r"moonshot must be \{ratio: .*"
+                           rf"\['clean', 'realistic'\].*got {re.escape(repr(bad))}"):
+            paper.load_study(str(path))
+    path.write_text(json.dumps({**base, "moonshot": {"ratio": 2, "conditions": ["clean"]}}))
+    assert paper.load_study(str(path))["moonshot"] == {"ratio": 2, "conditions": ["clean"]}
+
+
 def _ratio_cell_of(tagged, run) -> str:
     from ndive_models._study_report import _ratio, _ratio_cell
 
@@ -251,10 +304,20 @@ def test_answer_names_the_verdict_by_its_significance():
         "x", r(1.24, 0.075), c, 4, 5, (5, 5), 1.27)
     one = answer_line("x", r(1.24, math.inf), c, 1, 5, (5, 5), 1.27)
     assert "no significance with one seed" in one and "sigma from 1" not in one
-    moon = answer_line("x", r(1.24, 0.075), c, 5, 5, (5, 5), 1.27, ("idea", r(1.6, 0.2)))
+    moon = answer_line("x", r(1.24, 0.075), c, 5, 5, (5, 5), 1.27, ("idea", r(1.6, 0.2)),
+                       1.5)
     assert moon.endswith("Moonshot (light ratio >= 1.5): reached (best: idea, 1.600 ± 0.200).")
     assert "not reached (best: FTAG+NDIVE, 1.240 ± 0.075)" in answer_line(
-        "x", r(1.24, 0.075), c, 5, 5, (5, 5), 1.27, ("FTAG+NDIVE", r(1.24, 0.075)))
+        "x", r(1.24, 0.075), c, 5, 5, (5, 5), 1.27, ("FTAG+NDIVE", r(1.24, 0.075)), 1.5)
+    # the goal is the study's: none given, no sentence; another goal, another verdict
+    assert "Moonshot" not in answer_line("x", r(1.24, 0.075), c, 5, 5, (5, 5), 1.27,
+                                         ("idea", r(1.6, 0.2)))
+    assert "Moonshot (light ratio >= 2): not reached (best: idea" in answer_line(
+        "x", r(1.24, 0.075), c, 5, 5, (5, 5), 1.27, ("idea", r(1.6, 0.2)), 2.0)
+    # the best run's own controls follow its ratio
+    assert moon.replace("0.200).", "0.200; 1.050 ± 0.100 against big baseline).") == (
+        answer_line("x", r(1.24, 0.075), c, 5, 5, (5, 5), 1.27, ("idea", r(1.6, 0.2)), 1.5,
+                    [("big baseline", r(1.05, 0.1))]))
     assert answer_line("realistic", None, None, 0, 2, (5, 5), 1.27) == (
         "- **realistic**: no answer yet (0 of 5 FTAG+NDIVE and 2 of 5 baseline trainings "
         "finished).")
@@ -501,7 +564,8 @@ def test_missing_shard_is_generated_once(tmp_path, sample_path, generate_extra):
     assert f"jets per CPU second: clean {30 / cpu:.0f};" in text
     assert "2 missing shard(s)" in text
     assert left >= 60 / (30 / cpu) / 3600 * 0.999
-    assert f"{cpu / 3600:.1f} on the 1 of 1 shards on disk whose generation was timed" in text
+    assert (f"{cpu / 3600:.1f} on generating the 1 shards whose generation was timed (1 on "
+            "disk here)") in text
     # nothing missing: no generation speed to quote
     text, _ = paper.plan(study, paper.study_trainings(study))
     assert "0 missing shard(s)." in text and "jets per CPU second" not in text
@@ -513,7 +577,10 @@ def test_missing_shard_is_generated_once(tmp_path, sample_path, generate_extra):
     path.unlink()
     path.with_suffix(".log").unlink()
     text, fresh = paper.plan(more, paper.study_trainings(more))
-    assert "3 missing shard(s)" in text and "on the 0 of 0 shards on disk" in text
+    # and still counts what it cost to make it, from the record
+    assert "3 missing shard(s)" in text and (
+        f"{round(cpu, 1) / 3600:.1f} on generating the 1 shards whose generation was timed "
+        "(0 on disk here)") in text
     assert f"jets per CPU second: clean {30 / round(cpu, 1):.0f};" in text
     (tmp_path / "results" / "clean" / paper.GENERATION_RECORD).unlink()
     text, assumed = paper.plan(more, paper.study_trainings(more))

@@ -34,9 +34,6 @@ DISPLAY = {
 WPS = ("0.60", "0.70", "0.77", "0.85")
 #: Target of issue 17: total 1-sigma uncertainty of the light-rejection ratio at 70%.
 TARGET_SIGMA = 0.08
-#: The project's moonshot: a light-rejection ratio at 70% of at least this, by FTAG+NDIVE or
-#: by any other run that is not a reference.
-MOONSHOT = 1.5
 
 
 def _load(t) -> dict | None:
@@ -181,14 +178,19 @@ def gain_word(z: float, who: str = "FTAG+NDIVE") -> str:
 
 def answer_line(cond: str, light: dict | None, c: dict | None, n_a: int, n_b: int,
                 planned: tuple[int, int], paper_gain: float,
-                best: tuple[str, dict] | None = None) -> str:
+                best: tuple[str, dict] | None = None, moonshot: float | None = None,
+                controls: list[tuple[str, dict]] = ()) -> str:
     """The report's answer for one condition, in words: the FTAG+NDIVE / baseline
     rejection ratios at 70% (``light``, ``c`` from
     :func:`~ndive_models._metrics.ratio_uncertainty`, None before both models have a
     result), with ``n_a`` / ``n_b`` of the ``planned`` seeds. The gain is *confirmed* at 3
     sigma or more above 1 (total uncertainty), *indicated* at 2-3, *not seen* within 2, and
     FTAG+NDIVE is *worse* at 2 or more below. ``best``: the run (label, light ratio) with
-    the highest light ratio among those that are no reference, for the :data:`MOONSHOT`."""
+    the highest light ratio among those that are no reference, measured against the
+    ``moonshot`` ratio (the study's ``moonshot`` key; no moonshot sentence without both);
+    ``controls``: that run's light ratios (label, ratio) to its own ``versus`` runs of the
+    reference's model (e.g. a larger FTAG+NDIVE against the baseline of its size), which say
+    how much of it is the fit and how much the size."""
     name = f"- **{cond or 'study'}**: "
     if light is None or c is None:
         return name + (f"no answer yet ({n_a} of {planned[0]} FTAG+NDIVE and {n_b} of "
@@ -208,23 +210,46 @@ def answer_line(cond: str, light: dict | None, c: dict | None, n_a: int, n_b: in
                  f"; {'smaller' if zp < 0 else 'larger'} than the paper's ({zp:+.1f} sigma)")
     line = (name + text + f": {z:+.1f} sigma from 1, {word}{paper_txt}; c jets "
             f"{c['ratio']:.3f} ± {c['total']:.3f} ({seeds}).")
-    if best is not None:
+    if best is not None and moonshot is not None:
+        def num(r):
+            return f"{r['ratio']:.3f}" + (f" ± {r['total']:.3f}" if math.isfinite(r["total"])
+                                          else "")
         label, r = best
-        err = f" ± {r['total']:.3f}" if math.isfinite(r["total"]) else ""
-        line += (f" Moonshot (light ratio >= {MOONSHOT}): "
-                 + ("reached" if r["ratio"] >= MOONSHOT else "not reached")
-                 + f" (best: {label}, {r['ratio']:.3f}{err}).")
+        versus = "".join(f"; {num(rc)} against {lc}" for lc, rc in controls)
+        line += (f" Moonshot (light ratio >= {moonshot:g}): "
+                 + ("reached" if r["ratio"] >= moonshot else "not reached")
+                 + f" (best: {label}, {num(r)}{versus}).")
     return line
 
 
 def moonshot_runs(study: dict, tagged: dict, ref: str) -> list[str]:
-    """The runs of ``tagged`` that may claim the :data:`MOONSHOT`: no reference run
+    """The runs of ``tagged`` that may claim the study's ``moonshot``: no reference run
     (``reference: true``: a perfect selection is no tagger) and no variant of the
     reference's own model config (a larger baseline is no vertex-fit idea)."""
     kind = _kinds(study)
     return [r for r in tagged if r != ref
             and not any(getattr(t, "reference", False) for t, _ in tagged[r])
             and (kind.get(r) is None or kind.get(r) != kind.get(ref))]
+
+
+def moonshot_goal(study: dict, tagged: dict, spreads: dict, ratios: dict, ref: str,
+                  cond: str) -> tuple:
+    """``(ratio, best, controls)`` for :func:`answer_line` in condition ``cond``: the study's
+    ``moonshot`` ratio (None without the key, or when ``cond`` is not one of its
+    ``conditions``), the best of :func:`moonshot_runs` by its light ratio at 70% to ``ref``
+    (label, ratio), and that run's ratios to its ``versus`` runs of ``ref``'s model."""
+    m = study.get("moonshot")
+    if m is None or ("conditions" in m and cond not in m["conditions"]):
+        return None, None, []
+    runs = moonshot_runs(study, tagged, ref)
+    if not runs:
+        return m["ratio"], None, []
+    run = max(runs, key=lambda r: ratios[(r, "light", "0.70")]["ratio"])
+    kind = _kinds(study)
+    controls = [(DISPLAY.get(v, v), _ratio(tagged, spreads, run, v, "light", "0.70"))
+                for v in _versus(study, run)
+                if v in tagged and kind.get(v) is not None and kind.get(v) == kind.get(ref)]
+    return m["ratio"], (DISPLAY.get(run, run), ratios[(run, "light", "0.70")]), controls
 
 
 def projection_line(a, b, stat: float, planned: int) -> str | None:
@@ -370,13 +395,13 @@ def _condition(study, trainings, cond, report: Path, paper: dict,
             L += [line] if line else []
             L.append("")
             if want[0] and want[1]:  # the answer with numbers replaces "no answer yet"
-                cands = [(DISPLAY.get(r, r), ratios[(r, "light", "0.70")])
-                         for r in moonshot_runs(study, tagged, ref)]
-                best = max(cands, key=lambda x: x[1]["ratio"], default=None)
+                goal, best, controls = moonshot_goal(study, tagged, spreads, ratios, ref,
+                                                     cond)
                 answers[-1] = answer_line(cond, ratios[("ftag_ndive", "light", "0.70")],
                                           ratios[("ftag_ndive", "c", "0.70")],
                                           len(tagged["ftag_ndive"]), len(tagged["baseline"]),
-                                          want, paper["gain_at_70"]["light"], best)
+                                          want, paper["gain_at_70"]["light"], best, goal,
+                                          controls)
                 answers[-1] += versus_sentence(study, tagged, spreads, "ftag_ndive")
                 answer_rows += summary_rows(study, tagged, spreads, cond or "study")
         L += pairs

@@ -74,8 +74,12 @@ STUDY_KEYS = ("data", "seeds", "training", "runs", "jobs", "threads", "workdir",
 #: ``reference`` (default ``baseline``), and the training ``order``: ``runs`` (default:
 #: every seed of a run, then the next run) or ``seeds`` (seed 1 of every run that takes the
 #: study's ``seeds``, then seed 2 of each, ...; runs with their own ``seeds`` list after them,
-#: so a study stopped at any point has as many seeds of each compared model).
-OPTIONAL_STUDY_KEYS = ("conditions", "title", "reference", "order")
+#: so a study stopped at any point has as many seeds of each compared model); and the
+#: ``moonshot`` of the report's answer: ``{ratio: 1.5, conditions: [realistic]}`` (the light
+#: rejection ratio at 70% to the reference that a run which is no reference should reach,
+#: in the named conditions: every condition without ``conditions``; no moonshot line without
+#: the key).
+OPTIONAL_STUDY_KEYS = ("conditions", "title", "reference", "order", "moonshot")
 ORDERS = ("runs", "seeds")
 RUN_KEYS = ("name", "config", "set", "seeds", "reference", "versus")
 
@@ -119,6 +123,19 @@ def _check_seeds(n, what: str) -> None:
         raise StudyError(f"{what} must be a positive integer, got {n!r}")
 
 
+def _check_moonshot(m, conds: list, where: str) -> None:
+    if m is None:
+        return
+    ratio = m.get("ratio") if isinstance(m, dict) else None
+    named = m.get("conditions", conds) if isinstance(m, dict) else None
+    ok = (isinstance(m, dict) and set(m) <= {"ratio", "conditions"}
+          and isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and ratio > 0
+          and isinstance(named, list) and all(c in conds for c in named))
+    if not ok:
+        raise StudyError(f"{where}: moonshot must be {{ratio: <positive number>, conditions: "
+                         f"[<conditions of the study: {conds}>] (optional)}}, got {m!r}")
+
+
 def load_study(study="paper/default", overrides: dict | None = None) -> dict:
     """The study file ``study`` (a path or a shipped config name) with ``overrides``
     ({dotted key: value}) applied, checked.
@@ -160,6 +177,7 @@ def load_study(study="paper/default", overrides: dict | None = None) -> dict:
                           f"{where}: conditions.{name}")
         if "seeds" in c:
             _check_seeds(c["seeds"], f"{where}: conditions.{name}.seeds")
+    _check_moonshot(d.get("moonshot"), [c for c in conds or {}], where)
     if d.get("order", "runs") not in ORDERS:
         raise StudyError(f"{where}: order must be one of {ORDERS}, got {d['order']!r}")
     _check_seeds(d["seeds"], f"{where}: seeds")
@@ -1113,11 +1131,11 @@ def plan(study: dict, trainings: list[Training]) -> tuple[str, float]:
                 on_disk = p.exists()
                 logged = _shard_cpu_s(p) if on_disk else None
                 n_on_disk += on_disk
-                if logged:
-                    gen_spent += logged
-                    n_measured += 1
+                # the committed record keeps the cost of shards made on another machine
                 cpu = logged or record.get(p.name, {}).get("cpu_s")
                 if cpu:
+                    gen_spent += cpu
+                    n_measured += 1
                     measured.append(o["n_jets"] / cpu)
                 if on_disk:
                     continue
@@ -1140,8 +1158,8 @@ def plan(study: dict, trainings: list[Training]) -> tuple[str, float]:
               f"{sum(t.status() == 'partial' for t in trainings)} partial, "
               f"{sum(t.status() == 'todo' for t in trainings)} to start. "
               f"CPU hours spent {'≥ ' if any_low else ''}{spent_total / 3600:.1f} on "
-              f"trainings and {gen_spent / 3600:.1f} on the {n_measured} of {n_on_disk} "
-              f"shards on disk whose generation was timed; left at most "
+              f"trainings and {gen_spent / 3600:.1f} on generating the {n_measured} "
+              f"shards whose generation was timed ({n_on_disk} on disk here); left at most "
               f"{left_total / 3600:.1f} for trainings and {gen_left / 3600:.1f} for "
               f"{len(missing)} missing shard(s){speeds}.")]
     return "\n".join(lines), (left_total + gen_left) / 3600
