@@ -248,7 +248,7 @@ def moonshot_goal(study: dict, tagged: dict, spreads: dict, ratios: dict, ref: s
     kind = _kinds(study)
     controls = [(DISPLAY.get(v, v), _ratio(tagged, spreads, run, v, "light", "0.70"))
                 for v in _versus(study, run)
-                if v in tagged and kind.get(v) is not None and kind.get(v) == kind.get(ref)]
+                if v in tagged and kind[v] == kind.get(ref)]  # versus names study runs
     return m["ratio"], (DISPLAY.get(run, run), ratios[(run, "light", "0.70")]), controls
 
 

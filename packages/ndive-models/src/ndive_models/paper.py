@@ -177,7 +177,7 @@ def load_study(study="paper/default", overrides: dict | None = None) -> dict:
                           f"{where}: conditions.{name}")
         if "seeds" in c:
             _check_seeds(c["seeds"], f"{where}: conditions.{name}.seeds")
-    _check_moonshot(d.get("moonshot"), [c for c in conds or {}], where)
+    _check_moonshot(d.get("moonshot"), list(conds or {}), where)
     if d.get("order", "runs") not in ORDERS:
         raise StudyError(f"{where}: order must be one of {ORDERS}, got {d['order']!r}")
     _check_seeds(d["seeds"], f"{where}: seeds")
