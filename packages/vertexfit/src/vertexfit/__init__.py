@@ -2,7 +2,7 @@
 
 Conventions (mm, GeV, rad, tesla; perigee ``(d0, z0, phi, theta, rho)``; d0 sign of
 Billoir/Delphes) are documented in the repository's ``docs/conventions.md``; the module
-map in its ``docs/architecture.md``.
+map in its ``docs/layout.md``.
 """
 
 from . import reference, resolution, toy
